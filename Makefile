@@ -1,0 +1,32 @@
+# Two commands set up a fresh machine: `make serve` and `make test` (see README "Quick start").
+# Both create the virtual environment with uv from uv.lock when it is missing or stale.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+CONFIG ?=
+PYTEST_ARGS ?=
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+
+.PHONY: serve test env lint bench
+
+env: $(VENV)/.synced
+
+$(UV):
+	python3 -m pip install --user --quiet uv || python3 -m pip install --quiet uv
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen
+	touch $@
+
+serve: env
+	$(VENV)/bin/cxr-node serve $(if $(CONFIG),--config $(CONFIG),)
+
+test: env
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: env
+	$(VENV)/bin/ruff check node pipelines training tests bench
+
+bench: env
+	$(PY) bench/ingest.py
+	$(PY) bench/pipeline.py

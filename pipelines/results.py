@@ -1,0 +1,186 @@
+"""Plain typed results of the chest X-ray pipeline.
+
+These dataclasses are the only thing the DICOM side (``node``) sees of the AI side: the
+result writers turn them into SEG, SR and secondary-capture objects, ``cxr-node analyze``
+prints them as JSON. Every array is on the *source image's own pixel grid* (rows x columns
+of the DICOM Pixel Data), because the SEG, the SR's SCOORDs and the secondary capture all
+refer to that grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+
+class SpacingSource(StrEnum):
+    """Which DICOM attribute a pixel spacing came from (PS3.3 C.8.11.7 and C.7.6.2).
+
+    On projection radiographs ``ImagerPixelSpacing`` is measured at the detector, not in the
+    patient: a measurement must say which one it used.
+    """
+
+    PIXEL_SPACING = "PixelSpacing"
+    IMAGER_PIXEL_SPACING = "ImagerPixelSpacing"
+    IMAGER_PIXEL_SPACING_CORRECTED = "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor"
+
+
+@dataclass(frozen=True)
+class PixelSpacing:
+    """Physical size of one pixel in mm: (row spacing, column spacing) as DICOM orders them."""
+
+    row_mm: float
+    column_mm: float
+    source: SpacingSource
+
+    @property
+    def pixel_area_mm2(self) -> float:
+        return self.row_mm * self.column_mm
+
+
+@dataclass
+class SourceImage:
+    """A chest radiograph ready for the models.
+
+    ``pixels`` is float32 in [0, 1], shape (rows, columns), in *presentation* polarity:
+    bone and soft tissue bright, air (lungs) dark, whatever the Photometric Interpretation
+    was (MONOCHROME1 is inverted on load).
+    """
+
+    pixels: np.ndarray
+    path: str
+    spacing: PixelSpacing | None = None
+    sop_instance_uid: str | None = None
+    # The pydicom Dataset the image came from (None for PNG/JPEG); kept so that the result
+    # writers can reference it without reading the file again.
+    dataset: Any = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.pixels.shape[0]), int(self.pixels.shape[1])
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Identity of the model bundle that produced a value (goes into SEG/SR algorithm ids)."""
+
+    name: str
+    version: str
+    task: str
+    architecture: str
+
+
+class Projection(StrEnum):
+    FRONTAL = "frontal"
+    LATERAL = "lateral"
+
+
+@dataclass
+class ProjectionResult:
+    projection: Projection
+    # Probability of the returned projection (>= 0.5 by construction).
+    probability: float
+    model: ModelInfo
+
+
+@dataclass
+class LungResult:
+    mask: np.ndarray  # bool, source grid
+    area_px: int
+    area_mm2: float | None  # None when the image has no pixel spacing
+    spacing_source: SpacingSource | None
+    model: ModelInfo
+
+
+@dataclass
+class CovidResult:
+    probability: float
+    positive: bool
+    threshold: float
+    input_mode: str  # "whole_image" or "lungs_only"
+    heatmap: np.ndarray  # float32 in [0, 1], source grid (Grad-CAM)
+    model: ModelInfo
+
+
+@dataclass(frozen=True)
+class Box:
+    """An axis-aligned box in source pixel coordinates (x to the right, y down; x1/y1 exclusive)."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    confidence: float
+
+    def to_json(self) -> dict[str, float]:
+        return {"x0": self.x0, "y0": self.y0, "x1": self.x1, "y1": self.y1, "confidence": self.confidence}
+
+
+@dataclass
+class GgoResult:
+    boxes: list[Box]
+    mask: np.ndarray  # bool, source grid
+    probability_map: np.ndarray | None  # float32 in [0, 1], source grid; for a FRACTIONAL SEG
+    # GGO area inside the lungs / lung area, in percent; None when the lung mask is empty.
+    extent_percent: float | None
+    detection_model: ModelInfo
+    segmentation_model: ModelInfo
+
+
+@dataclass
+class ChestResult:
+    """Everything the pipeline found in one image.
+
+    ``analysed`` is False for a lateral image (the chain stops after projection) and
+    ``not_analysed_reason`` says why; lungs/covid/ggo are then None.
+    """
+
+    source: str
+    sop_instance_uid: str | None
+    image_shape: tuple[int, int]
+    spacing: PixelSpacing | None
+    projection: ProjectionResult
+    analysed: bool
+    not_analysed_reason: str | None = None
+    lungs: LungResult | None = None
+    covid: CovidResult | None = None
+    ggo: GgoResult | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def models(self) -> dict[str, ModelInfo]:
+        found: list[ModelInfo] = [self.projection.model]
+        if self.lungs is not None:
+            found.append(self.lungs.model)
+        if self.covid is not None:
+            found.append(self.covid.model)
+        if self.ggo is not None:
+            found += [self.ggo.detection_model, self.ggo.segmentation_model]
+        return {m.name: m for m in found}
+
+    def to_json(self, outputs: list[str] | None = None) -> dict[str, Any]:
+        """The one-line JSON record of ``cxr-node analyze --json``."""
+        return {
+            "source": self.source,
+            "sop_instance_uid": self.sop_instance_uid,
+            "projection": self.projection.projection.value,
+            "projection_probability": round(self.projection.probability, 6),
+            "analysed": self.analysed,
+            "not_analysed_reason": self.not_analysed_reason,
+            "covid_probability": None if self.covid is None else round(self.covid.probability, 6),
+            "covid_positive": None if self.covid is None else self.covid.positive,
+            "covid_threshold": None if self.covid is None else self.covid.threshold,
+            "lung_area_px": None if self.lungs is None else self.lungs.area_px,
+            "lung_area_mm2": None if self.lungs is None or self.lungs.area_mm2 is None
+            else round(self.lungs.area_mm2, 2),
+            "spacing_source": None if self.spacing is None else self.spacing.source.value,
+            "ggo_extent_percent": None if self.ggo is None or self.ggo.extent_percent is None
+            else round(self.ggo.extent_percent, 3),
+            "ggo_boxes": [] if self.ggo is None else [b.to_json() for b in self.ggo.boxes],
+            "models": {name: m.version for name, m in self.models.items()},
+            "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+            "outputs": list(outputs or []),
+        }

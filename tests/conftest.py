@@ -1,0 +1,29 @@
+"""Fixtures shared by every test package: where the real public data lives.
+
+Each area (node, pipelines, results, training) keeps its own fixtures in its own
+``tests/<area>/conftest.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CXR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+DICOM_SAMPLES = SHARED_DATA / "dicom_samples"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real public chest X-rays beside the project (see its README for the traps)."""
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"real data folder not found: {SHARED_DATA} (set CXR_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def dicom_samples(shared_data: Path) -> Path:
+    return shared_data / "dicom_samples"
