@@ -1,0 +1,72 @@
+"""``cxr-node status``: counts by state, recent errors and per-study progress."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from node.config import load_config
+from node.errors import NodeError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML configuration file (default: embedded defaults)")
+    parser.add_argument("--json", action="store_true", help="one JSON object for machines")
+    parser.add_argument("--studies", type=int, default=20, help="how many recent studies to list")
+
+
+def _when(epoch: float | None) -> str:
+    if not epoch:
+        return "-"
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def format_human(status: dict[str, Any]) -> str:
+    jobs, deliveries = status["jobs"], status["deliveries"]
+    lines = [
+        f"instances: {status['instances']} received, {status['results']} results",
+        "jobs:       " + "  ".join(f"{k} {v}" for k, v in jobs.items()),
+        "deliveries: " + "  ".join(f"{k} {v}" for k, v in deliveries.items()),
+        "",
+        f"{'study':<64}  {'accession':<16} {'images':>6} {'results':>7}  {'state':<15} last received",
+    ]
+    for s in status["studies"]:
+        lines.append(
+            f"{s['study_instance_uid']:<64}  {s['accession_number']:<16} {s['instances']:>6} "
+            f"{s['results']:>7}  {s['state']:<15} {_when(s['last_received_at'])}"
+        )
+    if not status["studies"]:
+        lines.append("(no studies)")
+    errors = status["errors"]
+    if errors["jobs"] or errors["deliveries"]:
+        lines += ["", "recent errors:"]
+        for e in errors["jobs"]:
+            lines.append(
+                f"  job {e['job_id']} ({e['state']}, attempt {e['attempts']}) "
+                f"study {e['study_instance_uid']}: {e['error']}"
+            )
+        for e in errors["deliveries"]:
+            lines.append(
+                f"  delivery {e['delivery_id']} to {e['destination']} ({e['state']}, "
+                f"attempt {e['attempts']}) {e['sop_instance_uid']}: {e['error']}"
+            )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+        from node.service import open_repository
+
+        status = open_repository(config).status(max_studies=args.studies)
+    except NodeError as exc:
+        print(f"cxr-node status: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(status, indent=None, default=str))
+    else:
+        print(format_human(status))
+    return 0

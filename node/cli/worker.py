@@ -1,0 +1,69 @@
+"""``cxr-node worker``: analysis workers only, against a shared database (scale-out).
+
+Runs on another machine (or in another process) beside one ``cxr-node serve``; it needs the
+same configuration file, the same ``data_dir`` (a shared file system, the instance files are
+read and result files written there) and ``database_url`` pointing at the shared PostgreSQL.
+Jobs are claimed with ``FOR UPDATE SKIP LOCKED``, so any number of workers can run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from types import FrameType
+
+from node.config import load_config
+from node.errors import NodeError
+from node.logs import log_event, setup_logging
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML configuration file (default: embedded defaults)")
+    parser.add_argument("--threads", type=int, default=1, help="worker threads sharing one loaded pipeline")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except NodeError as exc:
+        print(f"cxr-node worker: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.node.log_level, config.node.log_format)
+    import logging
+
+    from node.service import open_repository, open_store
+    from node.worker import chest_analyzer_factory, start_worker_threads
+
+    log = logging.getLogger("node.worker")
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        log_event(log, "worker.signal", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        repo = open_repository(config)
+        store = open_store(config)
+    except NodeError as exc:
+        print(f"cxr-node worker: {exc}", file=sys.stderr)
+        return 1
+    wake = threading.Event()
+    workers = start_worker_threads(
+        config, repo, store, chest_analyzer_factory(config), max(1, args.threads), stop, wake
+    )
+    while not stop.wait(1.0):
+        if not any(t.is_alive() for _w, t in workers):
+            print(
+                "cxr-node worker: every worker thread ended (see the log: pipeline not loadable?)",
+                file=sys.stderr,
+            )
+            return 1
+    wake.set()
+    for _worker, thread in workers:
+        thread.join(30)
+    repo.engine.dispose()
+    return 0

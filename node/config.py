@@ -1,0 +1,195 @@
+"""Node configuration: one TOML file, every key with a default.
+
+The embedded defaults are what ``make serve`` runs with (SQLite inside ``data_dir``, AE title
+``CXRNODE`` on port 11112, the shipped models in ``models/``). A TOML file overrides any of
+them; unknown keys are an error naming the key, so a typo never silently falls back to a
+default.
+
+Layout of the file::
+
+    [node]        listener, storage, durability, limits
+    [pipeline]    models_dir, device, result series settings
+    [worker]      lease, retries, polling
+    [delivery]    retries and backoff
+    [[destinations]]  where results go (several allowed)
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from node.errors import ConfigError
+
+DURABILITY_MODES = ("fsync", "os")
+
+
+@dataclass
+class Destination:
+    """A DICOM peer that receives every result object by C-STORE (PS3.4 Annex B)."""
+
+    name: str = "pacs"
+    ae_title: str = "ORTHANC"
+    host: str = "127.0.0.1"
+    port: int = 4242
+    type: str = "dicom"  # the sender registry key (node.delivery.SENDERS)
+
+
+@dataclass
+class NodeSettings:
+    ae_title: str = "CXRNODE"
+    host: str = "0.0.0.0"  # listen address; tests use 127.0.0.1
+    port: int = 11112
+    data_dir: str = "var"  # instances, results, database
+    database_url: str = ""  # empty: sqlite file inside data_dir
+    database_schema: str = ""  # PostgreSQL only: a schema of our own (created if missing)
+    study_stable_seconds: float = 10.0
+    allowed_calling_aets: list[str] = field(default_factory=list)  # empty: any calling AE
+    max_associations: int = 16
+    # "fsync": file fsync + directory fsync + SQLite synchronous=FULL before the success
+    #          status: an acknowledged instance survives a process kill AND a power loss.
+    # "os":    written and renamed (page cache) + SQLite synchronous=NORMAL: survives a kill
+    #          of the node (SIGKILL, crash) but not a power loss or kernel crash.
+    durability: str = "fsync"
+    max_instance_bytes: int = 512 * 1024 * 1024
+    max_pixels: int = 100_000_000  # rows x columns x frames
+    min_free_disk_mb: int = 1024  # refuse new data (0xA700) below this much free space
+    network_timeout: float = 60.0
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    commit_batch_max: int = 256  # instances per group commit
+    log_level: str = "INFO"
+    log_format: str = "text"  # "text" (key=value) or "json"
+
+
+@dataclass
+class PipelineSettings:
+    models_dir: str = "models"
+    device: str = "auto"  # "auto" picks CUDA when available, else CPU
+    manufacturer: str = "cxr-node"
+    institution_name: str = ""
+
+
+@dataclass
+class WorkerSettings:
+    workers: int = 1  # in-process worker threads started by `serve` (0: none)
+    lease_seconds: float = 300.0
+    max_attempts: int = 3
+    poll_seconds: float = 1.0
+
+
+@dataclass
+class DeliverySettings:
+    max_attempts: int = 8
+    backoff_seconds: float = 5.0  # first retry delay; doubles each attempt
+    backoff_max_seconds: float = 600.0
+    poll_seconds: float = 1.0
+    batch_size: int = 64
+
+
+@dataclass
+class NodeConfig:
+    node: NodeSettings = field(default_factory=NodeSettings)
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    destinations: list[Destination] = field(default_factory=list)
+    source: str = "<defaults>"
+    base_dir: Path = field(default_factory=Path.cwd)
+
+    @property
+    def data_dir(self) -> Path:
+        path = Path(self.node.data_dir)
+        return path if path.is_absolute() else self.base_dir / path
+
+    @property
+    def models_dir(self) -> Path:
+        path = Path(self.pipeline.models_dir)
+        return path if path.is_absolute() else self.base_dir / path
+
+    @property
+    def database_url(self) -> str:
+        if self.node.database_url:
+            return self.node.database_url
+        return f"sqlite:///{self.data_dir / 'cxr-node.sqlite3'}"
+
+
+def _fill(cls: type, table: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; known: {sorted(known)}")
+    obj = cls()
+    for key, value in table.items():
+        default = getattr(obj, key)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            raise ConfigError(f"{where}.{key} must be {type(default).__name__}, got {value!r}")
+        setattr(obj, key, value)
+    return obj
+
+
+def _validate(config: NodeConfig) -> None:
+    n = config.node
+    if n.durability not in DURABILITY_MODES:
+        raise ConfigError(f"[node].durability must be one of {DURABILITY_MODES}, got {n.durability!r}")
+    if not 0 < len(n.ae_title.strip()) <= 16:
+        raise ConfigError(f"[node].ae_title must be 1-16 characters (PS3.5 AE VR), got {n.ae_title!r}")
+    for dest in config.destinations:
+        if not 0 < len(dest.ae_title.strip()) <= 16:
+            raise ConfigError(f"destination {dest.name!r}: ae_title must be 1-16 characters")
+    names = [d.name for d in config.destinations]
+    if len(names) != len(set(names)):
+        raise ConfigError(f"destination names must be unique, got {names}")
+    if n.log_format not in ("text", "json"):
+        raise ConfigError(f"[node].log_format must be 'text' or 'json', got {n.log_format!r}")
+
+
+def parse_config(data: dict[str, Any], source: str = "<dict>", base_dir: Path | None = None) -> NodeConfig:
+    """Build a NodeConfig from parsed TOML, rejecting unknown keys and wrong types."""
+    top = {"node", "pipeline", "worker", "delivery", "destinations"}
+    unknown = sorted(set(data) - top)
+    if unknown:
+        raise ConfigError(f"unknown table(s) {unknown} in {source}; known: {sorted(top)}")
+    dests = data.get("destinations", [])
+    if not isinstance(dests, list):
+        raise ConfigError(f"{source}: destinations must be an array of tables ([[destinations]])")
+    config = NodeConfig(
+        node=_fill(NodeSettings, data.get("node", {}), "[node]"),
+        pipeline=_fill(PipelineSettings, data.get("pipeline", {}), "[pipeline]"),
+        worker=_fill(WorkerSettings, data.get("worker", {}), "[worker]"),
+        delivery=_fill(DeliverySettings, data.get("delivery", {}), "[delivery]"),
+        destinations=[_fill(Destination, d, f"[[destinations]] #{i + 1}") for i, d in enumerate(dests)],
+        source=source,
+        base_dir=base_dir or Path.cwd(),
+    )
+    _validate(config)
+    return config
+
+
+def load_config(path: Path | str | None) -> NodeConfig:
+    """Read the TOML file at ``path`` (None: embedded defaults, relative to the cwd).
+
+    Relative paths in the file (data_dir, models_dir) are resolved against the current
+    working directory, as ``make serve`` runs from the repository root.
+    """
+    if path is None:
+        return parse_config({}, "<defaults>")
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"configuration file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_config(data, str(path))

@@ -1,0 +1,304 @@
+"""The receive path: cheap validation, durable write, group commit.
+
+What the C-STORE handler does for each instance, and nothing more (inference and scheduling
+happen elsewhere):
+
+1. :func:`inspect_dataset` parses the data set *up to* Pixel Data (never decodes pixels) and
+   checks the SOP class, the UIDs, the presence and the length of Pixel Data and the limits.
+2. :class:`InstanceStore` writes the bytes exactly as received (file meta + the peer's encoded
+   data set, no re-encoding), to a temporary file, fsync, rename.
+3. :class:`GroupCommitter` fsyncs the touched directories and inserts the rows of every
+   instance waiting at that moment in ONE transaction, then wakes their handlers, which return
+   0x0000. With several associations in flight one commit (and one fsync of the WAL) serves
+   many instances.
+
+C-STORE failure statuses used (PS3.4 Annex B.2.3, Table B.2-1, and PS3.7 Annex C):
+- 0xA700 Refused: Out of Resources -- free disk below the watermark, instance over the size
+  limit, the store cannot write.
+- 0xA900 Error: Data Set does not match SOP Class -- SOP class differs from the presentation
+  context, required UIDs or Pixel Data missing, Pixel Data shorter than Rows x Columns needs.
+- 0xC000 Error: Cannot understand -- the bytes are not a parseable data set (garbage, truncated).
+- 0xC001 (Cannot understand range, node specific) -- the database could not record the
+  instance; nothing was acknowledged, the peer may retry.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import struct
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.filereader import read_dataset
+from pydicom.tag import Tag
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+
+from node.errors import DatabaseError, InvalidInstanceError, StoreError
+from node.repository import InstanceRecord, Repository
+from node.store import InstanceStore, valid_uid
+
+log = logging.getLogger(__name__)
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700  # PS3.4 B.2.3: Refused: Out of Resources
+STATUS_DATASET_MISMATCH = 0xA900  # PS3.4 B.2.3: Error: Data Set does not match SOP Class
+STATUS_CANNOT_UNDERSTAND = 0xC000  # PS3.4 B.2.3: Error: Cannot understand
+STATUS_DATABASE_FAILURE = 0xC001  # Cxxx "Cannot understand" range, node specific: DB write failed
+
+PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}  # Float, Double Float, Pixel Data
+SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
+
+
+@dataclass(frozen=True)
+class Header:
+    """What the node needs from a received data set, read without touching Pixel Data."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    accession_number: str
+    rows: int
+    columns: int
+    frames: int
+
+
+def _pixel_element(buf: bytes | memoryview, pos: int, implicit: bool, little: bool) -> tuple[int, int, int]:
+    """(tag, header length, value length) of the element at ``pos``."""
+    order = "<" if little else ">"
+    if len(buf) - pos < 8:
+        raise InvalidInstanceError(
+            "data set truncated inside the Pixel Data header", STATUS_CANNOT_UNDERSTAND
+        )
+    group, elem = struct.unpack_from(f"{order}HH", buf, pos)
+    tag = (group << 16) | elem
+    if implicit:
+        (length,) = struct.unpack_from(f"{order}L", buf, pos + 4)
+        return tag, 8, length
+    vr = bytes(buf[pos + 4 : pos + 6])
+    if vr in LONG_VRS:
+        if len(buf) - pos < 12:
+            raise InvalidInstanceError(
+                "data set truncated inside the Pixel Data header", STATUS_CANNOT_UNDERSTAND
+            )
+        (length,) = struct.unpack_from(f"{order}L", buf, pos + 8)
+        return tag, 12, length
+    (length,) = struct.unpack_from(f"{order}H", buf, pos + 6)
+    return tag, 8, length
+
+
+def inspect_dataset(
+    raw: bytes | memoryview,
+    transfer_syntax: str,
+    *,
+    expected_sop_class: str | None,
+    affected_sop_instance: str | None,
+    max_bytes: int,
+    max_pixels: int,
+) -> Header:
+    """Validate a received data set cheaply; raise InvalidInstanceError with the status to return.
+
+    Parses the elements before Pixel Data with pydicom (stop at (7FE0,xxxx)), then reads the
+    Pixel Data element header by hand: a defined length must fit in the bytes received and
+    cover Rows x Columns x Samples x Frames (native encoding); an encapsulated value must end
+    with its Sequence Delimitation Item (PS3.5 A.4). Pixel values are never decoded here.
+    """
+    if len(raw) > max_bytes:
+        raise InvalidInstanceError(
+            f"instance is {len(raw)} bytes, over max_instance_bytes={max_bytes}", STATUS_OUT_OF_RESOURCES
+        )
+    ts = UID(transfer_syntax)
+    buf: bytes | memoryview = raw
+    if ts == DeflatedExplicitVRLittleEndian:
+        try:
+            buf = zlib.decompress(bytes(raw), -zlib.MAX_WBITS)
+        except zlib.error as exc:
+            raise InvalidInstanceError(
+                f"deflated data set cannot be inflated: {exc}", STATUS_CANNOT_UNDERSTAND
+            ) from exc
+        implicit, little = False, True
+    else:
+        implicit, little = ts.is_implicit_VR, ts.is_little_endian
+    fp = io.BytesIO(buf)
+    try:
+        ds = read_dataset(fp, implicit, little, stop_when=lambda tag, vr, length: int(tag) in PIXEL_TAGS)
+        # Force parsing of the few elements we use (raw elements are converted lazily).
+        values = [
+            str(ds.get(k, "") or "")
+            for k in (
+                "SOPClassUID",
+                "SOPInstanceUID",
+                "StudyInstanceUID",
+                "SeriesInstanceUID",
+                "AccessionNumber",
+            )
+        ]
+        rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.get("BitsAllocated", 0) or 0)
+    except InvalidInstanceError:
+        raise
+    except Exception as exc:  # pydicom raises many types on garbage: all mean "cannot understand"
+        raise InvalidInstanceError(
+            f"data set cannot be parsed: {exc.__class__.__name__}: {exc}", STATUS_CANNOT_UNDERSTAND
+        ) from exc
+    sop_class, sop_instance, study, series, accession = values
+    if not len(ds):
+        raise InvalidInstanceError("data set has no elements before Pixel Data", STATUS_CANNOT_UNDERSTAND)
+    for name, uid in (
+        ("SOPClassUID", sop_class),
+        ("SOPInstanceUID", sop_instance),
+        ("StudyInstanceUID", study),
+        ("SeriesInstanceUID", series),
+    ):
+        if not valid_uid(uid):
+            raise InvalidInstanceError(f"{name} missing or not a valid UID: {uid!r}", STATUS_DATASET_MISMATCH)
+    if expected_sop_class and sop_class != expected_sop_class:
+        raise InvalidInstanceError(
+            f"SOPClassUID {sop_class} differs from the presentation context's {expected_sop_class}",
+            STATUS_DATASET_MISMATCH,
+        )
+    if affected_sop_instance and sop_instance != affected_sop_instance:
+        raise InvalidInstanceError(
+            f"SOPInstanceUID {sop_instance} differs from the request's {affected_sop_instance}",
+            STATUS_DATASET_MISMATCH,
+        )
+    if rows <= 0 or columns <= 0:
+        raise InvalidInstanceError("Rows/Columns missing: not an image", STATUS_DATASET_MISMATCH)
+    if rows * columns * frames > max_pixels:
+        raise InvalidInstanceError(
+            f"image is {rows}x{columns}x{frames} pixels, over max_pixels={max_pixels}",
+            STATUS_OUT_OF_RESOURCES,
+        )
+    pos = fp.tell()
+    if pos >= len(buf):
+        raise InvalidInstanceError("data set has no Pixel Data (7FE0,0010)", STATUS_DATASET_MISMATCH)
+    tag, header_len, length = _pixel_element(buf, pos, implicit, little)
+    if tag != 0x7FE00010:
+        raise InvalidInstanceError(
+            f"data set has no Pixel Data (7FE0,0010), found {Tag(tag)}", STATUS_DATASET_MISMATCH
+        )
+    start = pos + header_len
+    if length == 0xFFFFFFFF:
+        if not ts.is_compressed:
+            raise InvalidInstanceError(
+                "undefined-length Pixel Data in a native transfer syntax", STATUS_CANNOT_UNDERSTAND
+            )
+        if (
+            bytes(buf[-64:]).rfind(SEQUENCE_DELIMITER) < 0
+            and bytes(buf[start:]).rfind(SEQUENCE_DELIMITER) < 0
+        ):
+            raise InvalidInstanceError(
+                "encapsulated Pixel Data truncated (no Sequence Delimitation Item)", STATUS_CANNOT_UNDERSTAND
+            )
+    else:
+        if start + length > len(buf):
+            raise InvalidInstanceError(
+                f"data set truncated: Pixel Data declares {length} bytes, {len(buf) - start} received",
+                STATUS_CANNOT_UNDERSTAND,
+            )
+        expected = (rows * columns * samples * frames * bits + 7) // 8
+        if not ts.is_compressed and bits and length < expected:
+            raise InvalidInstanceError(
+                f"Pixel Data has {length} bytes, Rows x Columns x Samples x BitsAllocated needs {expected}",
+                STATUS_DATASET_MISMATCH,
+            )
+    return Header(sop_class, sop_instance, study, series, accession[:16], rows, columns, frames)
+
+
+class _Pending:
+    __slots__ = ("record", "directory", "done", "error")
+
+    def __init__(self, record: InstanceRecord, directory: Path) -> None:
+        self.record = record
+        self.directory = directory
+        self.done = threading.Event()
+        self.error: Exception | None = None
+
+
+class GroupCommitter:
+    """Commits received instances in batches; each handler waits for its own commit.
+
+    The handler thread has already written (and fsynced) its file; this thread fsyncs the
+    directories and inserts all waiting rows in one transaction. Waiting is bounded by
+    ``timeout``: a handler that gives up returns a failure status, and the row, if it commits
+    later, only makes a resend idempotent.
+    """
+
+    def __init__(
+        self, repo: Repository, store: InstanceStore, *, batch_max: int = 256, timeout: float = 30.0
+    ) -> None:
+        self.repo = repo
+        self.store = store
+        self.batch_max = batch_max
+        self.timeout = timeout
+        self._pending: list[_Pending] = []
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+        self._thread.start()
+
+    def commit(self, record: InstanceRecord, directory: Path) -> None:
+        """Block until ``record`` is committed; raise DatabaseError/StoreError otherwise."""
+        item = _Pending(record, directory)
+        with self._cond:
+            if self._stopping:
+                raise DatabaseError("node is shutting down")
+            self._pending.append(item)
+            self._cond.notify()
+        if not item.done.wait(self.timeout):
+            raise DatabaseError(f"database commit did not finish within {self.timeout} s")
+        if item.error is not None:
+            raise item.error
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._stopping:
+                    self._cond.wait(1.0)
+                if not self._pending and self._stopping:
+                    return
+                batch = self._pending[: self.batch_max]
+                del self._pending[: self.batch_max]
+            error: Exception | None = None
+            try:
+                self.store.sync_dirs({p.directory for p in batch})
+                self.repo.record_instances([p.record for p in batch])
+            except (DatabaseError, StoreError) as exc:
+                error = exc
+            except Exception as exc:  # never let the commit thread die: fail the batch instead
+                log.exception("group commit failed")
+                error = DatabaseError(f"commit failed: {exc}")
+            for item in batch:
+                item.error = error
+                item.done.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Commit what is waiting, then stop the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+
+def receive_record(
+    header: Header, *, relpath: str, size: int, transfer_syntax: str, calling_aet: str
+) -> InstanceRecord:
+    return InstanceRecord(
+        sop_instance_uid=header.sop_instance_uid,
+        sop_class_uid=header.sop_class_uid,
+        study_instance_uid=header.study_instance_uid,
+        series_instance_uid=header.series_instance_uid,
+        transfer_syntax_uid=str(transfer_syntax),
+        path=relpath,
+        size_bytes=size,
+        accession_number=header.accession_number,
+        calling_aet=calling_aet[:16],
+        received_at=time.time(),
+    )

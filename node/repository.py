@@ -1,0 +1,609 @@
+"""Every SQL statement of the node: instances, the job queue and the delivery outbox.
+
+One module so that the queue semantics can be read (and reviewed) in one place and behave the
+same on SQLite and PostgreSQL:
+
+- Writes on SQLite run in ``BEGIN IMMEDIATE`` transactions: the write lock is taken up front,
+  so a read-then-write transaction never fails half-way on a lock upgrade; ``busy_timeout``
+  makes concurrent writers wait instead of failing.
+- A job is claimed by ONE statement, ``UPDATE jobs ... WHERE id = (SELECT ... FOR UPDATE SKIP
+  LOCKED) RETURNING ...``: on PostgreSQL the row lock with SKIP LOCKED hands each job to one
+  worker without blocking the others; SQLite ignores FOR UPDATE but runs the statement under
+  its single write lock, which gives the same guarantee.
+- Times are epoch seconds from the caller's clock (machines sharing a PostgreSQL queue must
+  run NTP; leases are minutes, so a second of skew does not matter).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, case, create_engine, event, func, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+
+from node.db import Base, Delivery, Instance, Job
+from node.errors import DatabaseError
+
+log = logging.getLogger(__name__)
+
+INSTANCES = Instance.__table__
+JOBS = Job.__table__
+DELIVERIES = Delivery.__table__
+
+
+def make_engine(url: str, *, durability: str = "fsync", schema: str = "") -> Engine:
+    """Create the engine with the per-connection settings the node relies on.
+
+    SQLite: WAL (readers never block the writer), ``synchronous=FULL`` when durability is
+    "fsync" (a committed row survives power loss) or NORMAL for "os" (survives a process kill),
+    foreign keys on, a 30 s busy timeout. PostgreSQL: ``search_path`` set to ``schema`` when
+    given, so that test runs (and several nodes) can share one database without colliding.
+    """
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        sync = "FULL" if durability == "fsync" else "NORMAL"
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see _sqlite_begin)
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA synchronous={sync}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            immediate = conn.get_execution_options().get("cxr_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+
+    engine = create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
+    if schema:
+        if not schema.replace("_", "").isalnum():
+            raise DatabaseError(f"database_schema must be letters, digits and '_', got {schema!r}")
+
+        @event.listens_for(engine, "connect")
+        def _pg_connect(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            cur.execute(f'SET search_path TO "{schema}"')
+            cur.close()
+            dbapi_conn.commit()
+
+    return engine
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """One row of ``instances`` as the store and the worker see it."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    path: str
+    size_bytes: int
+    accession_number: str = ""
+    calling_aet: str = ""
+    derived: bool = False
+    received_at: float = 0.0
+    id: int | None = None
+    job_id: int | None = None
+
+    def row(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k not in ("id",)}
+        out["received_at"] = self.received_at or time.time()
+        return out
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: int
+    study_instance_uid: str
+    accession_number: str
+    attempts: int
+    lease_owner: str
+
+
+@dataclass(frozen=True)
+class DueDelivery:
+    id: int
+    destination: str
+    attempts: int
+    instance: InstanceRecord
+
+
+def _instance_from_row(row: Any) -> InstanceRecord:
+    return InstanceRecord(
+        id=row.id,
+        sop_instance_uid=row.sop_instance_uid,
+        sop_class_uid=row.sop_class_uid,
+        study_instance_uid=row.study_instance_uid,
+        series_instance_uid=row.series_instance_uid,
+        transfer_syntax_uid=row.transfer_syntax_uid,
+        path=row.path,
+        size_bytes=row.size_bytes,
+        accession_number=row.accession_number,
+        calling_aet=row.calling_aet,
+        derived=row.derived,
+        received_at=row.received_at,
+        job_id=row.job_id,
+    )
+
+
+class _LeaseLost(Exception):
+    """Internal: rolls back finish_job when the job is no longer ours."""
+
+
+class Repository:
+    """The node's database operations; thread-safe (one pooled connection per call)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.is_sqlite = engine.dialect.name == "sqlite"
+
+    # -- plumbing ---------------------------------------------------------------------------
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(cxr_write=True)
+                with conn.begin():
+                    yield conn
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"database write failed: {exc.__class__.__name__}: {exc}") from exc
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn, conn.begin():
+                yield conn
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"database read failed: {exc.__class__.__name__}: {exc}") from exc
+
+    def _insert(self, table: Any) -> Any:
+        dialect = sqlite if self.is_sqlite else postgresql
+        return dialect.insert(table)
+
+    def create_schema(self) -> None:
+        try:
+            Base.metadata.create_all(self.engine)
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"cannot create the schema on {self.engine.url!r}: {exc}") from exc
+
+    def drop_schema(self) -> None:
+        """Tests only: drop every table of the node."""
+        Base.metadata.drop_all(self.engine)
+
+    # -- receive path -----------------------------------------------------------------------
+    def record_instances(self, records: Sequence[InstanceRecord]) -> None:
+        """Insert received instances in ONE transaction (the group commit of the SCP).
+
+        A SOP Instance UID that is already known is ignored (ON CONFLICT DO NOTHING): a resent
+        instance is acknowledged again without creating new work (PS3.4 B.2.3 lets an SCP
+        treat a duplicate as success).
+        """
+        if not records:
+            return
+        stmt = self._insert(INSTANCES).on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+        with self._write() as conn:
+            conn.execute(stmt, [r.row() for r in records])
+
+    def instance_count(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute(select(func.count()).select_from(INSTANCES)).scalar_one())
+
+    def find_instance(self, sop_instance_uid: str) -> InstanceRecord | None:
+        with self._read() as conn:
+            row = conn.execute(
+                select(INSTANCES).where(INSTANCES.c.sop_instance_uid == sop_instance_uid)
+            ).first()
+        return None if row is None else _instance_from_row(row)
+
+    # -- scheduler --------------------------------------------------------------------------
+    def schedule_stable_studies(self, now: float, stable_seconds: float) -> list[int]:
+        """Turn every study that has been quiet for ``stable_seconds`` into a job.
+
+        Only received instances without a job are considered, so instances that arrive after
+        their study's job was created form a new job of their own: none is dropped.
+        """
+        cutoff = now - stable_seconds
+        created: list[int] = []
+        i = INSTANCES.c
+        with self._write() as conn:
+            studies = conn.execute(
+                select(i.study_instance_uid, func.max(i.accession_number))
+                .where(i.derived.is_(False), i.job_id.is_(None))
+                .group_by(i.study_instance_uid)
+                .having(func.max(i.received_at) <= cutoff)
+            ).all()
+            for study_uid, accession in studies:
+                job_id = conn.execute(
+                    self._insert(JOBS)
+                    .values(
+                        study_instance_uid=study_uid,
+                        accession_number=accession or "",
+                        state="queued",
+                        attempts=0,
+                        created_at=now,
+                        updated_at=now,
+                        not_before=0.0,
+                    )
+                    .returning(JOBS.c.id)
+                ).scalar_one()
+                conn.execute(
+                    update(INSTANCES)
+                    .where(i.study_instance_uid == study_uid, i.derived.is_(False), i.job_id.is_(None))
+                    .values(job_id=job_id)
+                )
+                created.append(job_id)
+        return created
+
+    # -- jobs -------------------------------------------------------------------------------
+    def claim_job(
+        self, owner: str, lease_seconds: float, max_attempts: int, now: float | None = None
+    ) -> ClaimedJob | None:
+        """Lease the oldest claimable job to ``owner``; None when there is none.
+
+        Claimable: queued and past its retry delay, or running with an expired lease (its
+        worker died). A job whose lease expired after its last allowed attempt is marked
+        failed instead, so a job that kills its worker cannot loop forever.
+        """
+        now = time.time() if now is None else now
+        j = JOBS.c
+        with self._write() as conn:
+            conn.execute(
+                update(JOBS)
+                .where(j.state == "running", j.lease_expires_at < now, j.attempts >= max_attempts)
+                .values(
+                    state="failed",
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    updated_at=now,
+                    finished_at=now,
+                    error=f"worker lost its lease {max_attempts} times (killed or hung)",
+                )
+            )
+            pick = (
+                select(j.id)
+                .where(
+                    or_(
+                        and_(j.state == "queued", j.not_before <= now),
+                        and_(j.state == "running", j.lease_expires_at < now),
+                    )
+                )
+                .order_by(j.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+                .scalar_subquery()
+            )
+            row = conn.execute(
+                update(JOBS)
+                .where(j.id == pick)
+                .values(
+                    state="running",
+                    attempts=j.attempts + 1,
+                    lease_owner=owner,
+                    lease_expires_at=now + lease_seconds,
+                    updated_at=now,
+                )
+                .returning(j.id, j.study_instance_uid, j.accession_number, j.attempts)
+            ).first()
+        if row is None:
+            return None
+        return ClaimedJob(row.id, row.study_instance_uid, row.accession_number, row.attempts, owner)
+
+    def renew_lease(self, job_id: int, owner: str, lease_seconds: float) -> bool:
+        """Extend the lease; False when the job is no longer ours (lease lost to another worker)."""
+        now = time.time()
+        with self._write() as conn:
+            result = conn.execute(
+                update(JOBS)
+                .where(JOBS.c.id == job_id, JOBS.c.lease_owner == owner, JOBS.c.state == "running")
+                .values(lease_expires_at=now + lease_seconds, updated_at=now)
+            )
+        return result.rowcount == 1
+
+    def job_instances(self, job_id: int) -> list[InstanceRecord]:
+        with self._read() as conn:
+            rows = conn.execute(
+                select(INSTANCES)
+                .where(INSTANCES.c.job_id == job_id, INSTANCES.c.derived.is_(False))
+                .order_by(INSTANCES.c.id)
+            ).all()
+        return [_instance_from_row(r) for r in rows]
+
+    def finish_job(
+        self,
+        job_id: int,
+        owner: str,
+        results: Sequence[InstanceRecord],
+        destinations: Sequence[str],
+        note: str = "",
+    ) -> bool:
+        """Record the job's result objects, their outbox rows and the job as done, atomically.
+
+        Returns False (and writes nothing) when the lease was lost meanwhile: the worker that
+        now holds the job will record its own results, so none are duplicated.
+        """
+        now = time.time()
+        try:
+            return self._finish_job(job_id, owner, results, destinations, now, note)
+        except _LeaseLost:
+            return False
+
+    def _finish_job(
+        self,
+        job_id: int,
+        owner: str,
+        results: Sequence[InstanceRecord],
+        destinations: Sequence[str],
+        now: float,
+        note: str,
+    ) -> bool:
+        with self._write() as conn:
+            done = conn.execute(
+                update(JOBS)
+                .where(JOBS.c.id == job_id, JOBS.c.lease_owner == owner, JOBS.c.state == "running")
+                .values(
+                    state="done",
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    updated_at=now,
+                    finished_at=now,
+                    error=note[:4000] or None,
+                )
+            )
+            if done.rowcount != 1:
+                raise _LeaseLost
+            for record in results:
+                row = record.row() | {"derived": True, "job_id": job_id, "received_at": now}
+                instance_id = conn.execute(
+                    self._insert(INSTANCES).values(**row).returning(INSTANCES.c.id)
+                ).scalar_one()
+                if destinations:
+                    conn.execute(
+                        self._insert(DELIVERIES),
+                        [
+                            {
+                                "instance_id": instance_id,
+                                "destination": d,
+                                "state": "pending",
+                                "attempts": 0,
+                                "next_attempt_at": 0.0,
+                                "created_at": now,
+                            }
+                            for d in destinations
+                        ],
+                    )
+        return True
+
+    def fail_job(self, job_id: int, owner: str, error: str, max_attempts: int, retry_delay: float) -> str:
+        """An attempt failed: queue the job again after ``retry_delay`` or, after the last
+        attempt, mark it failed with ``error``. Returns the new state ("" if not ours)."""
+        now = time.time()
+        j = JOBS.c
+        with self._write() as conn:
+            row = conn.execute(
+                update(JOBS)
+                .where(j.id == job_id, j.lease_owner == owner, j.state == "running")
+                .values(
+                    state=case((j.attempts >= max_attempts, "failed"), else_="queued"),
+                    finished_at=case((j.attempts >= max_attempts, now), else_=None),
+                    not_before=now + retry_delay,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    updated_at=now,
+                    error=error[:4000],
+                )
+                .returning(j.state)
+            ).first()
+        return "" if row is None else str(row.state)
+
+    def release_job(self, job_id: int, owner: str) -> bool:
+        """Give a claimed job back untouched (shutdown): queued again, the attempt not counted."""
+        now = time.time()
+        j = JOBS.c
+        with self._write() as conn:
+            result = conn.execute(
+                update(JOBS)
+                .where(j.id == job_id, j.lease_owner == owner, j.state == "running")
+                .values(
+                    state="queued",
+                    attempts=j.attempts - 1,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    updated_at=now,
+                )
+            )
+        return result.rowcount == 1
+
+    # -- deliveries -------------------------------------------------------------------------
+    def due_deliveries(self, limit: int, now: float | None = None) -> list[DueDelivery]:
+        now = time.time() if now is None else now
+        d = DELIVERIES.c
+        with self._read() as conn:
+            rows = conn.execute(
+                select(
+                    d.id.label("delivery_id"), d.destination, d.attempts.label("delivery_attempts"), INSTANCES
+                )
+                .join(INSTANCES, INSTANCES.c.id == d.instance_id)
+                .where(d.state == "pending", d.next_attempt_at <= now)
+                .order_by(d.id)
+                .limit(limit)
+            ).all()
+        return [
+            DueDelivery(r.delivery_id, r.destination, r.delivery_attempts, _instance_from_row(r))
+            for r in rows
+        ]
+
+    def mark_sent(self, delivery_ids: Sequence[int]) -> None:
+        if not delivery_ids:
+            return
+        now = time.time()
+        with self._write() as conn:
+            conn.execute(
+                update(DELIVERIES)
+                .where(DELIVERIES.c.id.in_(list(delivery_ids)))
+                .values(state="sent", sent_at=now, attempts=DELIVERIES.c.attempts + 1, error=None)
+            )
+
+    def mark_attempt_failed(
+        self, delivery_id: int, error: str, max_attempts: int, next_attempt_at: float
+    ) -> str:
+        """Count a failed attempt: pending with a later ``next_attempt_at``, or failed after the last."""
+        d = DELIVERIES.c
+        with self._write() as conn:
+            row = conn.execute(
+                update(DELIVERIES)
+                .where(d.id == delivery_id, d.state == "pending")
+                .values(
+                    attempts=d.attempts + 1,
+                    state=case((d.attempts + 1 >= max_attempts, "failed"), else_="pending"),
+                    next_attempt_at=next_attempt_at,
+                    error=error[:4000],
+                )
+                .returning(d.state)
+            ).first()
+        return "" if row is None else str(row.state)
+
+    def resend_failed(self, destination: str | None = None) -> int:
+        """``cxr-node resend``: failed deliveries back to pending with a fresh attempt count."""
+        d = DELIVERIES.c
+        stmt = update(DELIVERIES).where(d.state == "failed")
+        if destination:
+            stmt = stmt.where(d.destination == destination)
+        with self._write() as conn:
+            result = conn.execute(stmt.values(state="pending", attempts=0, next_attempt_at=0.0))
+        return int(result.rowcount)
+
+    # -- status -----------------------------------------------------------------------------
+    def status(self, max_studies: int = 50, max_errors: int = 10) -> dict[str, Any]:
+        """Counts by state, recent errors and per-study progress (``cxr-node status --json``)."""
+        i, j, d = INSTANCES.c, JOBS.c, DELIVERIES.c
+        with self._read() as conn:
+            jobs = dict.fromkeys(("queued", "running", "done", "failed"), 0)
+            jobs.update({s: n for s, n in conn.execute(select(j.state, func.count()).group_by(j.state))})
+            deliveries = dict.fromkeys(("pending", "sent", "failed"), 0)
+            deliveries.update(
+                {s: n for s, n in conn.execute(select(d.state, func.count()).group_by(d.state))}
+            )
+            received, derived = conn.execute(
+                select(func.count().filter(i.derived.is_(False)), func.count().filter(i.derived.is_(True)))
+            ).one()
+            study_rows = conn.execute(
+                select(
+                    i.study_instance_uid,
+                    func.max(i.accession_number),
+                    func.count().filter(i.derived.is_(False)),
+                    func.count().filter(i.derived.is_(True)),
+                    func.count().filter(and_(i.derived.is_(False), i.job_id.is_(None))),
+                    func.max(i.received_at),
+                )
+                .group_by(i.study_instance_uid)
+                .order_by(func.max(i.received_at).desc())
+                .limit(max_studies)
+            ).all()
+            uids = [r[0] for r in study_rows]
+            job_states: dict[str, dict[str, int]] = {}
+            for uid, state, n in conn.execute(
+                select(j.study_instance_uid, j.state, func.count())
+                .where(j.study_instance_uid.in_(uids))
+                .group_by(j.study_instance_uid, j.state)
+            ):
+                job_states.setdefault(uid, {})[state] = n
+            delivery_states: dict[str, dict[str, int]] = {}
+            for uid, state, n in conn.execute(
+                select(i.study_instance_uid, d.state, func.count())
+                .join(INSTANCES, INSTANCES.c.id == d.instance_id)
+                .where(i.study_instance_uid.in_(uids))
+                .group_by(i.study_instance_uid, d.state)
+            ):
+                delivery_states.setdefault(uid, {})[state] = n
+            job_errors = conn.execute(
+                select(j.id, j.study_instance_uid, j.state, j.attempts, j.error, j.updated_at)
+                .where(j.error.is_not(None))
+                .order_by(j.updated_at.desc())
+                .limit(max_errors)
+            ).all()
+            delivery_errors = conn.execute(
+                select(d.id, d.destination, d.state, d.attempts, d.error, i.sop_instance_uid)
+                .join(INSTANCES, INSTANCES.c.id == d.instance_id)
+                .where(d.error.is_not(None))
+                .order_by(d.id.desc())
+                .limit(max_errors)
+            ).all()
+        studies = []
+        for uid, accession, n_received, n_results, n_unscheduled, last in study_rows:
+            js = job_states.get(uid, {})
+            ds = delivery_states.get(uid, {})
+            if n_unscheduled:
+                progress = "receiving"
+            elif js.get("queued") or js.get("running"):
+                progress = "analysing"
+            elif js.get("failed"):
+                progress = "failed"
+            elif ds.get("pending"):
+                progress = "delivering"
+            elif ds.get("failed"):
+                progress = "delivery_failed"
+            else:
+                progress = "done"
+            studies.append(
+                {
+                    "study_instance_uid": uid,
+                    "accession_number": accession or "",
+                    "instances": n_received,
+                    "results": n_results,
+                    "unscheduled": n_unscheduled,
+                    "last_received_at": last,
+                    "jobs": js,
+                    "deliveries": ds,
+                    "state": progress,
+                }
+            )
+        return {
+            "jobs": jobs,
+            "deliveries": deliveries,
+            "instances": int(received),
+            "results": int(derived),
+            "studies": studies,
+            "errors": {
+                "jobs": [
+                    {
+                        "job_id": r.id,
+                        "study_instance_uid": r.study_instance_uid,
+                        "state": r.state,
+                        "attempts": r.attempts,
+                        "error": r.error,
+                        "at": r.updated_at,
+                    }
+                    for r in job_errors
+                ],
+                "deliveries": [
+                    {
+                        "delivery_id": r.id,
+                        "destination": r.destination,
+                        "state": r.state,
+                        "attempts": r.attempts,
+                        "error": r.error,
+                        "sop_instance_uid": r.sop_instance_uid,
+                    }
+                    for r in delivery_errors
+                ],
+            },
+        }
+
+    def ping(self) -> None:
+        with self._read() as conn:
+            conn.execute(text("SELECT 1"))

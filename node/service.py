@@ -1,0 +1,156 @@
+"""Wires the stages of ``cxr-node serve``: listener -> scheduler -> worker(s) -> delivery.
+
+Each stage is a thread with its own loop and reads its work from the database, so any stage
+can stop and restart alone and a restarted node resumes queued jobs and pending deliveries
+from the tables. Shutdown (SIGTERM/SIGINT) runs in the reverse order of the data flow: stop
+accepting associations (the running ones finish their current C-STORE and are closed), commit
+what is waiting, let the workers finish the current image and release their job, let the
+delivery loop finish its current association.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+
+from node.config import NodeConfig
+from node.delivery import DeliveryLoop
+from node.ingest import GroupCommitter
+from node.logs import log_event
+from node.repository import Repository, make_engine
+from node.scheduler import Scheduler
+from node.scp import StoreHandler, start_listener
+from node.store import InstanceStore
+from node.worker import Analyzer, Worker, chest_analyzer_factory, start_worker_threads
+
+log = logging.getLogger("node.service")
+
+
+def open_repository(config: NodeConfig, create: bool = True) -> Repository:
+    if not config.node.database_url:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(
+        config.database_url, durability=config.node.durability, schema=config.node.database_schema
+    )
+    repo = Repository(engine)
+    if create:
+        repo.create_schema()
+    return repo
+
+
+def open_store(config: NodeConfig) -> InstanceStore:
+    return InstanceStore(
+        config.data_dir / "instances",
+        fsync=config.node.durability == "fsync",
+        min_free_bytes=config.node.min_free_disk_mb * 2**20,
+    )
+
+
+class NodeService:
+    """The whole node in one process (the default deployment)."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        analyzer_factory: Callable[[], Analyzer] | None = None,
+        workers: int | None = None,
+        listen: bool = True,
+        deliver: bool = True,
+        schedule: bool = True,
+    ) -> None:
+        self.config = config
+        self.repo = open_repository(config)
+        self.store = open_store(config)
+        self.analyzer_factory = analyzer_factory or chest_analyzer_factory(config)
+        self.n_workers = config.worker.workers if workers is None else workers
+        self.listen, self.deliver, self.schedule = listen, deliver, schedule
+        self.stop_event = threading.Event()
+        self.job_wake = threading.Event()
+        self.delivery_wake = threading.Event()
+        self.committer: GroupCommitter | None = None
+        self.handler: StoreHandler | None = None
+        self.server = None
+        self.scheduler: Scheduler | None = None
+        self.workers: list[tuple[Worker, threading.Thread]] = []
+        self.delivery_thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        removed = self.store.remove_temporaries()
+        log_event(
+            log,
+            "node.starting",
+            ae_title=self.config.node.ae_title,
+            port=self.config.node.port,
+            database=self.repo.engine.dialect.name,
+            durability=self.config.node.durability,
+            destinations=",".join(d.name for d in self.config.destinations) or "-",
+            workers=self.n_workers,
+            stale_temporaries_removed=removed,
+        )
+        if self.listen:
+            self.committer = GroupCommitter(
+                self.repo,
+                self.store,
+                batch_max=self.config.node.commit_batch_max,
+                timeout=self.config.node.dimse_timeout,
+            )
+            self.handler = StoreHandler(self.config, self.store, self.committer)
+            self.server = start_listener(self.config, self.handler)
+        if self.schedule:
+            self.scheduler = Scheduler(self.repo, self.config.node.study_stable_seconds, wake=self.job_wake)
+            self.scheduler.start()
+        if self.n_workers > 0:
+            self.workers = start_worker_threads(
+                self.config,
+                self.repo,
+                self.store,
+                self.analyzer_factory,
+                self.n_workers,
+                self.stop_event,
+                self.job_wake,
+            )
+        if self.deliver and self.config.destinations:
+            loop = DeliveryLoop(self.config, self.repo, self.store, self.stop_event, self.delivery_wake)
+            self.delivery_thread = threading.Thread(target=loop.run, name="delivery", daemon=True)
+            self.delivery_thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Graceful stop; every join is bounded by ``timeout``."""
+        deadline = time.monotonic() + timeout
+        log_event(log, "node.stopping")
+        if self.server is not None:
+            self.server.shutdown()  # stops accepting, closes the running associations
+        if self.committer is not None:
+            self.committer.stop(timeout=max(0.1, deadline - time.monotonic()))
+        if self.scheduler is not None:
+            self.scheduler.stop(timeout=max(0.1, deadline - time.monotonic()))
+        self.stop_event.set()
+        self.job_wake.set()
+        self.delivery_wake.set()
+        for _worker, thread in self.workers:
+            thread.join(max(0.1, deadline - time.monotonic()))
+        if self.delivery_thread is not None:
+            self.delivery_thread.join(max(0.1, deadline - time.monotonic()))
+        self.repo.engine.dispose()
+        log_event(log, "node.stopped")
+
+    def run_until_signal(self) -> int:
+        """Start, wait for SIGTERM/SIGINT, stop; returns the exit status (0)."""
+        stopping = threading.Event()
+
+        def _on_signal(signum: int, _frame: FrameType | None) -> None:
+            log_event(log, "node.signal", signal=signal.Signals(signum).name)
+            stopping.set()
+
+        signal.signal(signal.SIGTERM, _on_signal)
+        signal.signal(signal.SIGINT, _on_signal)
+        self.start()
+        while not stopping.wait(1.0):
+            pass
+        self.stop()
+        return 0
