@@ -149,6 +149,8 @@ class ChestResult:
     covid: CovidResult | None = None
     ggo: GgoResult | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # Stages skipped for this image and why (e.g. lungs-only COVID input with an empty lung mask).
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def models(self) -> dict[str, ModelInfo]:
@@ -182,5 +184,6 @@ class ChestResult:
             "ggo_boxes": [] if self.ggo is None else [b.to_json() for b in self.ggo.boxes],
             "models": {name: m.version for name, m in self.models.items()},
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+            "warnings": list(self.warnings),
             "outputs": list(outputs or []),
         }

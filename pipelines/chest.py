@@ -1,0 +1,162 @@
+"""Task 5, the chest pipeline: projection -> lungs -> COVID-19 (+ Grad-CAM) -> GGO, one result per image.
+
+Every bundle is loaded once, when the pipeline is built (a worker builds one per process). A lateral
+image stops after projection (``analysed=False`` with the reason). Per-stage wall times are in
+``ChestResult.timings_ms``; in :meth:`ChestPipeline.analyze_batch` a stage runs once for the whole
+batch, and each image gets the batch's stage time divided by the number of images in that stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+from pipelines.bundle import BundleRegistry
+from pipelines.errors import BundleError
+from pipelines.results import ChestResult, CovidResult, GgoResult, LungResult, Projection, SourceImage
+from pipelines.runtime import chunks, resolve_device
+from pipelines.tasks.covid import CovidClassifier
+from pipelines.tasks.ggo import GgoDetector, GgoSegmenter, ggo_extent_percent
+from pipelines.tasks.lungs import LungSegmenter
+from pipelines.tasks.projection import ProjectionClassifier
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
+
+LATERAL_REASON = "lateral projection: the lung, COVID-19 and GGO models read frontal (PA/AP) images only"
+STAGES = ("projection", "lungs", "covid", "ggo_detection", "ggo_segmentation")
+
+
+@dataclass
+class _Timer:
+    totals: dict[str, float]
+
+    def run(self, stage: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.totals[stage] = self.totals.get(stage, 0.0) + (time.perf_counter() - start) * 1000.0
+
+
+class ChestPipeline:
+    """The five models, loaded once; :meth:`analyze` / :meth:`analyze_batch` per image."""
+
+    def __init__(
+        self,
+        projection: ProjectionClassifier,
+        lungs: LungSegmenter,
+        covid: CovidClassifier,
+        ggo_detection: GgoDetector,
+        ggo_segmentation: GgoSegmenter,
+        device: str,
+        batch_size: int = 16,
+    ) -> None:
+        self.projection = projection
+        self.lungs = lungs
+        self.covid = covid
+        self.ggo_detection = ggo_detection
+        self.ggo_segmentation = ggo_segmentation
+        self.device = device
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_models_dir(
+        cls,
+        models_dir: Path | str,
+        device: str | None = None,
+        *,
+        state_dir: Path | str | None = None,
+        preferred: Mapping[str, str] | None = None,
+        batch_size: int = 16,
+    ) -> ChestPipeline:
+        """Load one bundle per task from ``models_dir`` (raises BundleError naming what is missing)."""
+        device = resolve_device(device)
+        registry = BundleRegistry(models_dir, preferred=preferred)
+        missing = registry.missing_tasks()
+        if missing:
+            problems = "; ".join(f"{p}: {e}" for p, e in registry.problems.items())
+            raise BundleError(f"{models_dir}: no bundle for task(s) {', '.join(missing)}"
+                              + (f" (unreadable: {problems})" if problems else ""))
+        return cls(
+            projection=ProjectionClassifier(registry.load("projection", device)),
+            lungs=LungSegmenter(registry.load("lungs", device)),
+            covid=CovidClassifier(registry.load("covid", device)),
+            ggo_detection=GgoDetector(registry.load("ggo_detection", device, state_dir=state_dir)),
+            ggo_segmentation=GgoSegmenter(registry.load("ggo_segmentation", device)),
+            device=device,
+            batch_size=batch_size,
+        )
+
+    def analyze(self, image: SourceImage) -> ChestResult:
+        return self._analyze_chunk([image])[0]
+
+    def analyze_batch(self, images: Sequence[SourceImage]) -> list[ChestResult]:
+        """Analyse many images, ``batch_size`` at a time per model."""
+        results: list[ChestResult] = []
+        for part in chunks(len(images), self.batch_size):
+            results += self._analyze_chunk(list(images[part]))
+        return results
+
+    def _analyze_chunk(self, images: list[SourceImage]) -> list[ChestResult]:
+        if not images:
+            return []
+        start = time.perf_counter()
+        timer = _Timer({})
+        projections = timer.run("projection", self.projection.predict, images)
+        results = [
+            ChestResult(source=im.path, sop_instance_uid=im.sop_instance_uid, image_shape=im.shape,
+                        spacing=im.spacing, projection=proj, analysed=proj.projection == Projection.FRONTAL,
+                        not_analysed_reason=None if proj.projection == Projection.FRONTAL else LATERAL_REASON)
+            for im, proj in zip(images, projections, strict=True)
+        ]
+        frontal = [i for i, r in enumerate(results) if r.analysed]
+        counts = {"projection": len(images)}
+        if frontal:
+            f_images = [images[i] for i in frontal]
+            lungs: list[LungResult] = timer.run("lungs", self.lungs.predict, f_images)
+            self._covid(timer, f_images, lungs, [results[i] for i in frontal])
+            self._ggo(timer, f_images, lungs, [results[i] for i in frontal])
+            for i, lung in zip(frontal, lungs, strict=True):
+                results[i].lungs = lung
+            counts.update({stage: len(frontal) for stage in STAGES[1:]})
+        total = (time.perf_counter() - start) * 1000.0
+        for r in results:
+            per_stage = {s: timer.totals[s] / counts[s] for s in STAGES if s in timer.totals and r.analysed}
+            per_stage["projection"] = timer.totals["projection"] / counts["projection"]
+            r.timings_ms = {**per_stage, "total": total / len(images)}
+        return results
+
+    def _covid(self, timer: _Timer, images: list[SourceImage], lungs: list[LungResult],
+               results: list[ChestResult]) -> None:
+        usable = [i for i, lung in enumerate(lungs) if lung.area_px > 0 or not self.covid.needs_lungs]
+        for i in set(range(len(images))) - set(usable):
+            results[i].warnings.append("covid: skipped, lungs-only input needs a lung mask; none found")
+        covid: list[CovidResult] = timer.run(
+            "covid", self.covid.predict, [images[i] for i in usable], [lungs[i].mask for i in usable])
+        for i, value in zip(usable, covid, strict=True):
+            results[i].covid = value
+
+    def _ggo(self, timer: _Timer, images: list[SourceImage], lungs: list[LungResult],
+             results: list[ChestResult]) -> None:
+        boxes = timer.run("ggo_detection", self.ggo_detection.predict, images)
+        need = self.ggo_segmentation.needs_lungs
+        usable = [i for i, lung in enumerate(lungs) if lung.area_px > 0 or not need]
+        for i in set(range(len(images))) - set(usable):
+            results[i].warnings.append("ggo: skipped, lungs-only input needs a lung mask; none found")
+        masks = timer.run("ggo_segmentation", self.ggo_segmentation.predict,
+                          [images[i] for i in usable], [lungs[i].mask for i in usable])
+        for i, (mask, prob) in zip(usable, masks, strict=True):
+            extent = ggo_extent_percent(mask, lungs[i].mask)
+            if extent is None:
+                results[i].warnings.append("ggo: extent undefined, the lung mask is empty")
+            results[i].ggo = GgoResult(
+                boxes=boxes[i], mask=mask, probability_map=prob, extent_percent=extent,
+                detection_model=self.ggo_detection.bundle.info,
+                segmentation_model=self.ggo_segmentation.bundle.info,
+            )

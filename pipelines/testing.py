@@ -1,0 +1,105 @@
+"""Tiny randomly initialised bundles for plumbing tests and benchmarks (never for reading images).
+
+:func:`write_random_bundles` writes one bundle per task that loads and runs in well under a second
+per image on CPU: small networks at 64 px. Their outputs are meaningless, but shaped exactly like a
+real model's, and a few biases are set so that every stage has something to do: the projection
+model calls everything frontal (or lateral, on request), the lung model marks most of the image,
+the GGO models find some boxes and some mask. Tests of the node and of the result writers use it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipelines import networks
+from pipelines.bundle import BundleMetadata, save_bundle
+from pipelines.preprocess import InputSpec
+
+RANDOM_VERSION = "0.0.0-random"
+SIZE = 64
+_CARD = """# {name} (random weights)
+
+Randomly initialised {architecture} for the `{task}` task, written by
+`pipelines.testing.write_random_bundles` for plumbing tests and benchmarks.
+Its outputs mean nothing. Research use only; not for diagnosis.
+"""
+
+
+def _last_conv(net: nn.Module) -> nn.Module:
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
+    return convs[-1]
+
+
+def _save(models_dir: Path, name: str, task: str, architecture: str, definition: dict, spec: InputSpec,
+          labels: list[str], threshold: float, weights: dict | Path, target_layer: str | None = None) -> None:
+    metadata = BundleMetadata(
+        name=name, version=RANDOM_VERSION, task=task, architecture=architecture, network_def=definition,
+        input=spec, labels=labels, operating_threshold=threshold,
+        threshold_method="fixed for random test bundles", description="random weights for tests",
+        target_layer=target_layer, metrics={}, training_data={"note": "none: random initialisation"},
+    )
+    card = _CARD.format(name=name, architecture=architecture, task=task)
+    save_bundle(models_dir / name, metadata, weights, card)
+
+
+def write_random_bundles(
+    models_dir: Path | str,
+    seed: int = 0,
+    *,
+    lateral: bool = False,
+    covid_architecture: str = "vgg16",
+    covid_mode: str = "lungs_only",
+    state_dir: Path | str | None = None,
+) -> None:
+    """Write five tiny random bundles under ``models_dir`` (one folder per task).
+
+    ``lateral=True`` makes the projection model call every image lateral (tests of the stop rule);
+    ``covid_architecture`` is any classifier of :mod:`pipelines.networks` (tiny widths);
+    ``covid_mode`` is "lungs_only" or "whole_image".
+    """
+    models_dir = Path(models_dir)
+    torch.manual_seed(seed)
+    whole = InputSpec(size=SIZE, mode="whole_image")
+
+    proj = networks.build_network("resnet18", width=8)
+    with torch.no_grad():  # every image frontal (or lateral): the chain runs (or stops) deterministically
+        proj.fc.weight.mul_(0.01)
+        proj.fc.bias.fill_(6.0 if lateral else -6.0)
+    _save(models_dir, "random-projection", "projection", "resnet18",
+          networks.network_def("resnet18", width=8), whole, ["frontal", "lateral"], 0.5,
+          proj.state_dict(), "layer4")
+
+    unet_kwargs = {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0}
+    unet_def = networks.network_def("unet", **unet_kwargs)
+    lungs = networks.build_network("unet", **unet_kwargs)
+    with torch.no_grad():  # mostly foreground, so lungs-only COVID input has lungs to crop to
+        _last_conv(lungs).bias.fill_(3.0)
+    _save(models_dir, "random-lungs", "lungs", "unet", unet_def, whole, ["background", "lung"], 0.5,
+          lungs.state_dict())
+
+    kwargs = {"width": 8} if covid_architecture.startswith(("vgg", "resnet")) else {}
+    covid = networks.build_network(covid_architecture, **kwargs)
+    _save(models_dir, "random-covid", "covid", covid_architecture,
+          networks.network_def(covid_architecture, **kwargs),
+          InputSpec(size=SIZE, mode=covid_mode), ["negative", "covid19"], 0.5,  # type: ignore[arg-type]
+          covid.state_dict(), networks.DEFAULT_TARGET_LAYERS[covid_architecture])
+
+    ggo_seg = networks.build_network("unet", **unet_kwargs)
+    with torch.no_grad():
+        _last_conv(ggo_seg).bias.fill_(-0.2)
+    _save(models_dir, "random-ggo-segmentation", "ggo_segmentation", "unet", unet_def, whole,
+          ["background", "ggo"], 0.5, ggo_seg.state_dict())
+
+    yolo = networks.yolo_model("yolo11n.yaml", num_classes=1, state_dir=state_dir)
+    with torch.no_grad():  # class logits near 0 instead of ultralytics' prior: some boxes pass 0.25
+        for branch in yolo.model[-1].cv3:
+            branch[-1].bias.fill_(-1.0)
+    checkpoint = models_dir / ".random-yolo.pt"
+    networks.save_yolo_checkpoint(yolo, checkpoint, imgsz=SIZE, names=["ggo"])
+    _save(models_dir, "random-ggo-detection", "ggo_detection", "yolo",
+          networks.network_def("yolo", cfg="yolo11n.yaml", num_classes=1),
+          InputSpec(size=SIZE, normalization="unit", channels=3), ["ggo"], 0.25, checkpoint)
+    checkpoint.unlink()
