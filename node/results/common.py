@@ -1,0 +1,193 @@
+"""What every result object shares: identity of the writer, study copy, dates, character set.
+
+PS3.3 C.7.2 / C.7.1: a derived object belongs to the *same* Patient and Study as its source
+(highdicom copies Patient ID/Name/Birth Date/Sex, Study Instance UID, Study Date/Time, Study ID,
+Accession Number and Referring Physician from the source dataset), in a *new* Series (C.7.3).
+PS3.3 C.12.1.1.5: Contributing Equipment names the software that made the object. PS3.3
+C.12.1.1.2: Specific Character Set must cover the copied Patient Name.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import re
+from dataclasses import dataclass, field
+
+import highdicom as hd
+import pydicom
+from pydicom.uid import UID, generate_uid
+
+from node.results import codes
+from node.results.settings import ResultSettings
+from pipelines.results import ChestResult
+
+log = logging.getLogger(__name__)
+
+_AGE_STRING = re.compile(r"\d{3}[DWMY]")
+
+# Attributes without which no derived object can say what it belongs to (PS3.3 C.7.2.1, C.12.1).
+REQUIRED_SOURCE_ATTRIBUTES = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID",
+                              "Rows", "Columns")
+
+
+class ResultInputError(ValueError):
+    """The source dataset or the pipeline result cannot be turned into result objects."""
+
+
+@dataclass(frozen=True)
+class ResultContext:
+    """Values shared by the objects built from one source image in one call.
+
+    One ``now`` gives every object the same Content/Series Date and Time, so a viewer sorts
+    them together and the SR's evidence matches the SEG it references.
+    """
+
+    settings: ResultSettings
+    now: datetime.datetime
+    specific_character_set: str | list[str] | None
+    seg_series_uid: UID = field(default_factory=generate_uid)
+    sr_series_uid: UID = field(default_factory=generate_uid)
+    sc_series_uid: UID = field(default_factory=generate_uid)
+    seg_instance_uid: UID = field(default_factory=generate_uid)
+    sr_instance_uid: UID = field(default_factory=generate_uid)
+    sc_instance_uid: UID = field(default_factory=generate_uid)
+
+    @property
+    def date_kwargs(self) -> dict[str, object]:
+        """highdicom SOPClass keywords for Content and Series Date/Time (PS3.3 C.7.3.1, C.7.6.1)."""
+        return {
+            "content_date": self.now.date(),
+            "content_time": self.now.time().replace(microsecond=0),
+            "series_date": self.now.date(),
+            "series_time": self.now.time().replace(microsecond=0),
+        }
+
+    def common_kwargs(self) -> dict[str, object]:
+        """Keywords every highdicom constructor of ours accepts."""
+        kwargs: dict[str, object] = dict(self.date_kwargs)
+        if self.specific_character_set is not None:
+            kwargs["specific_character_set"] = self.specific_character_set
+        if self.settings.institution_name:
+            kwargs["institution_name"] = self.settings.institution_name
+        if self.settings.institutional_department_name:
+            kwargs["institutional_department_name"] = self.settings.institutional_department_name
+        return kwargs
+
+
+def make_context(source: pydicom.Dataset, settings: ResultSettings,
+                 now: datetime.datetime | None = None) -> ResultContext:
+    return ResultContext(
+        settings=settings,
+        now=now or datetime.datetime.now(),
+        specific_character_set=character_set_for(source),
+    )
+
+
+def character_set_for(source: pydicom.Dataset) -> str | list[str] | None:
+    """The Specific Character Set of the results: the source's, or UTF-8 when it has none.
+
+    Our own text is ASCII, and the only non-ASCII text we copy comes from the source (Patient
+    Name, Study Description...), so the source's character set always covers it. A source
+    without (0008,0005) but with non-ASCII text is invalid (default repertoire is ASCII,
+    PS3.5 6.1.2.2); its text was decoded by pydicom with a fallback, and we re-encode in
+    UTF-8 (ISO_IR 192) so that nothing is lost.
+    """
+    value = source.get("SpecificCharacterSet")
+    if value:
+        if isinstance(value, str):
+            return value
+        return [str(v) for v in value]
+    for keyword in ("PatientName", "ReferringPhysicianName", "StudyDescription", "StudyID",
+                    "AccessionNumber", "PatientID"):
+        text = str(source.get(keyword, "") or "")
+        if not text.isascii():
+            log.warning("source %s has non-ASCII %s but no Specific Character Set; writing ISO_IR 192",
+                        source.get("SOPInstanceUID"), keyword)
+            return "ISO_IR 192"
+    return None
+
+
+def check_inputs(source: pydicom.Dataset, result: ChestResult) -> None:
+    """Refuse a source/result pair that would produce objects pointing at the wrong image."""
+    missing = [k for k in REQUIRED_SOURCE_ATTRIBUTES if k not in source or source.get(k) in (None, "")]
+    if missing:
+        raise ResultInputError(
+            f"source {source.get('SOPInstanceUID', '<no SOPInstanceUID>')}: missing {', '.join(missing)}")
+    shape = (int(source.Rows), int(source.Columns))
+    if tuple(result.image_shape) != shape:
+        raise ResultInputError(
+            f"source {source.SOPInstanceUID}: result grid {tuple(result.image_shape)} "
+            f"!= source Rows x Columns {shape}")
+    if result.sop_instance_uid and result.sop_instance_uid != source.SOPInstanceUID:
+        raise ResultInputError(
+            f"result is for SOP Instance {result.sop_instance_uid}, source is {source.SOPInstanceUID}")
+    if int(source.get("NumberOfFrames", 1) or 1) != 1:
+        raise ResultInputError(f"source {source.SOPInstanceUID}: multi-frame images are not supported")
+
+
+# Type 2 attributes of the Patient and General Study modules (PS3.3 C.7.1.1, C.7.2.1) that
+# highdicom copies from the source; some real sources (e.g. secondary captures) omit them.
+_TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                 "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def reference_copy(source: pydicom.Dataset) -> pydicom.Dataset:
+    """The source without its Pixel Data, with absent Type 2 patient/study attributes present empty.
+
+    highdicom reads these attributes unconditionally; an absent Type 2 attribute and an empty
+    one mean the same (PS3.5 7.4.2), so the results stay consistent with the source.
+    """
+    copy = pydicom.Dataset()
+    for element in source:
+        if element.tag != pydicom.tag.Tag("PixelData"):
+            copy.add(element)
+    if hasattr(source, "file_meta"):
+        copy.file_meta = source.file_meta
+    for keyword in _TYPE2_COPIED:
+        if keyword not in copy:
+            setattr(copy, keyword, None)
+    age = copy.get("PatientAge")
+    if age and not _AGE_STRING.fullmatch(str(age)):
+        # Patient Age is Type 3 in the Patient Study module (PS3.3 C.7.2.2) and an AS value must
+        # be "nnnD|W|M|Y" (PS3.5 6.2); copying an invalid one would make every result invalid.
+        log.warning("source %s: dropping invalid Patient Age %r from the results",
+                    source.get("SOPInstanceUID"), str(age))
+        del copy.PatientAge
+    return copy
+
+
+def contributing_equipment(ctx: ResultContext, result: ChestResult) -> list[hd.ContributingEquipment]:
+    """Contributing Equipment item naming this node as the processing software (PS3.3 C.12.1.1.5)."""
+    models = ", ".join(f"{m.name} {m.version}" for m in result.models.values())
+    return [
+        hd.ContributingEquipment(
+            manufacturer=ctx.settings.manufacturer,
+            purpose_of_reference=codes.PROCESSING_EQUIPMENT,
+            manufacturer_model_name=ctx.settings.model_name,
+            software_versions=ctx.settings.software_version,
+            device_serial_number=ctx.settings.device_serial_number,
+            institution_name=ctx.settings.institution_name,
+            contribution_datetime=ctx.now.replace(microsecond=0),
+            contribution_description=f"Processing Algorithm: {models}"[:64],
+        )
+    ]
+
+
+def spacing_tuple(result: ChestResult) -> tuple[float, float] | None:
+    """(row, column) spacing in mm as the pipeline found it, or None."""
+    if result.spacing is None:
+        return None
+    return float(result.spacing.row_mm), float(result.spacing.column_mm)
+
+
+def patient_orientation(source: pydicom.Dataset) -> tuple[str, str] | None:
+    """The source's Patient Orientation (0020,0020) when it has two non-empty values."""
+    value = source.get("PatientOrientation")
+    if value is None:
+        return None
+    values = [str(v) for v in (value if isinstance(value, (list, tuple, pydicom.multival.MultiValue))
+                                else [value])]
+    if len(values) == 2 and all(values):
+        return values[0], values[1]
+    return None

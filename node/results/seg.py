@@ -1,0 +1,134 @@
+"""Segmentation IOD (PS3.3 A.51) with the lungs and the ground-glass opacity of one radiograph.
+
+A projection radiograph has no Frame of Reference, so highdicom writes neither plane position
+nor plane orientation. Two additions make the object usable, both verified (STACK.md):
+* Pixel Measures (PS3.3 C.7.6.16.2.1) with the source's spacing and a nominal Slice Thickness
+  of 1.0, without which highdicom 0.28 cannot read its own SEG back;
+* Plane Orientation with Image Orientation (Patient) [1,0,0,0,1,0] in the Shared Functional
+  Groups (PS3.3 C.7.6.16.2.4): OHIF 3.13's SEG loader dereferences it unconditionally.
+Both frames are always written (``omit_empty_frames=False``): an empty GGO frame still tells a
+reader "no GGO found", and OHIF expects one frame per segment of a single-frame source.
+"""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+from node.results import codes
+from node.results.common import (
+    ResultContext,
+    ResultInputError,
+    contributing_equipment,
+    patient_orientation,
+    reference_copy,
+    spacing_tuple,
+)
+from pipelines.results import ChestResult, ModelInfo
+
+LUNG_SEGMENT = 1
+GGO_SEGMENT = 2
+LUNG_LABEL = "Lungs"
+GGO_LABEL = "Ground glass opacity"
+# Display colours (CIELab via sRGB): lungs blue, GGO orange, as in the secondary capture.
+LUNG_RGB = (40, 120, 255)
+GGO_RGB = (255, 140, 0)
+# Without spacing the SEG still needs Pixel Measures for highdicom's reader; 1.0 mm is what
+# PS3.3 C.8.20.2 readers assume for a SEG without geometry. It is documented as nominal.
+NOMINAL_SPACING_MM = (1.0, 1.0)
+
+
+def _algorithm(model: ModelInfo) -> hd.AlgorithmIdentificationSequence:
+    return hd.AlgorithmIdentificationSequence(
+        name=model.name[:64],
+        family=codes.ARTIFICIAL_INTELLIGENCE,
+        version=model.version[:64],
+        source="cxr-node",
+        parameters={"architecture": model.architecture, "task": model.task},
+    )
+
+
+def _description(number: int, label: str, category: hd.sr.CodedConcept, kind: hd.sr.CodedConcept,
+                 model: ModelInfo, rgb: tuple[int, int, int], tracking_uid: str,
+                 anatomic_regions: list[hd.sr.CodedConcept] | None = None) -> hd.seg.SegmentDescription:
+    return hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=label,
+        segmented_property_category=category,
+        segmented_property_type=kind,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=_algorithm(model),
+        tracking_uid=tracking_uid,
+        tracking_id=label,
+        anatomic_regions=anatomic_regions,
+        display_color=hd.color.CIELabColor.from_rgb(*rgb),
+    )
+
+
+def _checked_mask(name: str, mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if mask.shape != shape:
+        raise ResultInputError(f"{name} mask shape {mask.shape} != source grid {shape}")
+    return np.asarray(mask).astype(bool)
+
+
+def build_seg(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext,
+              *, lung_tracking_uid: str, ggo_tracking_uid: str) -> hd.seg.Segmentation:
+    """The SEG of an analysed frontal image: segment 1 lungs, segment 2 GGO."""
+    if result.lungs is None or result.ggo is None:
+        raise ResultInputError(f"result for {source.SOPInstanceUID} has no lung/GGO masks (not analysed)")
+    shape = (int(source.Rows), int(source.Columns))
+    lungs = _checked_mask("lung", result.lungs.mask, shape)
+    fractional = ctx.settings.fractional_ggo and result.ggo.probability_map is not None
+    if fractional:
+        prob = np.asarray(result.ggo.probability_map, dtype=np.float32)
+        if prob.shape != shape:
+            raise ResultInputError(f"GGO probability map shape {prob.shape} != source grid {shape}")
+        ggo_plane = np.clip(prob, 0.0, 1.0)
+        pixels = np.stack([lungs.astype(np.float32), ggo_plane], axis=-1)[None]
+        seg_type = hd.seg.SegmentationTypeValues.FRACTIONAL
+    else:
+        ggo_plane = _checked_mask("GGO", result.ggo.mask, shape)
+        pixels = np.stack([lungs, ggo_plane], axis=-1)[None].astype(np.uint8)
+        seg_type = hd.seg.SegmentationTypeValues.BINARY
+
+    descriptions = [
+        _description(LUNG_SEGMENT, LUNG_LABEL, codes.ANATOMICAL_STRUCTURE, codes.LUNG,
+                     result.lungs.model, LUNG_RGB, lung_tracking_uid),
+        _description(GGO_SEGMENT, GGO_LABEL, codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+                     codes.GROUND_GLASS_OPACITY, result.ggo.segmentation_model, GGO_RGB, ggo_tracking_uid,
+                     anatomic_regions=[codes.LUNG]),
+    ]
+    spacing = spacing_tuple(result) or NOMINAL_SPACING_MM
+    settings = ctx.settings
+    seg = hd.seg.Segmentation(
+        source_images=[reference_copy(source)],
+        pixel_array=pixels,
+        segmentation_type=seg_type,
+        segment_descriptions=descriptions,
+        series_instance_uid=ctx.seg_series_uid,
+        series_number=settings.seg_series_number,
+        sop_instance_uid=ctx.seg_instance_uid,
+        instance_number=1,
+        manufacturer=settings.manufacturer,
+        manufacturer_model_name=settings.model_name,
+        software_versions=settings.software_version,
+        device_serial_number=settings.device_serial_number,
+        fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY if fractional else None,
+        content_description="AI lung and GGO segmentation, research use only"[:64],
+        content_label="CXR_AI_SEG",
+        series_description=settings.seg_series_description,
+        pixel_measures=hd.PixelMeasuresSequence(pixel_spacing=spacing, slice_thickness=1.0),
+        omit_empty_frames=False,
+        contributing_equipment=contributing_equipment(ctx, result),
+        transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
+        **ctx.common_kwargs(),
+    )
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence = [orientation]
+    po = patient_orientation(source)
+    if po is not None:
+        seg.PatientOrientation = list(po)
+    return seg

@@ -1,0 +1,72 @@
+"""Settings of the result writers: who we say we are, and where the objects go (series).
+
+Series Numbers and Descriptions are fixed and documented in deploy/conformance/results.md so
+that a PACS hanging protocol or a worklist rule can find the node's output by number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import metadata
+
+MANUFACTURER = "cxr-node"
+MODEL_NAME = "cxr-node chest X-ray AI"
+
+SEG_SERIES_NUMBER = 9101
+SR_SERIES_NUMBER = 9102
+SC_SERIES_NUMBER = 9103
+SEG_SERIES_DESCRIPTION = "AI lungs + GGO segmentation (research use)"
+SR_SERIES_DESCRIPTION = "AI chest X-ray findings (research use)"
+SC_SERIES_DESCRIPTION = "AI heatmap overlay (research use)"
+
+RESEARCH_USE_NOTE = (
+    "Research use only, not for diagnosis. Produced automatically by cxr-node; the result has "
+    "not been reviewed by a physician."
+)
+
+
+def software_version() -> str:
+    """Version of the installed cxr-node distribution ("0+unknown" when run from a bare tree)."""
+    try:
+        return metadata.version("cxr-node")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass(frozen=True)
+class ResultSettings:
+    """Everything about the result objects that a site may set (see the conformance statement).
+
+    ``fractional_ggo`` writes a FRACTIONAL (probability) SEG whose GGO segment is the GGO
+    probability map, when the pipeline produced one; BINARY otherwise (PS3.3 C.8.20.2).
+    ``sc_max_side`` bounds the secondary capture's longest side in pixels (the overlay is
+    downscaled beyond it; a 2446x2010 RGB capture is 15 MB uncompressed).
+    """
+
+    manufacturer: str = MANUFACTURER
+    model_name: str = MODEL_NAME
+    software_version: str = ""
+    device_serial_number: str = "1"
+    institution_name: str | None = None
+    institutional_department_name: str | None = None
+    seg_series_number: int = SEG_SERIES_NUMBER
+    sr_series_number: int = SR_SERIES_NUMBER
+    sc_series_number: int = SC_SERIES_NUMBER
+    seg_series_description: str = SEG_SERIES_DESCRIPTION
+    sr_series_description: str = SR_SERIES_DESCRIPTION
+    sc_series_description: str = SC_SERIES_DESCRIPTION
+    fractional_ggo: bool = False
+    sc_max_side: int = 2048
+
+    def __post_init__(self) -> None:
+        if not self.software_version:
+            object.__setattr__(self, "software_version", software_version())
+        numbers = (self.seg_series_number, self.sr_series_number, self.sc_series_number)
+        if len(set(numbers)) != 3 or min(numbers) < 1:
+            raise ValueError(f"ResultSettings: series numbers must be distinct and positive, got {numbers}")
+        if self.sc_max_side < 64:
+            raise ValueError(f"ResultSettings: sc_max_side must be >= 64, got {self.sc_max_side}")
+        for name in ("manufacturer", "model_name"):
+            value = getattr(self, name)
+            if not value or len(value) > 64:
+                raise ValueError(f"ResultSettings: {name} must be 1-64 characters (DICOM LO), got {value!r}")

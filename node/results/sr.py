@@ -1,0 +1,263 @@
+"""Comprehensive 3D SR with a TID 1500 "Imaging Measurement Report" of one chest radiograph.
+
+Content tree (PS3.16 TID 1500; codes in ``node.results.codes``):
+
+* Procedure Reported: the plain chest X-ray (the imaged procedure, not the algorithm);
+* Observation Context (TID 1001/1004): a *device* observer naming this node and its version;
+* Image Library (TID 1600): the source image;
+* Imaging Measurements, one Measurement Group each, every group with a Tracking Identifier and
+  a Tracking Unique Identifier (TID 4108):
+  - projection (TID 1501): Image View frontal/lateral + its probability;
+  - COVID-19 (TID 1501): qualitative Present/Absent + Probability + the operating Threshold;
+  - one group per GGO box (TID 1501): Certainty of Finding with the box as a closed SCOORD
+    POLYLINE *nested under the NUM* (INFERRED FROM, TID 300 / TID 320) and the Tracking
+    Identifier ``Cornerstone3DTools@^0.1.0:PlanarFreehandROI``: this is what OHIF 3.13 needs
+    to turn the box into a tracked, editable measurement (STACK.md);
+  - GGO extent in % of the lung area (TID 1501), its NUM INFERRED FROM the SEG's GGO segment;
+  - lung area (TID 1501), INFERRED FROM the SEG's lung segment, in mm2 only when the image has a
+    spacing; its Measurement Method names the spacing attribute used (local code).
+* Qualitative Evaluations (TID 1500 rows 12-14): a TEXT note that the result is for research use,
+  and for a lateral image why it was not analysed.
+"""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from pydicom.uid import generate_uid
+
+from node.results import codes
+from node.results.common import ResultContext, contributing_equipment, patient_orientation, reference_copy
+from node.results.seg import GGO_SEGMENT, LUNG_SEGMENT
+from node.results.settings import RESEARCH_USE_NOTE
+from pipelines.results import Box, ChestResult, ModelInfo, Projection, SpacingSource
+
+# OHIF (cornerstone adapters) hydrates a measurement group only when its Tracking Identifier
+# names one of its tools as "<adapter version>:<tool>".
+OHIF_BOX_TRACKING_IDENTIFIER = "Cornerstone3DTools@^0.1.0:PlanarFreehandROI"
+TRACKING_PROJECTION = "CXR projection"
+TRACKING_COVID = "COVID-19 classification"
+TRACKING_GGO_EXTENT = "GGO extent"
+TRACKING_LUNG_AREA = "Lung area"
+
+_AREA_METHOD = {
+    SpacingSource.PIXEL_SPACING: codes.METHOD_AREA_PIXEL_SPACING,
+    SpacingSource.IMAGER_PIXEL_SPACING: codes.METHOD_AREA_IMAGER_PIXEL_SPACING,
+    SpacingSource.IMAGER_PIXEL_SPACING_CORRECTED: codes.METHOD_AREA_IMAGER_PIXEL_SPACING_CORRECTED,
+}
+
+_Group = hd.sr.MeasurementsAndQualitativeEvaluations
+
+# DS holds 16 characters (PS3.5 6.2): 6 decimals keep a probability exact to 1e-6.
+_DECIMALS = 6
+
+
+def _num(value: float) -> float:
+    return round(float(value), _DECIMALS)
+
+
+def _algorithm(model: ModelInfo, parameters: list[str] | None = None) -> hd.sr.AlgorithmIdentification:
+    return hd.sr.AlgorithmIdentification(name=model.name[:64], version=model.version[:64],
+                                          parameters=parameters)
+
+
+def box_polyline(box: Box) -> np.ndarray:
+    """The box as a closed POLYLINE in image coordinates (PS3.3 C.18.6.1.2).
+
+    SCOORD pixel coordinates put (0,0) at the top-left *corner* of the top-left pixel, and the
+    pipeline's boxes are edges with exclusive x1/y1, so the corners are used as they are.
+    """
+    return np.array([[box.x0, box.y0], [box.x1, box.y0], [box.x1, box.y1], [box.x0, box.y1],
+                     [box.x0, box.y0]], dtype=np.float32)
+
+
+def _projection_group(result: ChestResult, src_ref: pydicom.Dataset) -> _Group:
+    proj = result.projection
+    view = codes.FRONTAL if proj.projection is Projection.FRONTAL else codes.LATERAL
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=TRACKING_PROJECTION),
+        algorithm_id=_algorithm(proj.model),
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.IMAGE_VIEW, value=view)],
+        measurements=[hd.sr.Measurement(name=codes.PROBABILITY, value=_num(proj.probability),
+                                        unit=codes.UNIT_NONE)],
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(src_ref)],
+    )
+
+
+def _covid_group(result: ChestResult, src_ref: pydicom.Dataset) -> _Group:
+    covid = result.covid
+    assert covid is not None  # checked by the caller
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=TRACKING_COVID),
+        finding_type=codes.COVID_19,
+        algorithm_id=_algorithm(covid.model, [f"input_mode={covid.input_mode}",
+                                              f"operating_threshold={_num(covid.threshold)}"]),
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(
+            name=codes.COVID_19, value=codes.PRESENT if covid.positive else codes.ABSENT)],
+        measurements=[
+            hd.sr.Measurement(name=codes.PROBABILITY, value=_num(covid.probability), unit=codes.UNIT_NONE),
+            hd.sr.Measurement(name=codes.THRESHOLD_VALUE, value=_num(covid.threshold), unit=codes.UNIT_NONE),
+        ],
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(src_ref)],
+    )
+
+
+def _box_group(box: Box, model: ModelInfo, src_ref: pydicom.Dataset) -> _Group:
+    region = hd.sr.CoordinatesForMeasurement(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=box_polyline(box),
+        source_image=hd.sr.SourceImageForRegion.from_source_image(src_ref),
+    )
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(),
+                                                      identifier=OHIF_BOX_TRACKING_IDENTIFIER),
+        finding_type=codes.GROUND_GLASS_OPACITY,
+        finding_sites=[hd.sr.FindingSite(anatomic_location=codes.LUNG)],
+        algorithm_id=_algorithm(model),
+        measurements=[hd.sr.Measurement(name=codes.CERTAINTY_OF_FINDING, value=_num(box.confidence),
+                                        unit=codes.UNIT_NONE, referenced_coordinates=[region])],
+    )
+
+
+def segment_reference(seg: pydicom.Dataset, segment_number: int) -> hd.sr.SourceImageForMeasurement:
+    """An INFERRED FROM IMAGE item (TID 300 / TID 320) that references one segment of the SEG.
+
+    The Image SOP Instance Reference Macro (PS3.3 C.10.9 / Table 10-3) references a segment by
+    Referenced Segment Number, without Referenced Frame Number.
+    """
+    item = hd.sr.SourceImageForMeasurement(referenced_sop_class_uid=seg.SOPClassUID,
+                                           referenced_sop_instance_uid=seg.SOPInstanceUID)
+    item.ReferencedSOPSequence[0].ReferencedSegmentNumber = segment_number
+    return item
+
+
+def _segment_group(seg: pydicom.Dataset, segment_number: int, identifier: str, tracking_uid: str,
+                   finding: hd.sr.CodedConcept, model: ModelInfo, name: hd.sr.CodedConcept, value: float,
+                   unit: hd.sr.CodedConcept, src_ref: pydicom.Dataset,
+                   method: hd.sr.CodedConcept | None = None) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """A TID 1501 group whose measurement was computed from one SEG segment.
+
+    TID 1410 (planar ROI with a referenced segment) would say the same, but pixelmed's validator
+    applies one template to *all* groups of a report, so every group of ours is a TID 1501 one.
+    The group's Tracking Unique Identifier is the segment's, so a reader can pair them.
+    """
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=identifier),
+        finding_type=finding,
+        finding_sites=[hd.sr.FindingSite(anatomic_location=codes.LUNG)] if finding != codes.LUNG else None,
+        algorithm_id=_algorithm(model),
+        measurements=[hd.sr.Measurement(name=name, value=value, unit=unit, method=method,
+                                        referenced_images=[segment_reference(seg, segment_number)])],
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(src_ref)],
+    )
+
+
+def lung_area_value(result: ChestResult) -> tuple[float, hd.sr.CodedConcept, hd.sr.CodedConcept]:
+    """(value, unit, method) of the lung area: mm2 with the spacing attribute named, else pixels."""
+    lungs = result.lungs
+    assert lungs is not None
+    if lungs.area_mm2 is not None and lungs.spacing_source is not None:
+        method = _AREA_METHOD[SpacingSource(lungs.spacing_source)]
+        return round(float(lungs.area_mm2), 2), codes.UNIT_MM2, method
+    return float(lungs.area_px), codes.UNIT_PIXELS, codes.METHOD_AREA_PIXEL_COUNT
+
+
+def _library_reference(src_ref: pydicom.Dataset) -> pydicom.Dataset:
+    """The dataset handed to highdicom's Image Library (TID 1600/1602).
+
+    highdicom adds the projection-radiography descriptors of TID 1603 (Patient Orientation row
+    and column, Imager Pixel Spacing) for CR/DX and reads them unconditionally. These rows are
+    only meaningful when the source has them; when it lacks either, the library entry gets the
+    TID 1602 descriptors (modality, rows, columns) only, by hiding the Modality from that check.
+    """
+    orientation = patient_orientation(src_ref)
+    spacing = src_ref.get("ImagerPixelSpacing")
+    if orientation is not None and spacing and len(spacing) == 2:
+        return src_ref
+    library_ref = pydicom.Dataset()
+    library_ref.update(src_ref)
+    library_ref.Modality = "OT"
+    return library_ref
+
+
+def _notes(texts: list[str]) -> hd.sr.ContainerContentItem:
+    """TID 1500 row 12 "Qualitative Evaluations" with TEXT items (row 14)."""
+    container = hd.sr.ContainerContentItem(name=codes.QUALITATIVE_EVALUATIONS,
+                                           relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    container.ContentSequence = hd.sr.ContentSequence([
+        hd.sr.TextContentItem(name=codes.COMMENT, value=text[:1024],
+                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+        for text in texts
+    ])
+    return container
+
+
+def build_sr(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext, *,
+             seg: pydicom.Dataset | None = None, lung_tracking_uid: str | None = None,
+             ggo_tracking_uid: str | None = None) -> hd.sr.Comprehensive3DSR:
+    """The TID 1500 report; ``seg`` (with its tracking UIDs) is required for an analysed image."""
+    src_ref = reference_copy(source)
+    groups: list[object] = [_projection_group(result, src_ref)]
+    notes = [RESEARCH_USE_NOTE]
+    if result.analysed:
+        if result.covid is None or result.ggo is None or result.lungs is None or seg is None:
+            raise ValueError(f"analysed result for {source.SOPInstanceUID} needs covid, lungs, ggo and a SEG")
+        groups.append(_covid_group(result, src_ref))
+        groups += [_box_group(b, result.ggo.detection_model, src_ref) for b in result.ggo.boxes]
+        if result.ggo.extent_percent is not None:
+            groups.append(_segment_group(
+                seg, GGO_SEGMENT, TRACKING_GGO_EXTENT, ggo_tracking_uid or generate_uid(),
+                codes.GROUND_GLASS_OPACITY, result.ggo.segmentation_model, codes.EXTENT,
+                _num(result.ggo.extent_percent), codes.UNIT_PERCENT, src_ref))
+        else:
+            notes.append("GGO extent not reported: the lung mask is empty.")
+        value, unit, method = lung_area_value(result)
+        groups.append(_segment_group(
+            seg, LUNG_SEGMENT, TRACKING_LUNG_AREA, lung_tracking_uid or generate_uid(),
+            codes.LUNG, result.lungs.model, codes.AREA, value, unit, src_ref, method=method))
+    else:
+        notes.append(f"Image not analysed: {result.not_analysed_reason or 'no reason given'}.")
+
+    settings = ctx.settings
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DEVICE,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(entropy_srcs=[settings.manufacturer, settings.model_name,
+                                           settings.device_serial_number]),
+            name=settings.model_name,
+            manufacturer_name=settings.manufacturer,
+            model_name=f"{settings.model_name} {settings.software_version}"[:64],
+            serial_number=settings.device_serial_number,
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.PLAIN_CHEST_XRAY,
+        imaging_measurements=groups,
+        referenced_images=[_library_reference(src_ref)],
+    )
+    report[0].ContentSequence.append(_notes(notes))
+    evidence = [src_ref] + ([seg] if seg is not None else [])
+    return hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=report,
+        series_instance_uid=ctx.sr_series_uid,
+        series_number=settings.sr_series_number,
+        sop_instance_uid=ctx.sr_instance_uid,
+        instance_number=1,
+        manufacturer=settings.manufacturer,
+        is_complete=True,
+        is_final=True,
+        is_verified=False,
+        series_description=settings.sr_series_description,
+        manufacturer_model_name=settings.model_name,
+        software_versions=settings.software_version,
+        device_serial_number=settings.device_serial_number,
+        coding_schemes=[CodingSchemeIdentificationItem(
+            designator=codes.LOCAL_SCHEME, name=codes.LOCAL_SCHEME_NAME,
+            responsible_organization=codes.LOCAL_SCHEME_RESPONSIBLE)],
+        contributing_equipment=contributing_equipment(ctx, result),
+        **ctx.common_kwargs(),
+    )
