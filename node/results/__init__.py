@@ -1,0 +1,59 @@
+"""DICOM result writers: the node's answer to the PACS (IHE AI Results profile objects).
+
+``build_result_objects(source, result)`` turns one pipeline result into DICOM objects:
+
+* analysed frontal image: [SEG (lungs + GGO), Comprehensive 3D SR (TID 1500), RGB Secondary Capture];
+* lateral (not analysed) image: [Comprehensive 3D SR saying it was not analysed and why].
+
+All objects share the source's Patient and Study, one Content Date/Time, and go into fixed
+Series (numbers and descriptions in :mod:`node.results.settings`, documented in
+deploy/conformance/results.md).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+
+import pydicom
+from pydicom.uid import generate_uid
+
+from node.results.common import ResultInputError, check_inputs, copy_study_attributes, make_context
+from node.results.sc import build_sc
+from node.results.seg import build_seg
+from node.results.settings import ResultSettings
+from node.results.sr import build_sr
+from pipelines.results import ChestResult
+
+__all__ = ["ResultInputError", "ResultSettings", "build_result_objects"]
+
+log = logging.getLogger(__name__)
+
+
+def build_result_objects(source: pydicom.Dataset, result: ChestResult, *,
+                         settings: ResultSettings | None = None,
+                         now: datetime.datetime | None = None) -> list[pydicom.Dataset]:
+    """The result objects for one source image, in send order (SEG before the SR that cites it).
+
+    Raises :class:`ResultInputError` (a ValueError) when the source lacks the identifying
+    attributes or does not match the result (other SOP Instance UID, other pixel grid).
+    """
+    check_inputs(source, result)
+    ctx = make_context(source, settings or ResultSettings(), now)
+    uid = source.SOPInstanceUID
+    if not result.analysed:
+        sr = build_sr(source, result, ctx)
+        copy_study_attributes(sr, source)
+        log.info("results for %s: SR only (not analysed: %s)", uid, result.not_analysed_reason)
+        return [sr]
+    lung_tracking_uid, ggo_tracking_uid = generate_uid(), generate_uid()
+    seg = build_seg(source, result, ctx, lung_tracking_uid=lung_tracking_uid,
+                    ggo_tracking_uid=ggo_tracking_uid)
+    sr = build_sr(source, result, ctx, seg=seg, lung_tracking_uid=lung_tracking_uid,
+                  ggo_tracking_uid=ggo_tracking_uid)
+    sc = build_sc(source, result, ctx)
+    for obj in (seg, sr, sc):
+        copy_study_attributes(obj, source)
+    log.info("results for %s: SEG %s, SR %s, SC %s", uid, seg.SOPInstanceUID, sr.SOPInstanceUID,
+             sc.SOPInstanceUID)
+    return [seg, sr, sc]

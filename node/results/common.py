@@ -157,6 +157,21 @@ def reference_copy(source: pydicom.Dataset) -> pydicom.Dataset:
     return copy
 
 
+# Patient/Study attributes that some highdicom constructors copy and others do not (Patient
+# Module C.7.1.1, General Study C.7.2.1, Patient Study C.7.2.2): copied to every object so that
+# the set stays consistent for dcentvfy and for a PACS that checks study-level attributes.
+_STUDY_LEVEL = ("IssuerOfPatientID", "StudyDescription", "PatientAge", "PatientSize", "PatientWeight",
+                "PatientEthnicGroup", "PatientComments", "AdditionalPatientHistory")
+
+
+def copy_study_attributes(target: pydicom.Dataset, source: pydicom.Dataset) -> None:
+    """Copy the attributes of ``_STUDY_LEVEL`` that the source has (empty ones too) and the target lacks."""
+    reference = reference_copy(source)
+    for keyword in _STUDY_LEVEL:
+        if keyword in reference and keyword not in target:
+            setattr(target, keyword, reference[keyword].value)
+
+
 def contributing_equipment(ctx: ResultContext, result: ChestResult) -> list[hd.ContributingEquipment]:
     """Contributing Equipment item naming this node as the processing software (PS3.3 C.12.1.1.5)."""
     models = ", ".join(f"{m.name} {m.version}" for m in result.models.values())

@@ -75,31 +75,39 @@ def _checked_mask(name: str, mask: np.ndarray, shape: tuple[int, int]) -> np.nda
 
 def build_seg(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext,
               *, lung_tracking_uid: str, ggo_tracking_uid: str) -> hd.seg.Segmentation:
-    """The SEG of an analysed frontal image: segment 1 lungs, segment 2 GGO."""
-    if result.lungs is None or result.ggo is None:
-        raise ResultInputError(f"result for {source.SOPInstanceUID} has no lung/GGO masks (not analysed)")
-    shape = (int(source.Rows), int(source.Columns))
-    lungs = _checked_mask("lung", result.lungs.mask, shape)
-    fractional = ctx.settings.fractional_ggo and result.ggo.probability_map is not None
-    if fractional:
-        prob = np.asarray(result.ggo.probability_map, dtype=np.float32)
-        if prob.shape != shape:
-            raise ResultInputError(f"GGO probability map shape {prob.shape} != source grid {shape}")
-        ggo_plane = np.clip(prob, 0.0, 1.0)
-        pixels = np.stack([lungs.astype(np.float32), ggo_plane], axis=-1)[None]
-        seg_type = hd.seg.SegmentationTypeValues.FRACTIONAL
-    else:
-        ggo_plane = _checked_mask("GGO", result.ggo.mask, shape)
-        pixels = np.stack([lungs, ggo_plane], axis=-1)[None].astype(np.uint8)
-        seg_type = hd.seg.SegmentationTypeValues.BINARY
+    """The SEG of an analysed frontal image: segment 1 lungs, segment 2 GGO.
 
+    The GGO segment is left out when the pipeline skipped the GGO stage (``result.ggo`` None,
+    e.g. lungs-only input with an empty lung mask): an empty segment would claim "no GGO".
+    """
+    if not result.analysed or result.lungs is None:
+        raise ResultInputError(f"result for {source.SOPInstanceUID} has no lung mask (not analysed)")
+    shape = (int(source.Rows), int(source.Columns))
+    planes: list[np.ndarray] = [_checked_mask("lung", result.lungs.mask, shape)]
     descriptions = [
         _description(LUNG_SEGMENT, LUNG_LABEL, codes.ANATOMICAL_STRUCTURE, codes.LUNG,
                      result.lungs.model, LUNG_RGB, lung_tracking_uid),
-        _description(GGO_SEGMENT, GGO_LABEL, codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
-                     codes.GROUND_GLASS_OPACITY, result.ggo.segmentation_model, GGO_RGB, ggo_tracking_uid,
-                     anatomic_regions=[codes.LUNG]),
     ]
+    ggo = result.ggo
+    fractional = ctx.settings.fractional_ggo and ggo is not None and ggo.probability_map is not None
+    if ggo is not None:
+        if fractional:
+            prob = np.asarray(ggo.probability_map, dtype=np.float32)
+            if prob.shape != shape:
+                raise ResultInputError(f"GGO probability map shape {prob.shape} != source grid {shape}")
+            planes.append(np.clip(prob, 0.0, 1.0))
+        else:
+            planes.append(_checked_mask("GGO", ggo.mask, shape))
+        descriptions.append(_description(
+            GGO_SEGMENT, GGO_LABEL, codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE, codes.GROUND_GLASS_OPACITY,
+            ggo.segmentation_model, GGO_RGB, ggo_tracking_uid, anatomic_regions=[codes.LUNG]))
+    if fractional:
+        pixels = np.stack([p.astype(np.float32) for p in planes], axis=-1)[None]
+        seg_type = hd.seg.SegmentationTypeValues.FRACTIONAL
+    else:
+        pixels = np.stack(planes, axis=-1)[None].astype(np.uint8)
+        seg_type = hd.seg.SegmentationTypeValues.BINARY
+
     spacing = spacing_tuple(result) or NOMINAL_SPACING_MM
     settings = ctx.settings
     seg = hd.seg.Segmentation(
@@ -116,7 +124,7 @@ def build_seg(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext,
         software_versions=settings.software_version,
         device_serial_number=settings.device_serial_number,
         fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY if fractional else None,
-        content_description="AI lung and GGO segmentation, research use only"[:64],
+        content_description="AI lung and GGO segmentation, research use only",
         content_label="CXR_AI_SEG",
         series_description=settings.seg_series_description,
         pixel_measures=hd.PixelMeasuresSequence(pixel_spacing=spacing, slice_thickness=1.0),

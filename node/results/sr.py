@@ -29,7 +29,13 @@ from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.uid import generate_uid
 
 from node.results import codes
-from node.results.common import ResultContext, contributing_equipment, patient_orientation, reference_copy
+from node.results.common import (
+    ResultContext,
+    ResultInputError,
+    contributing_equipment,
+    patient_orientation,
+    reference_copy,
+)
 from node.results.seg import GGO_SEGMENT, LUNG_SEGMENT
 from node.results.settings import RESEARCH_USE_NOTE
 from pipelines.results import Box, ChestResult, ModelInfo, Projection, SpacingSource
@@ -202,23 +208,24 @@ def build_sr(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext, *
     groups: list[object] = [_projection_group(result, src_ref)]
     notes = [RESEARCH_USE_NOTE]
     if result.analysed:
-        if result.covid is None or result.ggo is None or result.lungs is None or seg is None:
-            raise ValueError(f"analysed result for {source.SOPInstanceUID} needs covid, lungs, ggo and a SEG")
-        groups.append(_covid_group(result, src_ref))
-        groups += [_box_group(b, result.ggo.detection_model, src_ref) for b in result.ggo.boxes]
-        if result.ggo.extent_percent is not None:
-            groups.append(_segment_group(
-                seg, GGO_SEGMENT, TRACKING_GGO_EXTENT, ggo_tracking_uid or generate_uid(),
-                codes.GROUND_GLASS_OPACITY, result.ggo.segmentation_model, codes.EXTENT,
-                _num(result.ggo.extent_percent), codes.UNIT_PERCENT, src_ref))
-        else:
-            notes.append("GGO extent not reported: the lung mask is empty.")
+        if result.lungs is None or seg is None:
+            raise ResultInputError(f"analysed result for {source.SOPInstanceUID} needs lungs and a SEG")
+        if result.covid is not None:
+            groups.append(_covid_group(result, src_ref))
+        if result.ggo is not None:
+            groups += [_box_group(b, result.ggo.detection_model, src_ref) for b in result.ggo.boxes]
+            if result.ggo.extent_percent is not None:
+                groups.append(_segment_group(
+                    seg, GGO_SEGMENT, TRACKING_GGO_EXTENT, ggo_tracking_uid or generate_uid(),
+                    codes.GROUND_GLASS_OPACITY, result.ggo.segmentation_model, codes.EXTENT,
+                    _num(result.ggo.extent_percent), codes.UNIT_PERCENT, src_ref))
         value, unit, method = lung_area_value(result)
         groups.append(_segment_group(
             seg, LUNG_SEGMENT, TRACKING_LUNG_AREA, lung_tracking_uid or generate_uid(),
             codes.LUNG, result.lungs.model, codes.AREA, value, unit, src_ref, method=method))
     else:
         notes.append(f"Image not analysed: {result.not_analysed_reason or 'no reason given'}.")
+    notes += [f"Pipeline warning: {w}" for w in result.warnings]
 
     settings = ctx.settings
     observer = hd.sr.ObserverContext(
