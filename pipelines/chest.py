@@ -9,6 +9,7 @@ batch, and each image gets the batch's stage time divided by the number of image
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -64,6 +65,9 @@ class ChestPipeline:
         self.ggo_segmentation = ggo_segmentation
         self.device = device
         self.batch_size = batch_size
+        # Grad-CAM hooks and the logits hook keep per-call state on the networks: one call at a time
+        # (the node's worker threads share one pipeline; torch already uses every core per call).
+        self._lock = threading.Lock()
 
     @classmethod
     def from_models_dir(
@@ -106,6 +110,10 @@ class ChestPipeline:
     def _analyze_chunk(self, images: list[SourceImage]) -> list[ChestResult]:
         if not images:
             return []
+        with self._lock:
+            return self._analyze_locked(images)
+
+    def _analyze_locked(self, images: list[SourceImage]) -> list[ChestResult]:
         start = time.perf_counter()
         timer = _Timer({})
         projections = timer.run("projection", self.projection.predict, images)

@@ -178,6 +178,11 @@ def load_raster(path: Path | str) -> SourceImage:
                 pixels = np.asarray(img.convert("L"), dtype=np.float64) / 255.0
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ImageDecodeError(f"{path}: not a readable image: {exc}") from exc
+    except ImportError as exc:
+        # ultralytics patches Image.open to retry unknown files as HEIF and fails importing pi_heif:
+        # report PIL's own reason.
+        cause = exc.__context__ if exc.__context__ is not None else exc
+        raise ImageDecodeError(f"{path}: not a readable image: {cause}") from exc
     if pixels.ndim != 2 or min(pixels.shape) < 2:
         raise ImageDecodeError(f"{path}: image of shape {pixels.shape} is not a 2-D radiograph")
     if float(pixels.max()) <= float(pixels.min()):

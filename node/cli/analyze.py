@@ -1,0 +1,194 @@
+"""``cxr-node analyze PATH... --out DIR``: analyse files offline and write the result objects.
+
+DICOM input gets the node's result objects (SEG with lungs + GGO, TID 1500 SR, secondary-capture
+heatmap; only an SR for a lateral image) from ``node.results.build_result_objects``. PNG/JPEG input
+has no patient or study to attach DICOM objects to, so it gets PNGs instead (lung and GGO masks,
+heatmap, overlay). One line per input image on stdout (a JSON object with ``--json``); an unreadable
+file gets an error line naming it and the others are still analysed; the exit status is 1 when any
+input failed, 2 when nothing could run (no models, bad arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+log = logging.getLogger("cxr-node.analyze")
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_UNUSABLE = 0, 1, 2
+PROGRESS_MIN_IMAGES = 4  # a progress bar for more than 3 images
+DEFAULT_MODELS = os.environ.get("CXR_NODE_MODELS", "models")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Analyse chest X-rays offline. DICOM files get SEG, SR and secondary-capture objects in --out; "
+        "PNG/JPEG files get PNG masks, heatmap and overlay instead (no DICOM objects without a DICOM source)."
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH", type=Path,
+                        help="DICOM files or folders (searched recursively); PNG/JPEG files accepted too")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR",
+                        help="folder for the outputs, one subfolder per input image")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per input image")
+    parser.add_argument("--models", type=Path, default=Path(DEFAULT_MODELS), metavar="DIR",
+                        help="folder of model bundles (default: $CXR_NODE_MODELS or ./models)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="inference device (default: cuda when available, else cpu)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per model call (default 8)")
+    parser.add_argument("--state-dir", type=Path, default=None,
+                        help="folder for ultralytics' offline state (default: $XDG_CACHE_HOME/cxr-node)")
+
+
+def _is_candidate(path: Path) -> bool:
+    from pipelines.image import RASTER_SUFFIXES, is_dicom_file
+
+    return path.suffix.lower() in RASTER_SUFFIXES + (".dcm", ".dicom") or is_dicom_file(path)
+
+
+def _collect(paths: list[Path]) -> Iterator[tuple[Path, str | None]]:
+    """(file, None) for every input file; (path, reason) for a path that does not exist."""
+    for path in paths:
+        if path.is_dir():
+            for found in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+                if _is_candidate(found):
+                    yield found, None
+        elif path.is_file():
+            yield path, None
+        else:
+            yield path, "no such file or folder"
+
+
+class _Outputs:
+    """One output subfolder per input, named after the file (``-2``, ``-3``... on a clash)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.used: set[str] = set()
+
+    def folder(self, source: Path) -> Path:
+        name, n = source.stem or "image", 1
+        while (name if n == 1 else f"{name}-{n}") in self.used:
+            n += 1
+        chosen = name if n == 1 else f"{name}-{n}"
+        self.used.add(chosen)
+        return self.root / chosen
+
+
+def _dicom_name(ds: object, index: int) -> str:
+    sop_class = str(getattr(ds, "SOPClassUID", ""))
+    names = {"1.2.840.10008.5.1.4.1.1.66.4": "seg", "1.2.840.10008.5.1.4.1.1.7": "sc"}
+    kind = names.get(sop_class) or ("sr" if sop_class.startswith("1.2.840.10008.5.1.4.1.1.88.") else "obj")
+    return f"{index:02d}_{kind}.dcm"
+
+
+def _write_outputs(image, result, folder: Path) -> list[str]:  # type: ignore[no-untyped-def]
+    if image.dataset is None:
+        from pipelines.overlays import write_png_outputs
+
+        return [str(p) for p in write_png_outputs(image, result, folder)]
+    from node.results import build_result_objects
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, ds in enumerate(build_result_objects(image.dataset, result), start=1):
+        path = folder / _dicom_name(ds, i)
+        ds.save_as(path, enforce_file_format=True)
+        written.append(str(path))
+    return written
+
+
+def _summary(result, outputs: list[str]) -> str:  # type: ignore[no-untyped-def]
+    head = f"{result.source}: {result.projection.projection.value} ({result.projection.probability:.2f})"
+    if not result.analysed:
+        return f"{head}, not analysed: {result.not_analysed_reason}"
+    parts = [head]
+    if result.covid is not None:
+        call = "positive" if result.covid.positive else "negative"
+        parts.append(f"COVID-19 {result.covid.probability:.3f} {call}")
+    if result.lungs is not None:
+        mm2 = "" if result.lungs.area_mm2 is None else f" / {result.lungs.area_mm2:.0f} mm2"
+        parts.append(f"lungs {result.lungs.area_px} px{mm2}")
+    if result.ggo is not None:
+        extent = "n/a" if result.ggo.extent_percent is None else f"{result.ggo.extent_percent:.1f}%"
+        parts.append(f"GGO {extent}, {len(result.ggo.boxes)} box(es)")
+    parts.append(f"{len(outputs)} file(s) written")
+    return ", ".join(parts)
+
+
+def _report_error(source: Path | str, reason: str, as_json: bool) -> None:
+    print(f"cxr-node analyze: error: {source}: {reason}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"source": str(source), "error": reason}), flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from pipelines.errors import ImageDecodeError, PipelineError
+
+    if args.batch_size < 1:
+        print("cxr-node analyze: error: --batch-size must be >= 1", file=sys.stderr)
+        return EXIT_UNUSABLE
+    inputs = list(_collect(args.paths))
+    if not inputs:
+        print("cxr-node analyze: error: no DICOM/PNG/JPEG file found in the given paths", file=sys.stderr)
+        return EXIT_UNUSABLE
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"cxr-node analyze: error: cannot create output folder {args.out}: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    from pipelines.chest import ChestPipeline
+    from pipelines.image import load_image
+
+    try:
+        pipeline = ChestPipeline.from_models_dir(
+            args.models, device=None if args.device == "auto" else args.device,
+            state_dir=args.state_dir, batch_size=args.batch_size)
+    except PipelineError as exc:
+        print(f"cxr-node analyze: error: cannot load the models: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+
+    failed = 0
+    outputs = _Outputs(args.out)
+    progress = tqdm(total=len(inputs), unit="image", file=sys.stderr,
+                    disable=len(inputs) < PROGRESS_MIN_IMAGES)
+    for start in range(0, len(inputs), args.batch_size):
+        images, sources = [], []
+        for path, problem in inputs[start:start + args.batch_size]:
+            if problem is not None:
+                failed += 1
+                _report_error(path, problem, args.json)
+                progress.update(1)
+                continue
+            try:
+                images.append(load_image(path))
+                sources.append(path)
+            except ImageDecodeError as exc:
+                failed += 1
+                # the message already names the file
+                _report_error(path, str(exc).removeprefix(f"{path}: "), args.json)
+                progress.update(1)
+        if not images:
+            continue
+        for path, image, result in zip(sources, images, pipeline.analyze_batch(images), strict=True):
+            try:
+                written = _write_outputs(image, result, outputs.folder(path))
+            except Exception as exc:  # a writer refusing one image must not stop the others
+                failed += 1
+                log.debug("writing results for %s failed", path, exc_info=True)
+                reason = f"cannot write the result objects: {type(exc).__name__}: {exc}"
+                _report_error(path, reason, args.json)
+                progress.update(1)
+                continue
+            line = json.dumps(result.to_json(outputs=written)) if args.json else _summary(result, written)
+            tqdm.write(line, file=sys.stdout)
+            sys.stdout.flush()
+            progress.update(1)
+    progress.close()
+    return EXIT_SOME_FAILED if failed else EXIT_OK
