@@ -66,8 +66,11 @@ def load_source(row: ManifestRow, *, lung_mask: np.ndarray | None = None) -> Sou
     from pipelines.image import load_image
 
     pixels = load_image(row.image_path).pixels
-    lungs = lung_mask if lung_mask is not None else (load_mask(row.lung_mask, pixels.shape)
-                                                      if row.lung_mask else None)
+    lungs = (
+        lung_mask
+        if lung_mask is not None
+        else (load_mask(row.lung_mask, pixels.shape) if row.lung_mask else None)
+    )
     ggo = load_mask(row.ggo_mask, pixels.shape) if row.ggo_mask else None
     return Source(pixels=pixels, lung_mask=lungs, ggo_mask=ggo)
 
@@ -91,9 +94,13 @@ class ArrayCache:
 
     def key(self, row: ManifestRow, settings: dict, *, uses_lungs: bool, uses_ggo: bool) -> str:
         content = row.content_sha256 or file_sha256(row.image_path)
-        payload = {"format": CACHE_FORMAT, "image": content, "settings": settings,
-                   "lung_mask": self._mask_hash(row.lung_mask) if uses_lungs else "",
-                   "ggo_mask": self._mask_hash(row.ggo_mask) if uses_ggo else ""}
+        payload = {
+            "format": CACHE_FORMAT,
+            "image": content,
+            "settings": settings,
+            "lung_mask": self._mask_hash(row.lung_mask) if uses_lungs else "",
+            "ggo_mask": self._mask_hash(row.ggo_mask) if uses_ggo else "",
+        }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def _paths(self, key: str, names: tuple[str, ...]) -> list[Path]:
@@ -116,8 +123,14 @@ class ArrayCache:
             tmp.replace(path)  # atomic: a reader never sees half a file (two DDP ranks may race)
 
 
-def classification_input(cache: ArrayCache, row: ManifestRow, spec_dict: dict, *, variant: str = "normal",
-                         lung_mask: np.ndarray | None = None) -> np.ndarray:
+def classification_input(
+    cache: ArrayCache,
+    row: ManifestRow,
+    spec_dict: dict,
+    *,
+    variant: str = "normal",
+    lung_mask: np.ndarray | None = None,
+) -> np.ndarray:
     """The (C, S, S) float32 network input of one image, cached.
 
     ``lung_mask`` overrides the manifest's (e.g. a mask predicted by a lungs bundle).
@@ -128,9 +141,14 @@ def classification_input(cache: ArrayCache, row: ManifestRow, spec_dict: dict, *
         raise ValueError(f"unknown variant {variant!r}; known: {VARIANTS}")
     spec = InputSpec.from_dict(spec_dict)
     uses_lungs = spec.mode == "lungs_only" or variant != "normal"
-    settings = {"kind": "classification", "input": spec_dict, "variant": variant,
-                "lung_override": None if lung_mask is None else hashlib.sha256(
-                    np.packbits(lung_mask).tobytes()).hexdigest()}
+    settings = {
+        "kind": "classification",
+        "input": spec_dict,
+        "variant": variant,
+        "lung_override": None
+        if lung_mask is None
+        else hashlib.sha256(np.packbits(lung_mask).tobytes()).hexdigest(),
+    }
     key = cache.key(row, settings, uses_lungs=uses_lungs, uses_ggo=False)
     hit = cache.get(key, ("image",))
     if hit is not None:
@@ -139,7 +157,8 @@ def classification_input(cache: ArrayCache, row: ManifestRow, spec_dict: dict, *
     pixels = src.pixels
     if uses_lungs and src.lung_mask is None:
         raise ValueError(
-            f"{row.image_path}: needs a lung mask (mode {spec.mode}, variant {variant}) and has none")
+            f"{row.image_path}: needs a lung mask (mode {spec.mode}, variant {variant}) and has none"
+        )
     if variant == "lungs_removed":
         pixels = np.where(src.lung_mask, 0.0, pixels).astype(np.float32)
     elif variant == "lungs_only_view":
@@ -149,8 +168,9 @@ def classification_input(cache: ArrayCache, row: ManifestRow, spec_dict: dict, *
     return array
 
 
-def segmentation_pair(cache: ArrayCache, row: ManifestRow, spec_dict: dict, target: str
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def segmentation_pair(
+    cache: ArrayCache, row: ManifestRow, spec_dict: dict, target: str
+) -> tuple[np.ndarray, np.ndarray]:
     """(C, S, S) float32 input and (1, S, S) uint8 target mask in the model grid, cached.
 
     ``target`` is ``lungs`` or ``ggo``; the geometry is the whole-image letterbox of the input.
@@ -160,8 +180,12 @@ def segmentation_pair(cache: ArrayCache, row: ManifestRow, spec_dict: dict, targ
     spec = InputSpec.from_dict(spec_dict)
     if spec.mode != "whole_image":
         raise ValueError("segmentation inputs are whole-image")
-    key = cache.key(row, {"kind": "segmentation", "input": spec_dict, "target": target},
-                    uses_lungs=target == "lungs", uses_ggo=target == "ggo")
+    key = cache.key(
+        row,
+        {"kind": "segmentation", "input": spec_dict, "target": target},
+        uses_lungs=target == "lungs",
+        uses_ggo=target == "ggo",
+    )
     hit = cache.get(key, ("image", "mask"))
     if hit is not None:
         return hit[0], hit[1]

@@ -172,8 +172,19 @@ def summary_table(rows: Sequence[ManifestRow]) -> str:
         if row.split:
             c["split:" + row.split] += 1
     patients = Counter(r.dataset for r in {(r.dataset, r.patient_id): r for r in rows}.values())
-    cols = ["images", "patients", "proj:frontal", "proj:lateral", "proj:?", "covid:pos", "covid:neg",
-            "covid:?", "lung_mask", "ggo_mask", "boxes"]
+    cols = [
+        "images",
+        "patients",
+        "proj:frontal",
+        "proj:lateral",
+        "proj:?",
+        "covid:pos",
+        "covid:neg",
+        "covid:?",
+        "lung_mask",
+        "ggo_mask",
+        "boxes",
+    ]
     if any(r.split for r in rows):
         cols += ["split:train", "split:validation", "split:test"]
     names = sorted(by_ds) + ["TOTAL"]

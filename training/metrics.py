@@ -43,9 +43,15 @@ def roc_auc(y: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray)
     return float((ranks[yy == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def bootstrap_ci(metric: Callable[[np.ndarray, np.ndarray], float], y: Sequence[int] | np.ndarray,
-                 scores: Sequence[float] | np.ndarray, *, n_boot: int = 1000, seed: int = 0,
-                 alpha: float = 0.05) -> tuple[float, float]:
+def bootstrap_ci(
+    metric: Callable[[np.ndarray, np.ndarray], float],
+    y: Sequence[int] | np.ndarray,
+    scores: Sequence[float] | np.ndarray,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> tuple[float, float]:
     """Percentile bootstrap CI of ``metric(y, scores)``, resampling within each class (seeded)."""
     yy, s = _binary(y), np.asarray(scores, dtype=np.float64)
     rng = np.random.default_rng(seed)
@@ -58,8 +64,9 @@ def bootstrap_ci(metric: Callable[[np.ndarray, np.ndarray], float], y: Sequence[
     return float(lo), float(hi)
 
 
-def mean_ci(values: Sequence[float] | np.ndarray, *, n_boot: int = 1000, seed: int = 0,
-            alpha: float = 0.05) -> tuple[float, float, float]:
+def mean_ci(
+    values: Sequence[float] | np.ndarray, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> tuple[float, float, float]:
     """Mean and percentile bootstrap CI of per-image values (e.g. Dice)."""
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
@@ -70,8 +77,13 @@ def mean_ci(values: Sequence[float] | np.ndarray, *, n_boot: int = 1000, seed: i
     return float(v.mean()), float(lo), float(hi)
 
 
-def choose_threshold(y: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, *,
-                     method: str = "youden", target: float = 0.9) -> float:
+def choose_threshold(
+    y: Sequence[int] | np.ndarray,
+    scores: Sequence[float] | np.ndarray,
+    *,
+    method: str = "youden",
+    target: float = 0.9,
+) -> float:
     """Operating threshold from VALIDATION data; ``score >= threshold`` means positive.
 
     ``youden``: maximise sensitivity + specificity - 1 (ties: the higher threshold).
@@ -102,8 +114,9 @@ def _ratio(num: int, den: int) -> float | None:
     return None if den == 0 else num / den
 
 
-def confusion_metrics(y: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray,
-                      threshold: float) -> dict[str, Any]:
+def confusion_metrics(
+    y: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, threshold: float
+) -> dict[str, Any]:
     """Confusion matrix at ``threshold`` and the rates derived from it (None where undefined)."""
     yy, s = _binary(y), np.asarray(scores, dtype=np.float64)
     pred = s >= threshold
@@ -113,9 +126,19 @@ def confusion_metrics(y: Sequence[int] | np.ndarray, scores: Sequence[float] | n
     fn = int((~pred & (yy == 1)).sum())
     sens, ppv = _ratio(tp, tp + fn), _ratio(tp, tp + fp)
     f1 = None if sens is None or ppv is None or sens + ppv == 0 else 2 * sens * ppv / (sens + ppv)
-    return {"threshold": float(threshold), "tp": tp, "fp": fp, "tn": tn, "fn": fn,
-            "sensitivity": sens, "specificity": _ratio(tn, tn + fp), "ppv": ppv, "npv": _ratio(tn, tn + fn),
-            "f1": f1, "accuracy": _ratio(tp + tn, tp + tn + fp + fn)}
+    return {
+        "threshold": float(threshold),
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "sensitivity": sens,
+        "specificity": _ratio(tn, tn + fp),
+        "ppv": ppv,
+        "npv": _ratio(tn, tn + fn),
+        "f1": f1,
+        "accuracy": _ratio(tp + tn, tp + tn + fp + fn),
+    }
 
 
 def brier_score(y: Sequence[int] | np.ndarray, probs: Sequence[float] | np.ndarray) -> float:
@@ -123,8 +146,9 @@ def brier_score(y: Sequence[int] | np.ndarray, probs: Sequence[float] | np.ndarr
     return float(np.mean((p - yy) ** 2))
 
 
-def reliability_table(y: Sequence[int] | np.ndarray, probs: Sequence[float] | np.ndarray,
-                      bins: int = 10) -> list[dict[str, Any]]:
+def reliability_table(
+    y: Sequence[int] | np.ndarray, probs: Sequence[float] | np.ndarray, bins: int = 10
+) -> list[dict[str, Any]]:
     """Equal-width probability bins: count, mean predicted probability, observed positive rate.
 
     Bin k holds ``k/bins <= p < (k+1)/bins`` (the last bin includes 1.0); empty bins are listed
@@ -136,20 +160,34 @@ def reliability_table(y: Sequence[int] | np.ndarray, probs: Sequence[float] | np
     for k in range(bins):
         sel = which == k
         n = int(sel.sum())
-        table.append({"bin_low": k / bins, "bin_high": (k + 1) / bins, "count": n,
-                      "mean_predicted": float(p[sel].mean()) if n else None,
-                      "observed_rate": float(yy[sel].mean()) if n else None})
+        table.append(
+            {
+                "bin_low": k / bins,
+                "bin_high": (k + 1) / bins,
+                "count": n,
+                "mean_predicted": float(p[sel].mean()) if n else None,
+                "observed_rate": float(yy[sel].mean()) if n else None,
+            }
+        )
     return table
 
 
 def expected_calibration_error(table: Sequence[dict[str, Any]]) -> float:
     total = sum(r["count"] for r in table)
-    return float(sum(r["count"] * abs(r["mean_predicted"] - r["observed_rate"])
-                     for r in table if r["count"]) / max(total, 1))
+    return float(
+        sum(r["count"] * abs(r["mean_predicted"] - r["observed_rate"]) for r in table if r["count"])
+        / max(total, 1)
+    )
 
 
-def binary_classification_report(y: Sequence[int] | np.ndarray, probs: Sequence[float] | np.ndarray,
-                                 threshold: float, *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+def binary_classification_report(
+    y: Sequence[int] | np.ndarray,
+    probs: Sequence[float] | np.ndarray,
+    threshold: float,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """AUC + CI, confusion metrics at the (validation-chosen) threshold, Brier, reliability."""
     yy, p = _binary(y), np.asarray(probs, dtype=np.float64)
     report: dict[str, Any] = {"n": int(yy.size), "positives": int(yy.sum()), "negatives": int((1 - yy).sum())}
@@ -179,8 +217,9 @@ def dice_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     return 2 * inter / total, inter / (total - inter)
 
 
-def segmentation_report(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, n_boot: int = 1000,
-                        seed: int = 0) -> dict[str, Any]:
+def segmentation_report(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any]:
     """Per-image Dice/IoU with mean and bootstrap CI over images."""
     dice, iou = zip(*(dice_iou(p, t) for p, t in pairs), strict=True) if pairs else ((), ())
     empty = sum(1 for p, t in pairs if not np.any(p) and not np.any(t))
@@ -188,9 +227,16 @@ def segmentation_report(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, n_boo
         return {"n": 0}
     d_mean, d_lo, d_hi = mean_ci(dice, n_boot=n_boot, seed=seed)
     i_mean, i_lo, i_hi = mean_ci(iou, n_boot=n_boot, seed=seed)
-    return {"n": len(pairs), "both_empty": empty, "dice_mean": d_mean, "dice_ci95": [d_lo, d_hi],
-            "dice_median": float(np.median(dice)), "iou_mean": i_mean, "iou_ci95": [i_lo, i_hi],
-            "dice_per_image": [float(x) for x in dice]}
+    return {
+        "n": len(pairs),
+        "both_empty": empty,
+        "dice_mean": d_mean,
+        "dice_ci95": [d_lo, d_hi],
+        "dice_median": float(np.median(dice)),
+        "iou_mean": i_mean,
+        "iou_ci95": [i_lo, i_hi],
+        "dice_per_image": [float(x) for x in dice],
+    }
 
 
 # -- boxes ----------------------------------------------------------------------------------------
@@ -253,5 +299,9 @@ def detection_ap(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray], iou_
 
 def detection_report(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> dict[str, Any]:
     aps = [detection_ap(preds, truths, t) for t in np.arange(0.5, 0.96, 0.05)]
-    return {"n_images": len(truths), "n_truth_boxes": int(sum(len(np.reshape(t, (-1, 4))) for t in truths)),
-            "map50": aps[0], "map50_95": float(np.mean(aps))}
+    return {
+        "n_images": len(truths),
+        "n_truth_boxes": int(sum(len(np.reshape(t, (-1, 4))) for t in truths)),
+        "map50": aps[0],
+        "map50_95": float(np.mean(aps)),
+    }

@@ -47,8 +47,9 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def linked_groups(rows: Sequence[ManifestRow],
-                  extra_links: Sequence[tuple[int, int]] = ()) -> list[list[int]]:
+def linked_groups(
+    rows: Sequence[ManifestRow], extra_links: Sequence[tuple[int, int]] = ()
+) -> list[list[int]]:
     """Indices of rows that must stay together (same patient, same bytes or same picture).
 
     ``extra_links`` are further pairs of row indices to keep together (near-duplicate pictures).
@@ -78,9 +79,14 @@ def covid_stratum(rows: Sequence[ManifestRow]) -> str:
     return "1" if "1" in labels else ("0" if "0" in labels else "")
 
 
-def assign_splits(rows: Sequence[ManifestRow], *, fractions: Sequence[float] = (0.7, 0.15, 0.15),
-                  seed: int = 0, stratum: Callable[[Sequence[ManifestRow]], str] = covid_stratum,
-                  extra_links: Sequence[tuple[int, int]] = ()) -> list[ManifestRow]:
+def assign_splits(
+    rows: Sequence[ManifestRow],
+    *,
+    fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    stratum: Callable[[Sequence[ManifestRow]], str] = covid_stratum,
+    extra_links: Sequence[tuple[int, int]] = (),
+) -> list[ManifestRow]:
     """Set ``row.split`` for every row; patient-level, stratified by dataset x ``stratum``, seeded.
 
     The same rows, fractions and seed always give the same split (groups are ordered by their
@@ -158,15 +164,16 @@ def near_duplicate_pairs(thumbs: np.ndarray, threshold: float = 0.97) -> list[tu
     pairs: list[tuple[int, int, float]] = []
     block = 2048
     for start in range(0, len(thumbs), block):
-        corr = thumbs[start:start + block] @ thumbs.T
+        corr = thumbs[start : start + block] @ thumbs.T
         for a, b in zip(*np.nonzero(corr > threshold), strict=True):
             if start + int(a) < int(b):
                 pairs.append((start + int(a), int(b), float(corr[a, b])))
     return pairs
 
 
-def near_duplicate_leaks(rows: Sequence[ManifestRow], *, threshold: float = 0.97,
-                         thumbs: np.ndarray | None = None) -> list[tuple[int, int, float]]:
+def near_duplicate_leaks(
+    rows: Sequence[ManifestRow], *, threshold: float = 0.97, thumbs: np.ndarray | None = None
+) -> list[tuple[int, int, float]]:
     """Pairs (i, j, r) of rows in different splits whose thumbnails correlate above ``threshold``.
 
     Catches copies of one picture re-encoded at another size under another name, which neither
@@ -174,8 +181,11 @@ def near_duplicate_leaks(rows: Sequence[ManifestRow], *, threshold: float = 0.97
     """
     idx = [i for i, r in enumerate(rows) if r.split]
     thumbs = thumbnails([rows[i] for i in idx]) if thumbs is None else thumbs[idx]
-    return [(idx[a], idx[b], r) for a, b, r in near_duplicate_pairs(thumbs, threshold)
-            if rows[idx[a]].split != rows[idx[b]].split]
+    return [
+        (idx[a], idx[b], r)
+        for a, b, r in near_duplicate_pairs(thumbs, threshold)
+        if rows[idx[a]].split != rows[idx[b]].split
+    ]
 
 
 def split_counts(rows: Sequence[ManifestRow]) -> dict[str, dict[str, int]]:

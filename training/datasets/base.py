@@ -41,8 +41,9 @@ def find_file(root: Path, candidates: Sequence[str], what: str) -> Path:
     raise DatasetLayoutError(f"{root}: none of {list(candidates)} found (the {what})")
 
 
-def read_table(path: Path, required: Sequence[str], *, delimiter: str | None = None,
-               skip_comment_lines: bool = False) -> list[dict[str, str]]:
+def read_table(
+    path: Path, required: Sequence[str], *, delimiter: str | None = None, skip_comment_lines: bool = False
+) -> list[dict[str, str]]:
     """Read a CSV/TSV label table; raise naming the file and every missing column.
 
     The delimiter is taken from the suffix (``.tsv`` is tab) unless given; a BOM is dropped.
@@ -59,7 +60,8 @@ def read_table(path: Path, required: Sequence[str], *, delimiter: str | None = N
         missing = [c for c in required if c not in header]
         if missing:
             raise DatasetLayoutError(
-                f"{path}: missing column(s) {missing} (delimiter {delimiter!r}); found columns {header[:30]}")
+                f"{path}: missing column(s) {missing} (delimiter {delimiter!r}); found columns {header[:30]}"
+            )
         rows = []
         for rec in reader:
             rows.append({(k or "").strip(): (v or "").strip() for k, v in rec.items() if k is not None})
@@ -85,8 +87,11 @@ def projection_from_view(view: str) -> str:
         return ""
     if v in ("L", "LL", "RL", "LAT", "LATERAL", "LLD", "RLD") or v.startswith("LAT"):
         return "lateral"
-    if v.startswith("AP") or v.startswith("PA") or v in ("FRONTAL", "AP SUPINE", "POSTEROANTERIOR",
-                                                         "ANTEROPOSTERIOR"):
+    if (
+        v.startswith("AP")
+        or v.startswith("PA")
+        or v in ("FRONTAL", "AP SUPINE", "POSTEROANTERIOR", "ANTEROPOSTERIOR")
+    ):
         return "frontal"
     return ""
 
@@ -102,7 +107,8 @@ def finish(rows: list[ManifestRow], *, hash_images: bool = True, workers: int = 
     missing = [p for p in listed if not Path(p).is_file()]
     if missing:
         raise DatasetLayoutError(
-            f"{len(missing)} file(s) listed in the labels are missing on disk, first: {missing[:3]}")
+            f"{len(missing)} file(s) listed in the labels are missing on disk, first: {missing[:3]}"
+        )
     if hash_images:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for row, digest in zip(rows, pool.map(file_sha256, [r.image_path for r in rows]), strict=True):

@@ -58,17 +58,27 @@ def scan_bimcv(root: Path, *, dataset: str, covid: str, hash_images: bool = True
         subject = f"sub-{entities['sub']}"
         if subject not in known:
             raise DatasetLayoutError(
-                f"{image}: {subject} not listed in {participants} (column 'participant')")
+                f"{image}: {subject} not listed in {participants} (column 'participant')"
+            )
         sidecar = image.with_suffix(".json")
         if not sidecar.is_file():
             raise DatasetLayoutError(f"{sidecar}: JSON sidecar missing for {image.name}")
         view = entities.get("vp", "").upper() or _sidecar_view(sidecar)
         session = f"ses-{entities['ses']}"
-        rows.append(ManifestRow(
-            image_path=str(image), dataset=dataset, patient_id=f"bimcv_{subject}", study_id=session,
-            view=view, projection=projection_from_view(view), covid=covid,
-            findings=reports.get(session, reports.get(entities["ses"], [])), license=LICENSE,
-            image_key=f"bimcv:{image.name}"))
+        rows.append(
+            ManifestRow(
+                image_path=str(image),
+                dataset=dataset,
+                patient_id=f"bimcv_{subject}",
+                study_id=session,
+                view=view,
+                projection=projection_from_view(view),
+                covid=covid,
+                findings=reports.get(session, reports.get(entities["ses"], [])),
+                license=LICENSE,
+                image_key=f"bimcv:{image.name}",
+            )
+        )
     if not rows:
         raise DatasetLayoutError(f"{root}: no sub-*/ses-*/mod-rx/*.png image found")
     return finish(rows, hash_images=hash_images)

@@ -27,19 +27,30 @@ def scan(root: Path, *, hash_images: bool = True) -> list[ManifestRow]:
     images = require_dir(root / "dicom_clean", "dicom_clean")
     table = root / "metadata_global_v2.csv"
     rows = []
-    for i, rec in enumerate(read_table(table, ("Filename", "BrixiaScore", "BrixiaScoreGlobal"),
-                                       delimiter=";"), start=2):
+    for i, rec in enumerate(
+        read_table(table, ("Filename", "BrixiaScore", "BrixiaScoreGlobal"), delimiter=";"), start=2
+    ):
         score = cell(rec, "BrixiaScore", table, i)
         if not _SCORE.match(score):
             raise DatasetLayoutError(f"{table}:{i}: column 'BrixiaScore' {score!r} is not six digits 0-3")
         filename = cell(rec, "Filename", table, i)
         subject = rec.get("Subject") or rec.get("StudyId") or Path(filename).stem
-        rows.append(ManifestRow(
-            image_path=str(images / filename), dataset=DATASET, patient_id=f"brixia_{subject}",
-            study_id=rec.get("StudyId", ""), covid="1",
-            findings=["COVID-19", f"brixia_zones={score.zfill(6)}",
-                      f"brixia_global={cell(rec, 'BrixiaScoreGlobal', table, i)}"],
-            license=LICENSE, image_key=f"brixia:{filename}"))
+        rows.append(
+            ManifestRow(
+                image_path=str(images / filename),
+                dataset=DATASET,
+                patient_id=f"brixia_{subject}",
+                study_id=rec.get("StudyId", ""),
+                covid="1",
+                findings=[
+                    "COVID-19",
+                    f"brixia_zones={score.zfill(6)}",
+                    f"brixia_global={cell(rec, 'BrixiaScoreGlobal', table, i)}",
+                ],
+                license=LICENSE,
+                image_key=f"brixia:{filename}",
+            )
+        )
     out = finish(rows, hash_images=hash_images)
     for row in out:
         header = read_header(Path(row.image_path))

@@ -17,9 +17,22 @@ from training.manifest import ManifestRow
 NAME = "chexpert"
 DATASET = "chexpert"
 LICENSE = "Stanford University School of Medicine CheXpert Dataset Research Use Agreement"
-OBSERVATIONS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
-                "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
-                "Pleural Other", "Fracture", "Support Devices")
+OBSERVATIONS = (
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+)
 
 
 def scan(root: Path, *, hash_images: bool = True) -> list[ManifestRow]:
@@ -35,13 +48,22 @@ def scan(root: Path, *, hash_images: bool = True) -> list[ManifestRow]:
             parts = rel.parts
             if len(parts) < 4 or not parts[-3].startswith("patient"):
                 raise DatasetLayoutError(
-                    f"{table}:{i}: column 'Path' {rel} is not <set>/<split>/patientN/studyM/viewK")
+                    f"{table}:{i}: column 'Path' {rel} is not <set>/<split>/patientN/studyM/viewK"
+                )
             image = root.parent / rel if parts[0] == root.name else root / Path(*parts[1:])
             fl = cell(rec, "Frontal/Lateral", table, i)
-            rows.append(ManifestRow(
-                image_path=str(image), dataset=DATASET, patient_id=f"chexpert_{parts[-3]}",
-                study_id=f"{parts[-3]}/{parts[-2]}", view=rec["AP/PA"] or ("L" if fl == "Lateral" else ""),
-                projection={"Frontal": "frontal", "Lateral": "lateral"}.get(fl, ""), covid="0",
-                findings=[o for o in OBSERVATIONS[1:] if rec.get(o) in ("1", "1.0")], license=LICENSE,
-                image_key=f"chexpert:{'/'.join(parts[-4:])}"))
+            rows.append(
+                ManifestRow(
+                    image_path=str(image),
+                    dataset=DATASET,
+                    patient_id=f"chexpert_{parts[-3]}",
+                    study_id=f"{parts[-3]}/{parts[-2]}",
+                    view=rec["AP/PA"] or ("L" if fl == "Lateral" else ""),
+                    projection={"Frontal": "frontal", "Lateral": "lateral"}.get(fl, ""),
+                    covid="0",
+                    findings=[o for o in OBSERVATIONS[1:] if rec.get(o) in ("1", "1.0")],
+                    license=LICENSE,
+                    image_key=f"chexpert:{'/'.join(parts[-4:])}",
+                )
+            )
     return finish(rows, hash_images=hash_images)

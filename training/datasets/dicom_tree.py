@@ -39,11 +39,15 @@ def read_header(path: Path) -> DicomHeader:
     except (InvalidDicomError, OSError, ValueError) as exc:
         raise DatasetLayoutError(f"{path}: not a readable DICOM file: {exc}") from exc
     view = str(ds.get("ViewPosition", "") or "")
-    return DicomHeader(path=path, patient_id=str(ds.get("PatientID", "") or ""),
-                       study_uid=str(ds.get("StudyInstanceUID", "") or ""),
-                       modality=str(ds.get("Modality", "") or ""), view=view,
-                       projection=projection_from_view(view),
-                       body_part=str(ds.get("BodyPartExamined", "") or ""))
+    return DicomHeader(
+        path=path,
+        patient_id=str(ds.get("PatientID", "") or ""),
+        study_uid=str(ds.get("StudyInstanceUID", "") or ""),
+        modality=str(ds.get("Modality", "") or ""),
+        view=view,
+        projection=projection_from_view(view),
+        body_part=str(ds.get("BodyPartExamined", "") or ""),
+    )
 
 
 def radiographs_under(root: Path) -> list[DicomHeader]:

@@ -29,9 +29,17 @@ def scan(root: Path, *, hash_images: bool = True) -> list[ManifestRow]:
     for i, rec in enumerate(read_table(table, ("patient_id", "image_id", "modality", "projection")), start=2):
         image_id = cell(rec, "image_id", table, i)
         view = rec["projection"].upper()
-        rows.append(ManifestRow(
-            image_path=str(folder / f"{image_id}.png"), dataset=DATASET,
-            patient_id=f"hannover_{cell(rec, 'patient_id', table, i)}", view=view,
-            projection=projection_from_view(view), covid="1", findings=["COVID-19"], license=LICENSE,
-            image_key=f"hannover:{image_id}"))
+        rows.append(
+            ManifestRow(
+                image_path=str(folder / f"{image_id}.png"),
+                dataset=DATASET,
+                patient_id=f"hannover_{cell(rec, 'patient_id', table, i)}",
+                view=view,
+                projection=projection_from_view(view),
+                covid="1",
+                findings=["COVID-19"],
+                license=LICENSE,
+                image_key=f"hannover:{image_id}",
+            )
+        )
     return finish(rows, hash_images=hash_images)

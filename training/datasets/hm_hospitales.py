@@ -38,10 +38,19 @@ def scan(root: Path, *, hash_images: bool = True) -> list[ManifestRow]:
         if rec is None:
             raise DatasetLayoutError(f"{folder}: patient folder has no row in {table} (column 'PATIENT ID')")
         for h in radiographs_under(folder):
-            rows.append(ManifestRow(
-                image_path=str(h.path), dataset=DATASET, patient_id=f"hm_{folder.name}", study_id=h.study_uid,
-                view=h.view, projection=h.projection, covid=covid_from_diagnosis(rec[DIAGNOSIS_COLUMN]),
-                license=LICENSE, image_key=f"hm:{h.path.relative_to(images)}"))
+            rows.append(
+                ManifestRow(
+                    image_path=str(h.path),
+                    dataset=DATASET,
+                    patient_id=f"hm_{folder.name}",
+                    study_id=h.study_uid,
+                    view=h.view,
+                    projection=h.projection,
+                    covid=covid_from_diagnosis(rec[DIAGNOSIS_COLUMN]),
+                    license=LICENSE,
+                    image_key=f"hm:{h.path.relative_to(images)}",
+                )
+            )
     if not rows:
         raise DatasetLayoutError(f"{images}: no CR/DX DICOM file in any patient folder")
     return finish(rows, hash_images=hash_images)

@@ -38,8 +38,15 @@ def scan(root: Path, *, hash_images: bool = True) -> list[ManifestRow]:
         if str(image) in rows:
             continue
         rows[str(image)] = ManifestRow(
-            image_path=str(image), dataset=DATASET, patient_id=patient_key(cell(rec, "patientid", table, i)),
-            view=rec["view"], projection=projection_from_view(rec["view"]), covid=covid_label(rec["finding"]),
-            findings=split_findings(rec["finding"]), license=rec["license"],
-            source=f"{DATASET}", image_key=f"ieee8023:{filename}")
+            image_path=str(image),
+            dataset=DATASET,
+            patient_id=patient_key(cell(rec, "patientid", table, i)),
+            view=rec["view"],
+            projection=projection_from_view(rec["view"]),
+            covid=covid_label(rec["finding"]),
+            findings=split_findings(rec["finding"]),
+            license=rec["license"],
+            source=f"{DATASET}",
+            image_key=f"ieee8023:{filename}",
+        )
     return finish(list(rows.values()), hash_images=hash_images)

@@ -28,8 +28,10 @@ def patient_and_finding(path: Path) -> tuple[str, list[str]]:
     cls = path.parent.name.upper()
     m = _PERSON.match(path.stem)
     if cls == "PNEUMONIA" and m:
-        return f"kermany_person{m.group(1)}", ["Pneumonia", "Bacterial" if m.group(2).lower() == "bacteria"
-                                               else "Viral"]
+        return f"kermany_person{m.group(1)}", [
+            "Pneumonia",
+            "Bacterial" if m.group(2).lower() == "bacteria" else "Viral",
+        ]
     m = _NORMAL.match(path.stem)
     if cls == "NORMAL" and m:
         return f"kermany_normal_{m.group(1)}", []
@@ -50,8 +52,17 @@ def scan(root: Path, *, hash_images: bool = True) -> list[ManifestRow]:
                 if image.suffix.lower() not in (".jpeg", ".jpg", ".png"):
                     continue
                 patient, findings = patient_and_finding(image)
-                rows.append(ManifestRow(
-                    image_path=str(image), dataset=DATASET, patient_id=patient, view="AP",
-                    projection="frontal", covid="0", findings=findings, license=LICENSE,
-                    image_key=f"kermany:{split}/{cls}/{image.name}"))
+                rows.append(
+                    ManifestRow(
+                        image_path=str(image),
+                        dataset=DATASET,
+                        patient_id=patient,
+                        view="AP",
+                        projection="frontal",
+                        covid="0",
+                        findings=findings,
+                        license=LICENSE,
+                        image_key=f"kermany:{split}/{cls}/{image.name}",
+                    )
+                )
     return finish(rows, hash_images=hash_images)

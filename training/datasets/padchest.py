@@ -21,8 +21,10 @@ log = logging.getLogger(__name__)
 NAME = "padchest"
 DATASET = "padchest"
 LICENSE = "PadChest Dataset Research Use Agreement (BIMCV)"
-TABLES = ("PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv",
-          "PADCHEST_chest_x_ray_images_labels_160K.csv")
+TABLES = (
+    "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv",
+    "PADCHEST_chest_x_ray_images_labels_160K.csv",
+)
 
 
 def parse_labels(raw: str, where: str) -> list[str]:
@@ -39,15 +41,25 @@ def scan(root: Path, *, hash_images: bool = True) -> list[ManifestRow]:
     root = Path(root).resolve()
     table = find_file(root, TABLES, "PadChest labels CSV")
     rows = []
-    for i, rec in enumerate(read_table(table, ("ImageID", "ImageDir", "StudyID", "PatientID",
-                                               "Projection", "Labels")), start=2):
+    for i, rec in enumerate(
+        read_table(table, ("ImageID", "ImageDir", "StudyID", "PatientID", "Projection", "Labels")), start=2
+    ):
         projection = rec["Projection"]
         if projection in ("COSTAL", "EXCLUDE"):
             continue
         image = root / cell(rec, "ImageDir", table, i) / cell(rec, "ImageID", table, i)
-        rows.append(ManifestRow(
-            image_path=str(image), dataset=DATASET, patient_id=f"padchest_{cell(rec, 'PatientID', table, i)}",
-            study_id=rec["StudyID"], view=projection, projection=projection_from_view(projection), covid="0",
-            findings=parse_labels(rec["Labels"], f"{table}:{i}"), license=LICENSE,
-            image_key=f"padchest:{rec['ImageID']}"))
+        rows.append(
+            ManifestRow(
+                image_path=str(image),
+                dataset=DATASET,
+                patient_id=f"padchest_{cell(rec, 'PatientID', table, i)}",
+                study_id=rec["StudyID"],
+                view=projection,
+                projection=projection_from_view(projection),
+                covid="0",
+                findings=parse_labels(rec["Labels"], f"{table}:{i}"),
+                license=LICENSE,
+                image_key=f"padchest:{rec['ImageID']}",
+            )
+        )
     return finish(rows, hash_images=hash_images)

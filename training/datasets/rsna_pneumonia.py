@@ -35,8 +35,14 @@ def scan(root: Path, *, hash_images: bool = True) -> list[ManifestRow]:
         if row is None:
             findings = [classes[pid]] if classes.get(pid) and classes[pid] != "Normal" else []
             row = rows[pid] = ManifestRow(
-                image_path=str(images / f"{pid}.dcm"), dataset=DATASET, patient_id=f"rsna_{pid}",
-                covid="0", findings=findings, license=LICENSE, image_key=f"rsna:{pid}")
+                image_path=str(images / f"{pid}.dcm"),
+                dataset=DATASET,
+                patient_id=f"rsna_{pid}",
+                covid="0",
+                findings=findings,
+                license=LICENSE,
+                image_key=f"rsna:{pid}",
+            )
         if target == "1":
             x, y = float(cell(rec, "x", table, i)), float(cell(rec, "y", table, i))
             w, h = float(cell(rec, "width", table, i)), float(cell(rec, "height", table, i))

@@ -33,8 +33,10 @@ def scan(root: Path, *, hash_images: bool = True) -> list[ManifestRow]:
     orig_of: dict[str, str] = {}
     for i, rec in enumerate(read_table(boxes_csv, ("image", "orig_filename", "cls")), start=2):
         orig_of[cell(rec, "image", boxes_csv, i)] = cell(rec, "orig_filename", boxes_csv, i)
-    meta = {rec["filename"]: rec for rec in
-            read_table(meta_csv, ("patientid", "finding", "view", "filename", "license"))}
+    meta = {
+        rec["filename"]: rec
+        for rec in read_table(meta_csv, ("patientid", "finding", "view", "filename", "license"))
+    }
     rows = []
     for image_rel, orig in sorted(orig_of.items()):
         rec = meta.get(orig)
@@ -44,12 +46,19 @@ def scan(root: Path, *, hash_images: bool = True) -> list[ManifestRow]:
         ggo = masks / f"{stem}__ground_glass_opacities.png"
         lungs = [masks / f"{stem}__{side}_lung.png" for side in ("left", "right")]
         finding = rec["finding"]
-        rows.append(ManifestRow(
-            image_path=str(root / image_rel), dataset=DATASET, patient_id=patient_key(rec["patientid"]),
-            view=rec["view"], projection=projection_from_view(rec["view"]),
-            covid="1" if "COVID-19" in finding else ("0" if finding else ""),
-            findings=split_findings(finding),
-            lung_mask="|".join(str(p) for p in lungs) if all(p.is_file() for p in lungs) else "",
-            ggo_mask=str(ggo) if ggo.is_file() else "", license=rec["license"] or LICENSE,
-            image_key=f"ieee8023:{orig}"))
+        rows.append(
+            ManifestRow(
+                image_path=str(root / image_rel),
+                dataset=DATASET,
+                patient_id=patient_key(rec["patientid"]),
+                view=rec["view"],
+                projection=projection_from_view(rec["view"]),
+                covid="1" if "COVID-19" in finding else ("0" if finding else ""),
+                findings=split_findings(finding),
+                lung_mask="|".join(str(p) for p in lungs) if all(p.is_file() for p in lungs) else "",
+                ggo_mask=str(ggo) if ggo.is_file() else "",
+                license=rec["license"] or LICENSE,
+                image_key=f"ieee8023:{orig}",
+            )
+        )
     return finish(rows, hash_images=hash_images)

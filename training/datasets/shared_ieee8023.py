@@ -22,8 +22,17 @@ NAME = "shared_ieee8023"
 DATASET = "ieee8023"
 # ieee8023 metadata assigns two ids to one person (see the data README); map each to one.
 PATIENT_ALIASES = {"339": "285", "340": "287"}
-COLUMNS = ("image", "orig_filename", "patientid", "finding", "covid", "view", "projection",
-           "v7_lung_mask", "license")
+COLUMNS = (
+    "image",
+    "orig_filename",
+    "patientid",
+    "finding",
+    "covid",
+    "view",
+    "projection",
+    "v7_lung_mask",
+    "license",
+)
 
 
 def patient_key(patientid: str) -> str:
@@ -48,9 +57,15 @@ def scan(root: Path, *, hash_images: bool = True) -> list[ManifestRow]:
             continue  # listed twice under two patient ids (285/339, 287/340)
         lung = root / "lung_masks_v7_512" / image.name if rec["v7_lung_mask"] == "1" else None
         rows[str(image)] = ManifestRow(
-            image_path=str(image), dataset=DATASET, patient_id=patient_key(cell(rec, "patientid", table, i)),
-            view=rec["view"] if rec["view"] != "?" else "", projection=rec["projection"],
-            covid=rec["covid"], findings=split_findings(rec["finding"]),
-            lung_mask=str(lung) if lung else "", license=rec["license"],
-            image_key=f"ieee8023:{cell(rec, 'orig_filename', table, i)}")
+            image_path=str(image),
+            dataset=DATASET,
+            patient_id=patient_key(cell(rec, "patientid", table, i)),
+            view=rec["view"] if rec["view"] != "?" else "",
+            projection=rec["projection"],
+            covid=rec["covid"],
+            findings=split_findings(rec["finding"]),
+            lung_mask=str(lung) if lung else "",
+            license=rec["license"],
+            image_key=f"ieee8023:{cell(rec, 'orig_filename', table, i)}",
+        )
     return finish(list(rows.values()), hash_images=hash_images)

@@ -22,12 +22,35 @@ def scan(root: Path, *, hash_images: bool = True) -> list[ManifestRow]:
     require_dir(root / "images_512", "images_512")
     table = root / "labels.csv"
     rows = []
-    for i, rec in enumerate(read_table(table, ("file", "patient_id", "covid", "finding", "view", "projection",
-                                               "license", "orig_path", "lung_mask")), start=2):
-        rows.append(ManifestRow(
-            image_path=str(root / cell(rec, "file", table, i)), dataset=DATASET,
-            patient_id=cell(rec, "patient_id", table, i), view=rec["view"], projection=rec["projection"],
-            covid=rec["covid"], findings=[f for f in [rec["finding"]] if f and f != "No Finding"],
-            lung_mask=str(root / rec["lung_mask"]) if rec["lung_mask"] else "", license=rec["license"],
-            image_key="kermany:" + "/".join(Path(rec["orig_path"]).parts[-3:])))
+    for i, rec in enumerate(
+        read_table(
+            table,
+            (
+                "file",
+                "patient_id",
+                "covid",
+                "finding",
+                "view",
+                "projection",
+                "license",
+                "orig_path",
+                "lung_mask",
+            ),
+        ),
+        start=2,
+    ):
+        rows.append(
+            ManifestRow(
+                image_path=str(root / cell(rec, "file", table, i)),
+                dataset=DATASET,
+                patient_id=cell(rec, "patient_id", table, i),
+                view=rec["view"],
+                projection=rec["projection"],
+                covid=rec["covid"],
+                findings=[f for f in [rec["finding"]] if f and f != "No Finding"],
+                lung_mask=str(root / rec["lung_mask"]) if rec["lung_mask"] else "",
+                license=rec["license"],
+                image_key="kermany:" + "/".join(Path(rec["orig_path"]).parts[-3:]),
+            )
+        )
     return finish(rows, hash_images=hash_images)

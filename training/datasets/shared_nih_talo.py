@@ -37,12 +37,23 @@ def scan(root: Path, *, hash_images: bool = True) -> list[ManifestRow]:
     for key, extra in _boxes(root / "annotations" / "nih_bbox_list_2017.csv", "finding", "NIH box").items():
         boxes.setdefault(key, []).extend(extra)
     rows = []
-    for i, rec in enumerate(read_table(table, ("file", "patient_id", "covid", "finding", "view",
-                                               "projection", "license")), start=2):
+    for i, rec in enumerate(
+        read_table(table, ("file", "patient_id", "covid", "finding", "view", "projection", "license")),
+        start=2,
+    ):
         rel = cell(rec, "file", table, i)
-        rows.append(ManifestRow(
-            image_path=str(root / rel), dataset=DATASET, patient_id=cell(rec, "patient_id", table, i),
-            view=rec["view"], projection=rec["projection"], covid=rec["covid"],
-            findings=[f for f in rec["finding"].split("|") if f and f != "No Finding"],
-            boxes=boxes.get(rel, []), license=rec["license"], image_key=f"nih:{Path(rel).stem}"))
+        rows.append(
+            ManifestRow(
+                image_path=str(root / rel),
+                dataset=DATASET,
+                patient_id=cell(rec, "patient_id", table, i),
+                view=rec["view"],
+                projection=rec["projection"],
+                covid=rec["covid"],
+                findings=[f for f in rec["finding"].split("|") if f and f != "No Finding"],
+                boxes=boxes.get(rel, []),
+                license=rec["license"],
+                image_key=f"nih:{Path(rel).stem}",
+            )
+        )
     return finish(rows, hash_images=hash_images)

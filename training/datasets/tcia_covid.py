@@ -18,8 +18,9 @@ from training.manifest import ManifestRow
 
 NAME = "tcia_covid"
 DATASET = "tcia_covid"
-LICENSE = ("TCIA: CC BY 4.0 (COVID-19-AR, MIDRC-RICORD-1C) / CC BY-NC 4.0 (COVID-19-NY-SBU); "
-           "see the collection page")
+LICENSE = (
+    "TCIA: CC BY 4.0 (COVID-19-AR, MIDRC-RICORD-1C) / CC BY-NC 4.0 (COVID-19-NY-SBU); see the collection page"
+)
 NBIA_COLUMNS = ("Series UID", "Collection", "Subject ID", "Study UID", "Modality", "File Location")
 
 
@@ -39,8 +40,19 @@ def scan(root: Path, *, hash_images: bool = True) -> list[ManifestRow]:
             raise DatasetLayoutError(f"{h.path}: PatientID (0010,0020) is empty")
         rel = h.path.relative_to(root).parts
         collection = collection_of.get(h.patient_id) or (rel[0] if len(rel) > 4 else DATASET)
-        rows.append(ManifestRow(
-            image_path=str(h.path), dataset=DATASET, source=collection, patient_id=f"tcia_{h.patient_id}",
-            study_id=h.study_uid, view=h.view, projection=h.projection, covid="1", findings=["COVID-19"],
-            license=LICENSE, image_key=f"tcia:{h.path.name}:{h.study_uid}"))
+        rows.append(
+            ManifestRow(
+                image_path=str(h.path),
+                dataset=DATASET,
+                source=collection,
+                patient_id=f"tcia_{h.patient_id}",
+                study_id=h.study_uid,
+                view=h.view,
+                projection=h.projection,
+                covid="1",
+                findings=["COVID-19"],
+                license=LICENSE,
+                image_key=f"tcia:{h.path.name}:{h.study_uid}",
+            )
+        )
     return finish(rows, hash_images=hash_images)

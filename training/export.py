@@ -1,0 +1,293 @@
+"""Export a trained model as a bundle that ``pipelines`` loads unchanged, with its model card.
+
+The operating threshold is chosen on the VALIDATION split (the split that also selected the
+epoch); the test split is evaluated once, afterwards, and only reported. The bundle records the
+metrics, the threshold and how it was chosen, the manifest's sha256, the resolved run
+configuration and the git commit, so a number in a card can always be traced to its data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.cache import ArrayCache
+from training.config import RunConfig
+from training.manifest import ManifestRow
+from training.tasks import TaskSpec
+
+log = logging.getLogger(__name__)
+
+
+def git_commit(repo: Path | None = None) -> str | None:
+    """``git rev-parse HEAD`` (+ "-dirty" when tracked files changed); None outside a checkout."""
+    repo = repo or Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("-dirty" if dirty else "")
+
+
+def training_data_summary(rows: Sequence[ManifestRow], spec: TaskSpec, manifest_sha: str) -> dict[str, Any]:
+    by_split: dict[str, dict[str, Any]] = {}
+    for split in ("train", "validation", "test"):
+        members = [r for r in rows if r.split == split]
+        entry: dict[str, Any] = {
+            "images": len(members),
+            "patients": len({r.patient_id for r in members}),
+            "datasets": dict(Counter(r.dataset for r in members)),
+        }
+        if spec.label_of is not None:
+            entry["positives"] = sum(spec.label_of(r) for r in members)
+        by_split[split] = entry
+    return {
+        "manifest_sha256": manifest_sha,
+        "splits": by_split,
+        "licenses": sorted({r.license for r in rows if r.license})[:20],
+    }
+
+
+def segmentation_threshold(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> tuple[float, str]:
+    """The probability cut (0.30..0.70) maximising mean per-image validation Dice."""
+    from training.metrics import dice_iou
+
+    best_t, best_d = 0.5, -1.0
+    for t in np.round(np.arange(0.3, 0.71, 0.05), 2):
+        d = float(np.mean([dice_iou(p >= t, m)[0] for p, m in zip(probs, truths, strict=True)]))
+        if d > best_d + 1e-9:
+            best_t, best_d = float(t), d
+    return best_t, f"max mean validation Dice over 0.30..0.70 (Dice {best_d:.4f})"
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, float) for v in value):
+        return f"[{value[0]:.3f}, {value[1]:.3f}]"
+    return str(value)
+
+
+def model_card(cfg: RunConfig, spec: TaskSpec, metadata: dict[str, Any]) -> str:
+    """The bundle's docs/README.md: what it is, on what data, how good, and what it cannot do."""
+    m = metadata["metrics"]
+    test, val = m.get("test", {}), m.get("validation", {})
+    lines = [
+        f"# {metadata['name']} {metadata['version']} ({spec.task})",
+        "",
+        "**Research use only. Not for diagnosis.**",
+        "",
+        f"- Architecture: `{metadata['architecture']}`; input: `{json.dumps(metadata['input'])}`",
+        f"- Labels: {list(spec.labels)}; operating threshold {metadata['operating_threshold']:.4f} "
+        f"({metadata['threshold_method']}); {spec.threshold_meaning}.",
+        f"- Selected epoch: {m.get('best_epoch')} by validation {m.get('selection_metric')}; the test split "
+        "was not used for any choice.",
+        f"- Manifest sha256 `{metadata['manifest_sha256']}`; git commit `{metadata['git_commit']}`.",
+        "",
+        "## Data",
+        "",
+        "| split | images | patients | positives | datasets |",
+        "|---|---|---|---|---|",
+    ]
+    for split, e in metadata["training_data"]["splits"].items():
+        lines.append(
+            f"| {split} | {e['images']} | {e['patients']} | {e.get('positives', 'n/a')} | "
+            f"{', '.join(f'{k} {v}' for k, v in e['datasets'].items())} |"
+        )
+    lines += ["", "## Metrics", "", "| metric | validation | test |", "|---|---|---|"]
+    keys = (
+        ["auc", "auc_ci95", "sensitivity", "specificity", "ppv", "npv", "f1", "accuracy", "brier", "ece"]
+        if spec.kind == "classification"
+        else ["dice_mean", "dice_ci95", "iou_mean", "iou_ci95", "n"]
+        if spec.kind == "segmentation"
+        else ["map50", "map50_95", "n_truth_boxes"]
+    )
+    for k in keys:
+        lines.append(f"| {k} | {_fmt(val.get(k))} | {_fmt(test.get(k))} |")
+    if spec.task == "covid":
+        sc = test.get("shortcut_check", {})
+        lines += [
+            "",
+            "## Shortcut check (test split, images with a lung mask)",
+            "",
+            f"- AUC on the same images: {_fmt(sc.get('auc_same_images'))}",
+            "- AUC with the lungs removed (lung mask inverted, lungs black): "
+            f"{_fmt(sc.get('auc_lungs_removed'))}",
+            f"- AUC with only the lungs shown: {_fmt(sc.get('auc_lungs_only'))}",
+            f"- {sc.get('note', sc.get('interpretation', ''))}",
+            "",
+            "A model that keeps a high AUC with the lungs removed is reading the hospital, the text "
+            "or the devices, not the lungs: internal AUC alone is no evidence of a working COVID model "
+            "(see the data README). Per-source AUC on the test split:",
+            "",
+        ]
+        for source, e in test.get("per_source", {}).items():
+            lines.append(f"- {source}: n={e['n']}, positives={e['positives']}, AUC {_fmt(e['auc'])}")
+    lines += [
+        "",
+        "## Limitations",
+        "",
+        "- Trained on small public research collections (see licenses in metadata.json); internal "
+        "test metrics overstate performance on other hospitals.",
+        "- Not validated prospectively; not a medical device.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def export_torch_bundle(
+    cfg: RunConfig,
+    spec: TaskSpec,
+    net: Any,
+    definition: dict[str, Any],
+    in_spec: dict,
+    rows: Sequence[ManifestRow],
+    manifest_sha: str,
+    cache: ArrayCache,
+    *,
+    best_epoch: int,
+    lung_masks: dict[str, np.ndarray],
+    loss_fn: Any,
+) -> Path:
+    from pipelines.bundle import BundleMetadata
+    from pipelines.networks import DEFAULT_TARGET_LAYERS
+    from training.data import ClassificationData, SegmentationData
+    from training.evaluate import evaluate_classification, segmentation_source_pairs
+    from training.metrics import choose_threshold, segmentation_report
+    from training.trainers.loop import predict, validation_metric
+
+    device = next(net.parameters()).device.type
+    val_rows = [r for r in rows if r.split == "validation"]
+    test_rows = [r for r in rows if r.split == "test"]
+    n_boot = cfg.evaluation.n_bootstrap
+    if spec.kind == "classification":
+        if in_spec["mode"] == "lungs_only":
+            val_rows = [r for r in val_rows if r.lung_mask or r.image_path in lung_masks]
+        data = ClassificationData(
+            val_rows, spec, cache, in_spec, augment=False, seed=0, lung_masks=lung_masks
+        )
+        pred = predict(net, data, spec, loss_fn, device, cfg.train.batch_size)
+        if cfg.threshold.method == "fixed" or len(set(pred.labels.tolist())) < 2:
+            threshold, method = (
+                cfg.threshold.value,
+                f"fixed {cfg.threshold.value} (configured or one-class validation)",
+            )
+        else:
+            threshold = choose_threshold(
+                pred.labels, pred.scores, method=cfg.threshold.method, target=cfg.threshold.target
+            )
+            method = f"{cfg.threshold.method} on the validation split" + (
+                f" (target sensitivity {cfg.threshold.target})"
+                if cfg.threshold.method == "sensitivity"
+                else ""
+            )
+        val_report = evaluate_classification(
+            spec.task,
+            net,
+            val_rows,
+            cache,
+            in_spec,
+            threshold,
+            labels_of=spec.label_of,
+            lung_masks=lung_masks,
+            device=device,
+            n_boot=n_boot,
+            seed=cfg.seed,
+        )
+        test_report = (
+            evaluate_classification(
+                spec.task,
+                net,
+                test_rows,
+                cache,
+                in_spec,
+                threshold,
+                labels_of=spec.label_of,
+                lung_masks=lung_masks,
+                device=device,
+                n_boot=n_boot,
+                seed=cfg.seed,
+            )
+            if test_rows
+            else {}
+        )
+    else:
+        data = SegmentationData(val_rows, spec, cache, in_spec, augment=False, seed=0)
+        pred = predict(net, data, spec, loss_fn, device, cfg.train.batch_size)
+        threshold, method = segmentation_threshold(pred.seg_probs or [], pred.seg_truth or [])
+        post = spec.task == "lungs"
+        val_report = segmentation_report(
+            segmentation_source_pairs(
+                net, val_rows, in_spec, spec.seg_target, threshold, device=device, postprocess=post
+            ),
+            n_boot=n_boot,
+            seed=cfg.seed,
+        )
+        test_report = (
+            segmentation_report(
+                segmentation_source_pairs(
+                    net, test_rows, in_spec, spec.seg_target, threshold, device=device, postprocess=post
+                ),
+                n_boot=n_boot,
+                seed=cfg.seed,
+            )
+            if test_rows
+            else {}
+        )
+    name, value = validation_metric(pred, spec)
+    for report in (val_report, test_report):
+        report.pop("dice_per_image", None)
+    metrics = {
+        "best_epoch": best_epoch,
+        "selection_metric": name,
+        "selection_value": value,
+        "validation": val_report,
+        "test": test_report,
+    }
+    arch = cfg.model.architecture
+    metadata = BundleMetadata(
+        name=cfg.name,
+        version=cfg.version,
+        task=spec.task,
+        architecture=arch,
+        network_def=definition,
+        input=in_spec,
+        labels=list(spec.labels),
+        operating_threshold=float(threshold),
+        threshold_method=method,
+        description=cfg.description or f"{spec.task} model trained by cxr-node training",
+        target_layer=DEFAULT_TARGET_LAYERS.get(arch) if spec.kind == "classification" else None,
+        metrics=metrics,
+        training_data={**training_data_summary(rows, spec, manifest_sha), "config": cfg.to_dict()},
+        git_commit=git_commit(),
+        manifest_sha256=manifest_sha,
+    )
+    return _save(cfg, spec, metadata, net.state_dict())
+
+
+def _save(cfg: RunConfig, spec: TaskSpec, metadata: Any, weights: Any) -> Path:
+    from pipelines.bundle import save_bundle
+
+    card = model_card(cfg, spec, {**metadata.to_json(), "input": metadata.input.to_dict()})
+    bundle_dir = save_bundle(cfg.run_dir / "bundles" / cfg.name, metadata, weights, card)
+    log.info("exported %s", bundle_dir)
+    return bundle_dir

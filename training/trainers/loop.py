@@ -1,0 +1,357 @@
+"""The one PyTorch training loop behind the projection, lungs, covid and GGO segmentation trainers.
+
+Read top to bottom: seed -> data (split manifest, cache) -> network from ``pipelines.networks``
+-> epochs (train on every rank with DDP, validate on rank 0) -> keep the best epoch by the
+validation metric only -> threshold on validation -> test metrics -> bundle. Each epoch writes
+``checkpoints/last.pt`` (model, optimiser, epoch, best so far, RNG states, config, manifest
+hash) so ``--resume`` continues exactly; ``metrics.csv`` gets one line per epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from training.cache import ArrayCache
+from training.config import RunConfig
+from training.data import ClassificationData, SegmentationData, prepare_rows, sample_weights, split_rows
+from training.distributed import DistContext, EpochSampler
+from training.errors import ConfigError, TrainingError
+from training.manifest import ManifestRow
+from training.tasks import TaskSpec
+
+log = logging.getLogger(__name__)
+
+METRICS_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_metric",
+    "val_metric_name",
+    "lr",
+    "seconds",
+    "is_best",
+)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def input_spec_dict(cfg: RunConfig, spec: TaskSpec) -> dict[str, Any]:
+    from pipelines.preprocess import InputSpec
+
+    data = dict(cfg.input)
+    if spec.kind == "segmentation" and data.get("mode", "whole_image") != "whole_image":
+        raise ConfigError(f"{cfg.source_file}: [input] mode must be whole_image for {spec.task}")
+    return InputSpec.from_dict(data).to_dict()
+
+
+def build_model(cfg: RunConfig, spec: TaskSpec, channels: int) -> tuple[nn.Module, dict[str, Any]]:
+    from pipelines.networks import build_network, network_def
+
+    params = dict(cfg.model.params)
+    if spec.kind == "classification":
+        params.update(in_channels=channels, num_classes=1)
+    else:
+        params.update(in_channels=channels, out_channels=1)
+    try:
+        definition = network_def(cfg.model.architecture, **params)
+        net = build_network(cfg.model.architecture, **params)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{cfg.source_file}: [model] {cfg.model.architecture} {params}: {exc}") from exc
+    return net, definition
+
+
+class SegLoss(nn.Module):
+    """Soft Dice (per image) + BCE on one sigmoid channel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from monai.losses import DiceLoss
+
+        self.dice = DiceLoss(sigmoid=True, batch=False)
+        self.bce = nn.BCEWithLogitsLoss()
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.dice(logits, target) + self.bce(logits, target)
+
+
+@dataclass
+class Predictions:
+    """Validation outputs of one epoch (model grid for segmentation)."""
+
+    loss: float
+    scores: np.ndarray  # classification: P(positive) per row
+    labels: np.ndarray
+    seg_probs: list[np.ndarray] | None = None
+    seg_truth: list[np.ndarray] | None = None
+
+
+def predict(
+    net: nn.Module, data: Dataset, spec: TaskSpec, loss_fn: nn.Module, device: str, batch_size: int
+) -> Predictions:
+    from pipelines.runtime import foreground_probability, positive_probability
+
+    net.eval()
+    losses, scores, labels, probs, truths = [], [], [], [], []
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0)
+    with torch.no_grad():
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            out = net(x)
+            if spec.kind == "classification":
+                losses.append(float(loss_fn(out.reshape(-1), y)) * len(y))
+                scores += positive_probability(out).cpu().tolist()
+                labels += y.cpu().int().tolist()
+            else:
+                losses.append(float(loss_fn(out, y)) * len(y))
+                probs += list(foreground_probability(out).cpu().numpy())
+                truths += list(y[:, 0].cpu().numpy() > 0.5)
+    n = max(1, len(data))
+    return Predictions(
+        loss=sum(losses) / n,
+        scores=np.asarray(scores),
+        labels=np.asarray(labels),
+        seg_probs=probs or None,
+        seg_truth=truths or None,
+    )
+
+
+def validation_metric(pred: Predictions, spec: TaskSpec) -> tuple[str, float]:
+    """Higher is better. Classification: AUC (minus loss when one class is missing); seg: mean Dice."""
+    from training.metrics import dice_iou, roc_auc
+
+    if spec.kind == "classification":
+        if len(set(pred.labels.tolist())) == 2:
+            return "auc", roc_auc(pred.labels, pred.scores)
+        return "neg_loss", -pred.loss
+    dice = [dice_iou(p >= 0.5, t)[0] for p, t in zip(pred.seg_probs or [], pred.seg_truth or [], strict=True)]
+    return "dice", float(np.mean(dice)) if dice else 0.0
+
+
+def _loader(
+    data: Dataset, cfg: RunConfig, ctx: DistContext, weights: list[float] | None, epoch_seed: int
+) -> tuple[DataLoader, Any]:
+    if weights is None and ctx.distributed:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler: Any = DistributedSampler(
+            data, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=epoch_seed
+        )
+    else:
+        sampler = EpochSampler(
+            len(data), seed=epoch_seed, rank=ctx.rank, world_size=ctx.world_size, weights=weights
+        )
+    loader = DataLoader(
+        data,
+        batch_size=cfg.train.batch_size,
+        sampler=sampler,
+        num_workers=cfg.train.num_workers,
+        drop_last=False,
+    )
+    return loader, sampler
+
+
+def _set_threads(cfg: RunConfig, ctx: DistContext) -> None:
+    threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // ctx.world_size)
+    torch.set_num_threads(threads)
+
+
+def train_torch_task(
+    cfg: RunConfig, spec: TaskSpec, ctx: DistContext, *, resume: bool = False
+) -> Path | None:
+    """Train, select on validation, evaluate, export. Returns the bundle folder (rank 0) or None."""
+    from tqdm import tqdm
+
+    from training.export import export_torch_bundle
+
+    _set_threads(cfg, ctx)
+    seed_everything(cfg.seed)
+    run_dir = cfg.run_dir
+    ckpt_dir = run_dir / "checkpoints"
+    if ctx.is_main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    rows, manifest_path, manifest_sha = prepare_rows(cfg, spec, ctx)
+    cache = ArrayCache(cfg.data.cache_dir or run_dir.parent / "cache")
+    in_spec = input_spec_dict(cfg, spec)
+    train_rows, val_rows = split_rows(rows, "train"), split_rows(rows, "validation")
+    lung_masks = lung_masks_for(cfg, spec, rows, in_spec)
+    if in_spec["mode"] == "lungs_only":
+        train_rows = [r for r in train_rows if r.lung_mask or r.image_path in lung_masks]
+        val_rows = [r for r in val_rows if r.lung_mask or r.image_path in lung_masks]
+    if not train_rows or not val_rows:
+        raise TrainingError(
+            f"{manifest_path}: empty train ({len(train_rows)}) or validation ({len(val_rows)})"
+        )
+
+    def dataset(rs: list[ManifestRow], augment: bool) -> Dataset:
+        if spec.kind == "classification":
+            return ClassificationData(
+                rs, spec, cache, in_spec, augment=augment, seed=cfg.seed + ctx.rank, lung_masks=lung_masks
+            )
+        return SegmentationData(rs, spec, cache, in_spec, augment=augment, seed=cfg.seed + ctx.rank)
+
+    train_data, val_data = dataset(train_rows, cfg.train.augment), dataset(val_rows, False)
+    net, definition = build_model(cfg, spec, in_spec["channels"])
+    net = net.to(ctx.device)
+    model: nn.Module = net
+    if ctx.distributed:
+        model = nn.parallel.DistributedDataParallel(net)
+    if spec.kind == "classification":
+        positives = sum(spec.label_of(r) for r in train_rows)
+        negatives = len(train_rows) - positives
+        pos_weight = None
+        if cfg.train.class_weighting and cfg.train.sampling == "shuffle" and positives and negatives:
+            pos_weight = torch.tensor([negatives / positives], device=ctx.device)
+        loss_fn: nn.Module = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    else:
+        loss_fn = SegLoss()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.train.epochs))
+    start_epoch, best_metric, best_epoch = 0, -math.inf, -1
+    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    if resume and last_path.is_file():
+        state = torch.load(last_path, map_location="cpu", weights_only=False)
+        if state["manifest_sha256"] != manifest_sha:
+            raise TrainingError(f"{last_path}: checkpoint was made with another manifest; refusing to resume")
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best_metric, best_epoch = state["epoch"] + 1, state["best_metric"], state["best_epoch"]
+        torch.set_rng_state(state["torch_rng"])
+        log.info("resumed %s at epoch %d (best %s at %d)", run_dir, start_epoch, best_metric, best_epoch)
+    weights = sample_weights(train_rows, spec, cfg.train.sampling)
+    loader, sampler = _loader(train_data, cfg, ctx, weights, cfg.seed)
+    metrics_csv = run_dir / "metrics.csv"
+    if ctx.is_main and not (resume and metrics_csv.is_file()):
+        with metrics_csv.open("w", newline="") as fh:
+            csv.writer(fh).writerow(METRICS_COLUMNS)
+    stale = 0
+    for epoch in range(start_epoch, cfg.train.epochs):
+        t0 = time.monotonic()
+        sampler.set_epoch(epoch)
+        model.train()
+        total, seen = 0.0, 0
+        bar = tqdm(
+            loader,
+            desc=f"{spec.task} epoch {epoch + 1}/{cfg.train.epochs}",
+            disable=not ctx.is_main,
+            leave=False,
+        )
+        for step, (x, y) in enumerate(bar):
+            if cfg.train.max_batches_per_epoch and step >= cfg.train.max_batches_per_epoch:
+                break
+            x, y = x.to(ctx.device), y.to(ctx.device)
+            optimizer.zero_grad(set_to_none=True)
+            out = model(x)
+            loss = loss_fn(out.reshape(-1), y) if spec.kind == "classification" else loss_fn(out, y)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(y)
+            seen += len(y)
+            bar.set_postfix(loss=f"{total / max(seen, 1):.4f}")
+        scheduler.step()
+        train_loss = ctx.mean(total / max(seen, 1))
+        is_best = False
+        if ctx.is_main:
+            pred = predict(net, val_data, spec, loss_fn, ctx.device, cfg.train.batch_size)
+            name, value = validation_metric(pred, spec)
+            is_best = value > best_metric
+            if is_best:
+                best_metric, best_epoch = value, epoch
+                torch.save({"model": net.state_dict(), "epoch": epoch, "metric": value}, best_path)
+            torch.save(
+                {
+                    "model": net.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": epoch,
+                    "best_metric": best_metric,
+                    "best_epoch": best_epoch,
+                    "config": cfg.to_dict(),
+                    "manifest_sha256": manifest_sha,
+                    "network_def": definition,
+                    "torch_rng": torch.get_rng_state(),
+                },
+                last_path,
+            )
+            with metrics_csv.open("a", newline="") as fh:
+                csv.writer(fh).writerow(
+                    [
+                        epoch,
+                        f"{train_loss:.6f}",
+                        f"{pred.loss:.6f}",
+                        f"{value:.6f}",
+                        name,
+                        f"{scheduler.get_last_lr()[0]:.3g}",
+                        f"{time.monotonic() - t0:.1f}",
+                        int(is_best),
+                    ]
+                )
+            log.info(
+                "epoch %d: train loss %.4f, validation %s %.4f%s",
+                epoch,
+                train_loss,
+                name,
+                value,
+                " (best)" if is_best else "",
+            )
+        stale = 0 if ctx.broadcast_flag(is_best) else stale + 1
+        if cfg.train.patience and stale >= cfg.train.patience:
+            log.info("early stop: no validation improvement for %d epochs", stale)
+            break
+    ctx.barrier()
+    if not ctx.is_main:
+        return None
+    if not best_path.is_file():
+        raise TrainingError(
+            f"{run_dir}: no epoch was trained (epochs={cfg.train.epochs}, resumed at {start_epoch})"
+        )
+    net.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["model"])
+    net.eval()
+    return export_torch_bundle(
+        cfg,
+        spec,
+        net,
+        definition,
+        in_spec,
+        rows,
+        manifest_sha,
+        cache,
+        best_epoch=best_epoch,
+        lung_masks=lung_masks,
+        loss_fn=loss_fn,
+    )
+
+
+def lung_masks_for(
+    cfg: RunConfig, spec: TaskSpec, rows: list[ManifestRow], in_spec: dict
+) -> dict[str, np.ndarray]:
+    """Lung masks predicted by ``cfg.lung_bundle`` for EVERY covid row, manual mask or not.
+
+    Inference uses predicted masks, and in ieee8023 only COVID-positive images have manual (V7)
+    masks: mixing manual masks for positives with predicted ones for negatives would hand the
+    classifier the label through the mask style. So when a lungs bundle is named, all masks come
+    from it; without one, only images with a manual mask can be used in lungs_only mode.
+    """
+    if spec.task != "covid" or not cfg.lung_bundle:
+        return {}
+    from training.evaluate import predict_lung_masks
+
+    cache = ArrayCache(cfg.data.cache_dir or cfg.run_dir.parent / "cache")
+    return predict_lung_masks(Path(cfg.lung_bundle), rows, cache)
