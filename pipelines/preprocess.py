@@ -229,8 +229,9 @@ def prepare_input(pixels: np.ndarray, spec: InputSpec, lung_mask: np.ndarray | N
     """Build the network input for one image as the bundle's ``input`` block says.
 
     ``whole_image``: letterbox the whole image, z-score over the content, padding = ``outside_value``.
-    ``lungs_only``: crop to the lung bounding box plus margin, letterbox, z-score over lung pixels
-    only, every non-lung pixel (and padding) = ``outside_value``. Training and inference both call
+    ``lungs_only``: crop to the lung bounding box plus margin, replace non-lung pixels by the lung
+    mean (before resizing, so nothing outside the lungs reaches the input), letterbox, z-score over
+    lung pixels only, every non-lung pixel (and padding) = ``outside_value``. Training and inference both call
     this, so a lungs-only model never sees anything but lung parenchyma.
     """
     if pixels.ndim != 2:
@@ -245,10 +246,18 @@ def prepare_input(pixels: np.ndarray, spec: InputSpec, lung_mask: np.ndarray | N
         reference = geometry.mask_to_model(lung_mask)
         if not reference.any():
             raise EmptyLungMaskError("lung mask vanishes at the model's input size")
+        # Blank the non-lung pixels at the source, before resizing, with the lungs' own mean: no
+        # background value can then leak into a lung-edge pixel through the resize kernel.
+        y0, x0, y1, x1 = geometry.crop
+        crop_mask = lung_mask[y0:y1, x0:x1]
+        source = np.zeros_like(pixels, dtype=np.float32)
+        region = pixels[y0:y1, x0:x1]
+        source[y0:y1, x0:x1] = np.where(crop_mask, region, region[crop_mask].mean())
     else:
         geometry = Letterbox.fit(pixels.shape, spec.size, None, spec.resize)
         reference = geometry.content_mask()
-    resized = geometry.image_to_model(pixels)
+        source = pixels
+    resized = geometry.image_to_model(source)
     normalised = normalize_intensity(resized, reference, spec.normalization)
     normalised[~reference] = spec.outside_value
     array = np.repeat(normalised[None], spec.channels, axis=0)
