@@ -253,9 +253,14 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
-    """101-point interpolated AP (COCO; ultralytics' ``compute_ap`` default)."""
-    mrec = np.concatenate(([0.0], recall, [1.0]))
-    mpre = np.concatenate(([1.0], precision, [0.0]))
+    """101-point interpolated AP (COCO; ultralytics' ``compute_ap`` definition).
+
+    Precision is 0 beyond the highest recall reached (sentinel at that recall), so a detector that
+    finds 90% of the boxes gets no credit between recall 0.9 and 1.
+    """
+    last = recall[-1] if len(recall) else 1.0
+    mrec = np.concatenate(([0.0], recall, [last], [1.0]))
+    mpre = np.concatenate(([1.0], precision, [0.0], [0.0]))
     mpre = np.flip(np.maximum.accumulate(np.flip(mpre)))
     x = np.linspace(0, 1, 101)
     return float(np.trapezoid(np.interp(x, mrec, mpre), x))

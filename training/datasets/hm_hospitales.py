@@ -22,8 +22,13 @@ DIAGNOSIS_COLUMN = "DIAG ING/INPAT"
 
 
 def covid_from_diagnosis(text: str) -> str:
+    """1 for a confirmed/positive COVID-19 diagnosis, 0 for a negative one, "" for pending or other."""
     t = text.upper()
-    return "1" if ("COVID" in t and "NEGATIV" not in t) or "POSITIV" in t else ""
+    if "PENDIENTE" in t or "PENDING" in t or "COVID" not in t:
+        return ""
+    if "NEGATIV" in t:
+        return "0"
+    return "1" if "POSITIV" in t or "CONFIRM" in t else ""
 
 
 def scan(root: Path, *, hash_images: bool = True) -> list[ManifestRow]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from training.datasets.base import cell, finish, projection_from_view, read_table, require_dir
-from training.datasets.shared_ieee8023 import patient_key, split_findings
+from training.datasets.shared_ieee8023 import UNSPECIFIED_LICENSE, patient_key, split_findings
 from training.manifest import ManifestRow
 
 NAME = "ieee8023"
@@ -45,7 +45,7 @@ def scan(root: Path, *, hash_images: bool = True) -> list[ManifestRow]:
             projection=projection_from_view(rec["view"]),
             covid=covid_label(rec["finding"]),
             findings=split_findings(rec["finding"]),
-            license=rec["license"],
+            license=rec["license"] or UNSPECIFIED_LICENSE,
             source=f"{DATASET}",
             image_key=f"ieee8023:{filename}",
         )

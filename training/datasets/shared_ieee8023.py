@@ -22,6 +22,7 @@ NAME = "shared_ieee8023"
 DATASET = "ieee8023"
 # ieee8023 metadata assigns two ids to one person (see the data README); map each to one.
 PATIENT_ALIASES = {"339": "285", "340": "287"}
+UNSPECIFIED_LICENSE = "unspecified in the ieee8023 metadata: check the image's source url before reuse"
 COLUMNS = (
     "image",
     "orig_filename",
@@ -65,7 +66,7 @@ def scan(root: Path, *, hash_images: bool = True) -> list[ManifestRow]:
             covid=rec["covid"],
             findings=split_findings(rec["finding"]),
             lung_mask=str(lung) if lung else "",
-            license=rec["license"],
+            license=rec["license"] or UNSPECIFIED_LICENSE,
             image_key=f"ieee8023:{cell(rec, 'orig_filename', table, i)}",
         )
     return finish(list(rows.values()), hash_images=hash_images)

@@ -93,7 +93,7 @@ def train(cfg: RunConfig, ctx: DistContext, *, resume: bool = False) -> Path | N
     if imgsz % 32:
         raise TrainingError(f"{cfg.source_file}: [input] size {imgsz} must be a multiple of 32 for YOLO")
     run_dir = cfg.run_dir.resolve()
-    ultralytics = prepare_ultralytics(run_dir.parent / ".ultralytics")
+    ultralytics = prepare_ultralytics(None)  # $CXR_NODE_STATE_DIR or ~/.cache/cxr-node, as the pipeline
     data_yaml = write_yolo_dataset(rows, run_dir / "yolo_data", imgsz)
     project = run_dir / "yolo"
     last = project / "train" / "weights" / "last.pt"
