@@ -1,0 +1,81 @@
+"""``cxr-node analyze`` on a folder with good and bad files (random bundles, real images)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from node.cli.main import main
+
+SEG = "1.2.840.10008.5.1.4.1.1.66.4"
+SC = "1.2.840.10008.5.1.4.1.1.7"
+
+
+@pytest.fixture
+def input_folder(tmp_path: Path, chest_dicom: Path, chest_png: Path, dicom_samples: Path) -> Path:
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(chest_dicom, folder / "chest.dcm")
+    shutil.copy(chest_png, folder / "sub" / "chest.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not a PNG body")
+    shutil.copy(dicom_samples / "highdicom_sr_document.dcm", folder / "report.dcm")
+    (folder / "notes.txt").write_text("ignored: neither DICOM nor an image")
+    return folder
+
+
+def test_folder_with_bad_files(input_folder: Path, tmp_path: Path, random_models: Path, state_dir: Path,
+                               chest_dicom: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    status = main(["analyze", str(input_folder), "--out", str(out), "--json", "--models", str(random_models),
+                   "--device", "cpu", "--state-dir", str(state_dir), "--batch-size", "2"])
+    captured = capsys.readouterr()
+    assert status == 1  # two inputs failed, the others were analysed
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    by_source = {Path(line["source"]).name: line for line in lines}
+    assert set(by_source) == {"chest.dcm", "chest.png", "broken.png", "report.dcm"}
+    assert "not a readable image" in by_source["broken.png"]["error"]
+    assert "not a radiograph" in by_source["report.dcm"]["error"]
+    assert f"error: {input_folder / 'broken.png'}:" in captured.err
+    assert f"error: {input_folder / 'report.dcm'}:" in captured.err
+    assert "4/4" in captured.err  # the progress bar, on stderr, for more than 3 images
+
+    dicom = by_source["chest.dcm"]
+    assert dicom["sop_instance_uid"] == pydicom.dcmread(chest_dicom, stop_before_pixels=True).SOPInstanceUID
+    assert dicom["analysed"] and dicom["projection"] == "frontal" and dicom["lung_area_mm2"] > 0
+    written = [pydicom.dcmread(p) for p in dicom["outputs"]]
+    classes = sorted(str(ds.SOPClassUID) for ds in written)
+    assert SEG in classes and SC in classes
+    assert any(c.startswith("1.2.840.10008.5.1.4.1.1.88.") for c in classes)  # an SR
+    assert all(Path(p).parent == out / "chest" for p in dicom["outputs"])
+
+    png = by_source["chest.png"]
+    assert png["sop_instance_uid"] is None and png["lung_area_mm2"] is None and png["lung_area_px"] > 0
+    names = sorted(Path(p).name for p in png["outputs"])
+    assert names == ["ggo_mask.png", "heatmap.png", "lungs_mask.png", "overlay.png"]
+    folder = Path(png["outputs"][0]).parent
+    assert folder == out / "chest-2"  # same stem as chest.dcm: a second folder, nothing overwritten
+    source_size = Image.open(input_folder / "sub" / "chest.png").size
+    lungs = np.asarray(Image.open(folder / "lungs_mask.png"))
+    assert lungs.shape == source_size[::-1] and int((lungs == 255).sum()) == png["lung_area_px"]
+
+
+def test_plain_summary_and_unusable_models(
+    tmp_path: Path, chest_png: Path, random_models: Path, state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(["analyze", str(chest_png), "--out", str(tmp_path / "o"), "--models", str(random_models),
+                   "--device", "cpu", "--state-dir", str(state_dir)])
+    captured = capsys.readouterr()
+    assert status == 0
+    assert captured.out.startswith(f"{chest_png}: frontal (") and "COVID-19" in captured.out
+    assert "image/s" not in captured.err  # one image: no progress bar
+
+    status = main(["analyze", str(chest_png), "--out", str(tmp_path / "o2"),
+                   "--models", str(tmp_path / "none")])
+    assert status == 2
+    assert "cannot load the models: models folder not found" in capsys.readouterr().err

@@ -1,0 +1,165 @@
+"""The chained pipeline end to end with tiny random bundles on real images (plumbing, not accuracy)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.image import load_image
+from pipelines.results import Projection
+
+REQUIRED_JSON_KEYS = {
+    "source", "sop_instance_uid", "projection", "projection_probability", "analysed", "covid_probability",
+    "covid_positive", "lung_area_px", "lung_area_mm2", "ggo_extent_percent", "ggo_boxes", "models",
+    "timings_ms", "outputs",
+}
+
+
+def test_frontal_dicom_end_to_end(pipeline, chest_dicom: Path) -> None:  # type: ignore[no-untyped-def]
+    image = load_image(chest_dicom)
+    result = pipeline.analyze(image)
+    h, w = image.shape
+    assert result.analysed and result.projection.projection is Projection.FRONTAL
+    assert result.lungs.mask.shape == (h, w) and result.lungs.mask.dtype == bool
+    assert result.lungs.area_px == int(result.lungs.mask.sum()) > 0
+    assert result.lungs.area_mm2 == pytest.approx(result.lungs.area_px * 0.168 * 0.168)
+    assert result.covid.heatmap.shape == (h, w)
+    assert 0.0 <= result.covid.heatmap.min() and result.covid.heatmap.max() <= 1.0
+    assert 0.0 <= result.covid.probability <= 1.0
+    assert result.covid.positive == (result.covid.probability >= result.covid.threshold)
+    assert result.covid.input_mode == "lungs_only"
+    assert result.ggo.mask.shape == (h, w) and result.ggo.probability_map.shape == (h, w)
+    inside = np.logical_and(result.ggo.mask, result.lungs.mask).sum()
+    assert result.ggo.extent_percent == pytest.approx(100.0 * inside / result.lungs.area_px)
+    for box in result.ggo.boxes:
+        assert 0 <= box.x0 < box.x1 <= w and 0 <= box.y0 < box.y1 <= h and 0 <= box.confidence <= 1
+    assert set(result.timings_ms) == {"projection", "lungs", "covid", "ggo_detection", "ggo_segmentation",
+                                      "total"}
+    record = json.loads(json.dumps(result.to_json(outputs=["x.dcm"])))
+    assert REQUIRED_JSON_KEYS <= set(record)
+    assert record["sop_instance_uid"] == image.sop_instance_uid
+    assert set(record["models"]) == {"random-projection", "random-lungs", "random-covid",
+                                     "random-ggo-detection", "random-ggo-segmentation"}
+
+
+def test_batch_equals_one_by_one(pipeline, chest_dicom: Path, chest_png: Path) -> None:  # type: ignore[no-untyped-def]
+    images = [load_image(chest_png), load_image(chest_dicom), load_image(chest_png)]
+    batch = pipeline.analyze_batch(images)
+    assert [r.source for r in batch] == [str(chest_png), str(chest_dicom), str(chest_png)]
+    for image, together in zip(images, batch, strict=True):
+        alone = pipeline.analyze(image)
+        assert together.covid.probability == pytest.approx(alone.covid.probability, abs=1e-5)
+        assert np.array_equal(together.lungs.mask, alone.lungs.mask)
+        np.testing.assert_allclose(together.covid.heatmap, alone.covid.heatmap, atol=1e-4)
+        assert len(together.ggo.boxes) == len(alone.ggo.boxes)
+    assert batch[0].lungs.area_mm2 is None and batch[0].lungs.spacing_source is None  # PNG: no spacing
+
+
+def test_lateral_stops_the_chain(tmp_path: Path, state_dir: Path, chest_png: Path) -> None:
+    from pipelines.chest import LATERAL_REASON, ChestPipeline
+    from pipelines.testing import write_random_bundles
+
+    write_random_bundles(tmp_path, seed=1, lateral=True, state_dir=state_dir)
+    lateral = ChestPipeline.from_models_dir(tmp_path, device="cpu", state_dir=state_dir)
+    result = lateral.analyze(load_image(chest_png))
+    assert result.projection.projection is Projection.LATERAL and result.projection.probability > 0.5
+    assert not result.analysed and result.not_analysed_reason == LATERAL_REASON
+    assert result.lungs is None and result.covid is None and result.ggo is None
+    assert set(result.timings_ms) == {"projection", "total"}
+    record = result.to_json()
+    assert record["projection"] == "lateral" and record["covid_probability"] is None
+
+
+def test_empty_lung_mask_skips_lungs_only_stages_with_a_warning(pipeline, chest_png: Path) -> None:  # type: ignore[no-untyped-def]
+    from pipelines.chest import ChestPipeline
+    from pipelines.tasks.lungs import LungSegmenter
+
+    no_lungs = LungSegmenter(pipeline.lungs.bundle)
+    no_lungs.threshold = 1.01  # no probability reaches it: an empty mask, as on a film without lungs
+    variant = ChestPipeline(pipeline.projection, no_lungs, pipeline.covid, pipeline.ggo_detection,
+                            pipeline.ggo_segmentation, device="cpu")
+    result = variant.analyze(load_image(chest_png))
+    assert result.analysed and result.lungs.area_px == 0
+    assert result.covid is None
+    assert any(w.startswith("covid: skipped") for w in result.warnings)
+    assert result.ggo is not None and result.ggo.extent_percent is None  # whole-image GGO model still ran
+
+
+@pytest.mark.parametrize("architecture", ["vgg19", "densenet121", "resnet18"])
+def test_covid_backbones_and_gradcam_on_the_source_grid(tmp_path: Path, architecture: str) -> None:
+    import torch
+
+    from pipelines import networks
+    from pipelines.bundle import BundleMetadata, load_bundle, save_bundle
+    from pipelines.preprocess import InputSpec
+    from pipelines.results import SourceImage
+    from pipelines.tasks.covid import CovidClassifier
+
+    kwargs = {"width": 4} if architecture != "densenet121" else {}
+    torch.manual_seed(0)
+    net = networks.build_network(architecture, **kwargs)
+    metadata = BundleMetadata(
+        name=f"covid-{architecture}", version="1", task="covid", architecture=architecture,
+        network_def=networks.network_def(architecture, **kwargs), input=InputSpec(size=64),
+        labels=["negative", "covid19"], operating_threshold=0.3,
+        target_layer=networks.DEFAULT_TARGET_LAYERS[architecture])
+    bundle = load_bundle(save_bundle(tmp_path / "b", metadata, net.state_dict(), "# c"), "covid")
+    classifier = CovidClassifier(bundle)
+    rng = np.random.default_rng(0)
+    images = [SourceImage(pixels=rng.uniform(0, 1, (90, 130)).astype(np.float32), path=f"img{i}")
+              for i in range(2)]
+    results = classifier.predict(images, [None, None])
+    with torch.inference_mode():  # the probability from the Grad-CAM pass is the plain forward's
+        from pipelines.preprocess import prepare_input
+        from pipelines.runtime import positive_probability
+
+        x = torch.from_numpy(np.stack([prepare_input(im.pixels, metadata.input).array for im in images]))
+        expected = positive_probability(bundle.network(x)).tolist()
+    for result, p in zip(results, expected, strict=True):
+        assert result.probability == pytest.approx(p, abs=1e-5)
+        assert result.positive == (p >= 0.3) and result.threshold == 0.3
+        assert result.heatmap.shape == (90, 130) and result.heatmap.dtype == np.float32
+        assert result.heatmap.min() >= 0.0 and result.heatmap.max() <= 1.0
+        assert result.input_mode == "whole_image"
+
+
+def test_lung_postprocessing_keeps_two_largest_and_fills_holes() -> None:
+    from pipelines.tasks.lungs import postprocess_lung_mask
+
+    mask = np.zeros((100, 100), dtype=bool)
+    mask[10:90, 10:40] = True  # right lung
+    mask[10:90, 60:90] = True  # left lung
+    mask[40:50, 20:30] = False  # a vessel called background: a hole
+    mask[2:5, 95:98] = True  # a speck
+    clean = postprocess_lung_mask(mask)
+    assert clean[45, 25] and not clean[3, 96]
+    assert clean.sum() == 2 * 80 * 30
+
+
+def test_ggo_extent_counts_only_inside_the_lungs() -> None:
+    from pipelines.tasks.ggo import ggo_extent_percent
+
+    lungs = np.zeros((10, 10), dtype=bool)
+    lungs[:, :5] = True
+    ggo = np.zeros_like(lungs)
+    ggo[:2, :] = True  # 10 px inside the lungs, 10 outside
+    assert ggo_extent_percent(ggo, lungs) == pytest.approx(20.0)
+    assert ggo_extent_percent(ggo, np.zeros_like(lungs)) is None
+
+
+def test_device_resolution() -> None:
+    import torch
+
+    from pipelines.errors import PipelineError
+    from pipelines.runtime import resolve_device
+
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device(None) == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(PipelineError, match="unknown device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(PipelineError, match="CUDA is not available"):
+            resolve_device("cuda")
