@@ -6,6 +6,8 @@ nor plane orientation. Two additions make the object usable, both verified (STAC
   of 1.0, without which highdicom 0.28 cannot read its own SEG back;
 * Plane Orientation with Image Orientation (Patient) [1,0,0,0,1,0] in the Shared Functional
   Groups (PS3.3 C.7.6.16.2.4): OHIF 3.13's SEG loader dereferences it unconditionally.
+OHIF 3.13 shows BINARY segmentations only ("Fractional segmentations are not yet supported"):
+the FRACTIONAL option is for other consumers.
 Both frames are always written (``omit_empty_frames=False``): an empty GGO frame still tells a
 reader "no GGO found", and OHIF expects one frame per segment of a single-frame source.
 """
@@ -27,6 +29,13 @@ from node.results.common import (
     spacing_tuple,
 )
 from pipelines.results import ChestResult, ModelInfo
+
+# JPEG 2000 Lossless, each frame its own fragment (PS3.5 A.4), for BINARY and FRACTIONAL alike.
+# Native BINARY packs 1-bit frames back to back; Orthanc 1.10 then refuses to serve any frame
+# ("Bad number of columns for a black-and-white image") unless Columns is a multiple of 8, and
+# OHIF fetches a multi-frame SEG frame by frame, so the SEG never loads. Encapsulated frames are
+# served as stored; OHIF 3.13 decodes them, and the file is ~100x smaller (12 KB vs 1.2 MB).
+SEG_TRANSFER_SYNTAX = pydicom.uid.JPEG2000Lossless
 
 LUNG_SEGMENT = 1
 GGO_SEGMENT = 2
@@ -130,7 +139,7 @@ def build_seg(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext,
         pixel_measures=hd.PixelMeasuresSequence(pixel_spacing=spacing, slice_thickness=1.0),
         omit_empty_frames=False,
         contributing_equipment=contributing_equipment(ctx, result),
-        transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
+        transfer_syntax_uid=SEG_TRANSFER_SYNTAX,
         **ctx.common_kwargs(),
     )
     orientation = Dataset()

@@ -13,9 +13,11 @@ Content tree (PS3.16 TID 1500; codes in ``node.results.codes``):
     POLYLINE *nested under the NUM* (INFERRED FROM, TID 300 / TID 320) and the Tracking
     Identifier ``Cornerstone3DTools@^0.1.0:PlanarFreehandROI``: this is what OHIF 3.13 needs
     to turn the box into a tracked, editable measurement (STACK.md);
-  - GGO extent in % of the lung area (TID 1501), its NUM INFERRED FROM the SEG's GGO segment;
-  - lung area (TID 1501), INFERRED FROM the SEG's lung segment, in mm2 only when the image has a
-    spacing; its Measurement Method names the spacing attribute used (local code).
+  - GGO extent in % of the lung area (TID 1501), with the SEG's GGO segment as Source of
+    Measurement and the GGO outlines as the NUM's SCOORDs;
+  - lung area (TID 1501), sourced from the SEG's lung segment, with the lung outlines, in mm2 only
+    when the image has a spacing; its Measurement Method names the spacing attribute (local code).
+  Every NUM that OHIF may list is INFERRED FROM at least one SCOORD (see ``_regions``).
 * Qualitative Evaluations (TID 1500 rows 12-14): a TEXT note that the result is for research use,
   and for a lateral image why it was not analysed.
 """
@@ -36,6 +38,7 @@ from node.results.common import (
     patient_orientation,
     reference_copy,
 )
+from node.results.geometry import image_outline, mask_outlines
 from node.results.seg import GGO_SEGMENT, LUNG_SEGMENT
 from node.results.settings import RESEARCH_USE_NOTE
 from pipelines.results import Box, ChestResult, ModelInfo, Projection, SpacingSource
@@ -86,8 +89,9 @@ def _projection_group(result: ChestResult, src_ref: pydicom.Dataset) -> _Group:
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=TRACKING_PROJECTION),
         algorithm_id=_algorithm(proj.model),
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.IMAGE_VIEW, value=view)],
-        measurements=[hd.sr.Measurement(name=codes.PROBABILITY, value=_num(proj.probability),
-                                        unit=codes.UNIT_NONE)],
+        measurements=[hd.sr.Measurement(
+            name=codes.PROBABILITY, value=_num(proj.probability), unit=codes.UNIT_NONE,
+            referenced_coordinates=_regions([image_outline(*result.image_shape)], src_ref))],
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(src_ref)],
     )
 
@@ -103,11 +107,33 @@ def _covid_group(result: ChestResult, src_ref: pydicom.Dataset) -> _Group:
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(
             name=codes.COVID_19, value=codes.PRESENT if covid.positive else codes.ABSENT)],
         measurements=[
-            hd.sr.Measurement(name=codes.PROBABILITY, value=_num(covid.probability), unit=codes.UNIT_NONE),
+            hd.sr.Measurement(name=codes.PROBABILITY, value=_num(covid.probability), unit=codes.UNIT_NONE,
+                              referenced_coordinates=_regions(_covid_input_region(result), src_ref)),
             hd.sr.Measurement(name=codes.THRESHOLD_VALUE, value=_num(covid.threshold), unit=codes.UNIT_NONE),
         ],
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(src_ref)],
     )
+
+
+def _regions(outlines: list[np.ndarray], src_ref: pydicom.Dataset) -> list[hd.sr.CoordinatesForMeasurement]:
+    """SCOORD POLYLINEs on the source that a NUM is INFERRED FROM (TID 300 / TID 320).
+
+    Every measurement group of ours carries at least one: OHIF 3.13 crashes on an SR measurement
+    group whose NUMs have no spatial coordinates (``coords[0]`` of an empty list).
+    """
+    source_image = hd.sr.SourceImageForRegion.from_source_image(src_ref)
+    return [hd.sr.CoordinatesForMeasurement(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=o,
+                                            source_image=source_image) for o in outlines]
+
+
+def _covid_input_region(result: ChestResult) -> list[np.ndarray]:
+    """What the classifier saw: the lungs (lungs-only input) or the whole image."""
+    covid, lungs = result.covid, result.lungs
+    if covid is not None and covid.input_mode == "lungs_only" and lungs is not None:
+        outlines = mask_outlines(lungs.mask)
+        if outlines:
+            return outlines
+    return [image_outline(*result.image_shape)]
 
 
 def _box_group(box: Box, model: ModelInfo, src_ref: pydicom.Dataset) -> _Group:
@@ -127,27 +153,29 @@ def _box_group(box: Box, model: ModelInfo, src_ref: pydicom.Dataset) -> _Group:
     )
 
 
-def segment_reference(seg: pydicom.Dataset, segment_number: int) -> hd.sr.SourceImageForMeasurement:
-    """An INFERRED FROM IMAGE item (TID 300 / TID 320) that references one segment of the SEG.
+def segment_reference(seg: pydicom.Dataset, segment_number: int) -> hd.sr.SourceImageForMeasurementGroup:
+    """A group-level "Source of Measurement" IMAGE item (TID 1501) that references one SEG segment.
 
-    The Image SOP Instance Reference Macro (PS3.3 C.10.9 / Table 10-3) references a segment by
-    Referenced Segment Number, without Referenced Frame Number.
+    The Image SOP Instance Reference Macro (PS3.3 Table 10-3) references a segment by Referenced
+    Segment Number, without Referenced Frame Number. It sits in the group, not under the NUM:
+    TID 320 allows a NUM to be INFERRED FROM an IMAGE *or* SCOORDs, and the NUM carries SCOORDs.
     """
-    item = hd.sr.SourceImageForMeasurement(referenced_sop_class_uid=seg.SOPClassUID,
-                                           referenced_sop_instance_uid=seg.SOPInstanceUID)
+    item = hd.sr.SourceImageForMeasurementGroup(referenced_sop_class_uid=seg.SOPClassUID,
+                                                referenced_sop_instance_uid=seg.SOPInstanceUID)
     item.ReferencedSOPSequence[0].ReferencedSegmentNumber = segment_number
     return item
 
 
 def _segment_group(seg: pydicom.Dataset, segment_number: int, identifier: str, tracking_uid: str,
                    finding: hd.sr.CodedConcept, model: ModelInfo, name: hd.sr.CodedConcept, value: float,
-                   unit: hd.sr.CodedConcept, src_ref: pydicom.Dataset,
+                   unit: hd.sr.CodedConcept, src_ref: pydicom.Dataset, outlines: list[np.ndarray],
                    method: hd.sr.CodedConcept | None = None) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     """A TID 1501 group whose measurement was computed from one SEG segment.
 
     TID 1410 (planar ROI with a referenced segment) would say the same, but pixelmed's validator
     applies one template to *all* groups of a report, so every group of ours is a TID 1501 one.
-    The group's Tracking Unique Identifier is the segment's, so a reader can pair them.
+    The group's Tracking Unique Identifier is the segment's, so a reader can pair them. The NUM
+    is also INFERRED FROM the outlines of the region (see :func:`_regions`).
     """
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=identifier),
@@ -155,8 +183,9 @@ def _segment_group(seg: pydicom.Dataset, segment_number: int, identifier: str, t
         finding_sites=[hd.sr.FindingSite(anatomic_location=codes.LUNG)] if finding != codes.LUNG else None,
         algorithm_id=_algorithm(model),
         measurements=[hd.sr.Measurement(name=name, value=value, unit=unit, method=method,
-                                        referenced_images=[segment_reference(seg, segment_number)])],
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(src_ref)],
+                                        referenced_coordinates=_regions(outlines, src_ref))],
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(src_ref),
+                       segment_reference(seg, segment_number)],
     )
 
 
@@ -210,6 +239,7 @@ def build_sr(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext, *
     if result.analysed:
         if result.lungs is None or seg is None:
             raise ResultInputError(f"analysed result for {source.SOPInstanceUID} needs lungs and a SEG")
+        lung_outlines = mask_outlines(result.lungs.mask) or [image_outline(*result.image_shape)]
         if result.covid is not None:
             groups.append(_covid_group(result, src_ref))
         if result.ggo is not None:
@@ -218,11 +248,12 @@ def build_sr(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext, *
                 groups.append(_segment_group(
                     seg, GGO_SEGMENT, TRACKING_GGO_EXTENT, ggo_tracking_uid or generate_uid(),
                     codes.GROUND_GLASS_OPACITY, result.ggo.segmentation_model, codes.EXTENT,
-                    _num(result.ggo.extent_percent), codes.UNIT_PERCENT, src_ref))
+                    _num(result.ggo.extent_percent), codes.UNIT_PERCENT, src_ref,
+                    mask_outlines(result.ggo.mask, max_outlines=8) or lung_outlines))
         value, unit, method = lung_area_value(result)
         groups.append(_segment_group(
             seg, LUNG_SEGMENT, TRACKING_LUNG_AREA, lung_tracking_uid or generate_uid(),
-            codes.LUNG, result.lungs.model, codes.AREA, value, unit, src_ref, method=method))
+            codes.LUNG, result.lungs.model, codes.AREA, value, unit, src_ref, lung_outlines, method=method))
     else:
         notes.append(f"Image not analysed: {result.not_analysed_reason or 'no reason given'}.")
     notes += [f"Pipeline warning: {w}" for w in result.warnings]
