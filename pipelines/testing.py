@@ -53,53 +53,64 @@ def write_random_bundles(
     covid_architecture: str = "vgg16",
     covid_mode: str = "lungs_only",
     state_dir: Path | str | None = None,
+    realistic: bool = False,
 ) -> None:
     """Write five tiny random bundles under ``models_dir`` (one folder per task).
 
     ``lateral=True`` makes the projection model call every image lateral (tests of the stop rule);
     ``covid_architecture`` is any classifier of :mod:`pipelines.networks` (tiny widths);
-    ``covid_mode`` is "lungs_only" or "whole_image".
+    ``covid_mode`` is "lungs_only" or "whole_image". ``realistic=True`` writes full-size networks at
+    production input sizes instead (ResNet18 224 px, UNet 16-256 at 256 px, VGG16 224 px, YOLO11n
+    512 px): still random, but as slow as real models, for bench/pipeline.py.
     """
     models_dir = Path(models_dir)
     torch.manual_seed(seed)
-    whole = InputSpec(size=SIZE, mode="whole_image")
+    if realistic:
+        sizes = {"projection": 224, "lungs": 256, "covid": 224, "ggo_segmentation": 256, "ggo_detection": 512}
+        width: dict[str, int] = {}
+        unet_kwargs: dict = {"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 2}
+    else:
+        sizes = dict.fromkeys(("projection", "lungs", "covid", "ggo_segmentation", "ggo_detection"), SIZE)
+        width = {"width": 8}
+        unet_kwargs = {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0}
+    whole = InputSpec(size=sizes["projection"], mode="whole_image")
 
-    proj = networks.build_network("resnet18", width=8)
+    proj = networks.build_network("resnet18", **width)
     with torch.no_grad():  # every image frontal (or lateral): the chain runs (or stops) deterministically
         proj.fc.weight.mul_(0.01)
         proj.fc.bias.fill_(6.0 if lateral else -6.0)
     _save(models_dir, "random-projection", "projection", "resnet18",
-          networks.network_def("resnet18", width=8), whole, ["frontal", "lateral"], 0.5,
+          networks.network_def("resnet18", **width), whole, ["frontal", "lateral"], 0.5,
           proj.state_dict(), "layer4")
 
-    unet_kwargs = {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0}
     unet_def = networks.network_def("unet", **unet_kwargs)
     lungs = networks.build_network("unet", **unet_kwargs)
     with torch.no_grad():  # mostly foreground, so lungs-only COVID input has lungs to crop to
         _last_conv(lungs).bias.fill_(3.0)
-    _save(models_dir, "random-lungs", "lungs", "unet", unet_def, whole, ["background", "lung"], 0.5,
-          lungs.state_dict())
+    _save(models_dir, "random-lungs", "lungs", "unet", unet_def, InputSpec(size=sizes["lungs"]),
+          ["background", "lung"], 0.5, lungs.state_dict())
 
-    kwargs = {"width": 8} if covid_architecture.startswith(("vgg", "resnet")) else {}
+    kwargs = width if covid_architecture.startswith(("vgg", "resnet")) else {}
     covid = networks.build_network(covid_architecture, **kwargs)
     _save(models_dir, "random-covid", "covid", covid_architecture,
           networks.network_def(covid_architecture, **kwargs),
-          InputSpec(size=SIZE, mode=covid_mode), ["negative", "covid19"], 0.5,  # type: ignore[arg-type]
+          InputSpec(size=sizes["covid"], mode=covid_mode),  # type: ignore[arg-type]
+          ["negative", "covid19"], 0.5,
           covid.state_dict(), networks.DEFAULT_TARGET_LAYERS[covid_architecture])
 
     ggo_seg = networks.build_network("unet", **unet_kwargs)
     with torch.no_grad():
         _last_conv(ggo_seg).bias.fill_(-0.2)
-    _save(models_dir, "random-ggo-segmentation", "ggo_segmentation", "unet", unet_def, whole,
-          ["background", "ggo"], 0.5, ggo_seg.state_dict())
+    _save(models_dir, "random-ggo-segmentation", "ggo_segmentation", "unet", unet_def,
+          InputSpec(size=sizes["ggo_segmentation"]), ["background", "ggo"], 0.5, ggo_seg.state_dict())
 
     yolo = networks.yolo_model("yolo11n.yaml", num_classes=1, state_dir=state_dir)
     with torch.no_grad():  # class logits near 0 instead of ultralytics' prior: some boxes pass 0.25
         for branch in yolo.model[-1].cv3:
             branch[-1].bias.fill_(-1.0)
     checkpoint = models_dir / ".random-yolo.pt"
-    networks.save_yolo_checkpoint(yolo, checkpoint, imgsz=SIZE, names=["ggo"])
+    networks.save_yolo_checkpoint(yolo, checkpoint, imgsz=sizes["ggo_detection"], names=["ggo"])
     _save(models_dir, "random-ggo-detection", "ggo_detection", "yolo",
           networks.network_def("yolo", cfg="yolo11n.yaml", num_classes=1),
-          InputSpec(size=SIZE, normalization="unit", channels=3), ["ggo"], 0.25, checkpoint)
+          InputSpec(size=sizes["ggo_detection"], normalization="unit", channels=3), ["ggo"], 0.25, checkpoint)
     checkpoint.unlink()
