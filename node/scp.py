@@ -27,7 +27,6 @@ from typing import Any
 import pydicom.pixels
 import pydicom.uid
 from pynetdicom import AE, evt
-from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.sop_class import (
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
@@ -44,6 +43,7 @@ from node.ingest import (
     STATUS_OUT_OF_RESOURCES,
     STATUS_SUCCESS,
     GroupCommitter,
+    file_meta_bytes,
     inspect_dataset,
     receive_record,
 )
@@ -130,7 +130,7 @@ class StoreHandler:
                 max_pixels=node.max_pixels,
             )
             self.store.check_free_space(len(buffer))
-            meta = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
+            meta = file_meta_bytes(header.sop_class_uid, header.sop_instance_uid, ts, stats.calling_aet)
             relpath, directory = self.store.write(header.sop_instance_uid, meta, buffer)
             record = receive_record(
                 header,
