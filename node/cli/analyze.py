@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,11 +51,18 @@ def _is_candidate(path: Path) -> bool:
     return path.suffix.lower() in RASTER_SUFFIXES + (".dcm", ".dicom") or is_dicom_file(path)
 
 
-def _collect(paths: list[Path]) -> Iterator[tuple[Path, str | None]]:
-    """(file, None) for every input file; (path, reason) for a path that does not exist."""
+def _collect(paths: list[Path], out: Path) -> Iterator[tuple[Path, str | None]]:
+    """(file, None) for every input file; (path, reason) for a path that does not exist.
+
+    Folder scans skip hidden files, DICOMDIR (a media directory, PS3.10 8.6) and the output folder
+    (a second run must not analyse the first run's secondary captures).
+    """
+    out = out.resolve()
     for path in paths:
         if path.is_dir():
             for found in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+                if found.name.upper() == "DICOMDIR" or found.resolve().is_relative_to(out):
+                    continue
                 if _is_candidate(found):
                     yield found, None
         elif path.is_file():
@@ -126,6 +134,24 @@ def _report_error(source: Path | str, reason: str, as_json: bool) -> None:
         print(json.dumps({"source": str(source), "error": reason}), flush=True)
 
 
+def _analyze(pipeline, sources: list[Path], images: list, decode_ms: list[float]):  # type: ignore[no-untyped-def]
+    """Yield (path, image, result or exception, decode ms): one batch, or one by one if the batch fails.
+
+    A model failing on one odd image must not cost the others their results.
+    """
+    try:
+        results = pipeline.analyze_batch(images)
+    except Exception:  # noqa: BLE001 - retried image by image below, each failure then reported
+        log.warning("batch of %d failed; analysing its images one by one", len(images), exc_info=True)
+        results = []
+        for image in images:
+            try:
+                results.append(pipeline.analyze(image))
+            except Exception as exc:  # noqa: BLE001 - reported as this file's error line
+                results.append(exc)
+    yield from zip(sources, images, results, decode_ms, strict=True)
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -134,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         print("cxr-node analyze: error: --batch-size must be >= 1", file=sys.stderr)
         return EXIT_UNUSABLE
-    inputs = list(_collect(args.paths))
+    inputs = list(_collect(args.paths, args.out))
     if not inputs:
         print("cxr-node analyze: error: no DICOM/PNG/JPEG file found in the given paths", file=sys.stderr)
         return EXIT_UNUSABLE
@@ -159,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     progress = tqdm(total=len(inputs), unit="image", file=sys.stderr,
                     disable=len(inputs) < PROGRESS_MIN_IMAGES)
     for start in range(0, len(inputs), args.batch_size):
-        images, sources = [], []
+        images, sources, decode_ms = [], [], []
         for path, problem in inputs[start:start + args.batch_size]:
             if problem is not None:
                 failed += 1
@@ -167,7 +193,9 @@ def run(args: argparse.Namespace) -> int:
                 progress.update(1)
                 continue
             try:
+                started = time.perf_counter()
                 images.append(load_image(path))
+                decode_ms.append((time.perf_counter() - started) * 1000.0)
                 sources.append(path)
             except ImageDecodeError as exc:
                 failed += 1
@@ -176,9 +204,17 @@ def run(args: argparse.Namespace) -> int:
                 progress.update(1)
         if not images:
             continue
-        for path, image, result in zip(sources, images, pipeline.analyze_batch(images), strict=True):
+        for path, image, result, decode in _analyze(pipeline, sources, images, decode_ms):
+            if isinstance(result, BaseException):
+                failed += 1
+                _report_error(path, f"analysis failed: {type(result).__name__}: {result}", args.json)
+                progress.update(1)
+                continue
             try:
+                started = time.perf_counter()
                 written = _write_outputs(image, result, outputs.folder(path))
+                result.timings_ms["decode"] = round(decode, 2)
+                result.timings_ms["write"] = (time.perf_counter() - started) * 1000.0
             except Exception as exc:  # a writer refusing one image must not stop the others
                 failed += 1
                 log.debug("writing results for %s failed", path, exc_info=True)

@@ -31,7 +31,9 @@ def input_folder(tmp_path: Path, chest_dicom: Path, chest_png: Path, dicom_sampl
 
 def test_folder_with_bad_files(input_folder: Path, tmp_path: Path, random_models: Path, state_dir: Path,
                                chest_dicom: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "out"
+    out = input_folder / "results"  # inside the input: a rerun must not pick up its own outputs
+    # a media directory is skipped, not reported as an unreadable image
+    (input_folder / "DICOMDIR").write_bytes((input_folder / "report.dcm").read_bytes())
     status = main(["analyze", str(input_folder), "--out", str(out), "--json", "--models", str(random_models),
                    "--device", "cpu", "--state-dir", str(state_dir), "--batch-size", "2"])
     captured = capsys.readouterr()
@@ -63,6 +65,12 @@ def test_folder_with_bad_files(input_folder: Path, tmp_path: Path, random_models
     source_size = Image.open(input_folder / "sub" / "chest.png").size
     lungs = np.asarray(Image.open(folder / "lungs_mask.png"))
     assert lungs.shape == source_size[::-1] and int((lungs == 255).sum()) == png["lung_area_px"]
+    assert {"decode", "write", "total"} <= set(png["timings_ms"])
+
+    status = main(["analyze", str(input_folder), "--out", str(out), "--json", "--models", str(random_models),
+                   "--device", "cpu", "--state-dir", str(state_dir)])
+    rerun = [json.loads(line)["source"] for line in capsys.readouterr().out.splitlines()]
+    assert status == 1 and sorted(Path(p).name for p in rerun) == sorted(by_source)
 
 
 def test_plain_summary_and_unusable_models(
