@@ -163,3 +163,49 @@ def test_device_resolution() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(PipelineError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_gradcam_heatmap_lands_on_the_evidence_in_source_pixels(tmp_path: Path) -> None:
+    """A network whose logit is the sum of its (ReLU'd) input: Grad-CAM must light up the bright patch.
+
+    The patch sits off-centre in a non-square image and the input is lungs-only (cropped), so the
+    heatmap only lands on it if letterbox, crop, Grad-CAM upsampling and the inverse all agree.
+    """
+    import torch
+    from torch import nn
+
+    from pipelines.bundle import BundleMetadata, LoadedBundle
+    from pipelines.preprocess import InputSpec
+    from pipelines.results import SourceImage
+    from pipelines.tasks.covid import CovidClassifier
+
+    class SumOfEvidence(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(1, 1, kernel_size=1), nn.ReLU())
+            with torch.no_grad():
+                self.features[0].weight.fill_(1.0)
+                self.features[0].bias.fill_(0.0)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.features(x).sum(dim=(2, 3)) / 100.0 - 5.0
+
+    h, w = 300, 500
+    pixels = np.full((h, w), 0.3, dtype=np.float32)
+    pixels[100:140, 350:400] = 0.9  # the evidence
+    lungs = np.zeros((h, w), dtype=bool)
+    lungs[60:260, 220:460] = True
+    metadata = BundleMetadata(
+        name="sum", version="1", task="covid", architecture="custom",
+        network_def={"_target_": "pipelines.networks.vgg"}, input=InputSpec(size=64, mode="lungs_only"),
+        labels=["negative", "covid19"], target_layer="features.1")
+    bundle = LoadedBundle(path=tmp_path, metadata=metadata, network=SumOfEvidence().eval(), device="cpu")
+    result = CovidClassifier(bundle).predict([SourceImage(pixels=pixels, path="synthetic")], [lungs])[0]
+    heat = result.heatmap
+    assert heat.shape == (h, w)
+    peak = np.unravel_index(np.argmax(heat), heat.shape)
+    assert 100 <= peak[0] < 140 and 350 <= peak[1] < 400
+    yy, xx = np.mgrid[0:h, 0:w]
+    centre = ((heat * yy).sum() / heat.sum(), (heat * xx).sum() / heat.sum())
+    assert centre == pytest.approx((119.5, 374.5), abs=3.0)
+    assert heat[~lungs].max() < 0.05  # nothing outside the lungs-only crop (and the lungs)
