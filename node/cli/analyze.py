@@ -18,6 +18,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch/MONAI stay unimported until run() needs them
+    from pipelines.chest import ChestPipeline
+    from pipelines.results import ChestResult, SourceImage
 
 log = logging.getLogger("cxr-node.analyze")
 
@@ -94,7 +99,7 @@ def _dicom_name(ds: object, index: int) -> str:
     return f"{index:02d}_{kind}.dcm"
 
 
-def _write_outputs(image, result, folder: Path) -> list[str]:  # type: ignore[no-untyped-def]
+def _write_outputs(image: SourceImage, result: ChestResult, folder: Path) -> list[str]:
     if image.dataset is None:
         from pipelines.overlays import write_png_outputs
 
@@ -110,7 +115,7 @@ def _write_outputs(image, result, folder: Path) -> list[str]:  # type: ignore[no
     return written
 
 
-def _summary(result, outputs: list[str]) -> str:  # type: ignore[no-untyped-def]
+def _summary(result: ChestResult, outputs: list[str]) -> str:
     head = f"{result.source}: {result.projection.projection.value} ({result.projection.probability:.2f})"
     if not result.analysed:
         return f"{head}, not analysed: {result.not_analysed_reason}"
@@ -134,13 +139,16 @@ def _report_error(source: Path | str, reason: str, as_json: bool) -> None:
         print(json.dumps({"source": str(source), "error": reason}), flush=True)
 
 
-def _analyze(pipeline, sources: list[Path], images: list, decode_ms: list[float]):  # type: ignore[no-untyped-def]
+def _analyze(
+    pipeline: ChestPipeline, sources: list[Path], images: list[SourceImage], decode_ms: list[float]
+) -> Iterator[tuple[Path, SourceImage, ChestResult | Exception, float]]:
     """Yield (path, image, result or exception, decode ms): one batch, or one by one if the batch fails.
 
     A model failing on one odd image must not cost the others their results.
     """
+    results: list[ChestResult | Exception]
     try:
-        results = pipeline.analyze_batch(images)
+        results = list(pipeline.analyze_batch(images))
     except Exception:  # noqa: BLE001 - retried image by image below, each failure then reported
         log.warning("batch of %d failed; analysing its images one by one", len(images), exc_info=True)
         results = []
@@ -205,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
         if not images:
             continue
         for path, image, result, decode in _analyze(pipeline, sources, images, decode_ms):
-            if isinstance(result, BaseException):
+            if isinstance(result, Exception):
                 failed += 1
                 _report_error(path, f"analysis failed: {type(result).__name__}: {result}", args.json)
                 progress.update(1)
