@@ -20,7 +20,9 @@ from pipelines.preprocess import InputSpec
 TINY_UNET = {"channels": [4, 8], "strides": [2], "num_res_units": 0}
 
 
-def _tiny_lungs_bundle(folder: Path, name: str = "lungs-a", version: str = "1.0.0") -> Path:
+def _tiny_lungs_bundle(
+    folder: Path, name: str = "lungs-a", version: str = "1.0.0", dtype: str = "float32"
+) -> Path:
     from pipelines import networks
 
     net = networks.build_network("unet", **TINY_UNET)
@@ -29,7 +31,7 @@ def _tiny_lungs_bundle(folder: Path, name: str = "lungs-a", version: str = "1.0.
         network_def=networks.network_def("unet", **TINY_UNET), input=InputSpec(size=32),
         labels=["background", "lung"], operating_threshold=0.5,
     )
-    return save_bundle(folder / name, metadata, net.state_dict(), f"# {name}\n")
+    return save_bundle(folder / name, metadata, net.state_dict(), f"# {name}\n", dtype=dtype)
 
 
 def test_round_trip_keeps_weights_and_standard_keys(tmp_path: Path) -> None:
@@ -140,3 +142,14 @@ def test_detection_bundle_needs_a_checkpoint_file(tmp_path: Path) -> None:
         save_bundle(tmp_path / "det", metadata, {}, "# det")
     with pytest.raises(BundleError, match="checkpoint not found"):
         save_bundle(tmp_path / "det", metadata, tmp_path / "missing.pt", "# det")
+
+
+def test_half_precision_weights_load_as_float32(tmp_path: Path) -> None:
+    import torch
+
+    bundle = _tiny_lungs_bundle(tmp_path, dtype="float16")
+    assert json.loads((bundle / "configs/metadata.json").read_text())["weights"]["dtype"] == "float16"
+    saved = torch.load(bundle / "models/model.pt", weights_only=True)
+    assert all(v.dtype == torch.float16 for v in saved.values() if torch.is_floating_point(v))
+    loaded = load_bundle(bundle, "lungs")
+    assert all(p.dtype == torch.float32 for p in loaded.network.parameters())

@@ -39,7 +39,7 @@ def _interior(geo: Letterbox, margin: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("crop", [None, "offset"])
+@pytest.mark.parametrize("crop", [None, "offset", "stretch"])
 def test_linear_field_survives_to_source_exactly(shape: tuple[int, int], crop: str | None) -> None:
     """A field linear in source coordinates, sampled at the model pixel centres, maps back to itself.
 
@@ -47,8 +47,8 @@ def test_linear_field_survives_to_source_exactly(shape: tuple[int, int], crop: s
     the inverse shows up as a residual.
     """
     h, w = shape
-    box = None if crop is None else (h // 5, w // 7, h - h // 9, w - w // 4)
-    geo = Letterbox.fit(shape, 64, box)
+    box = None if crop in (None, "stretch") else (h // 5, w // 7, h - h // 9, w - w // 4)
+    geo = Letterbox.fit(shape, 64, box, rule="stretch" if crop == "stretch" else "letterbox")
     y, x = _model_centres_in_source(geo)
     field = 0.013 * x[None, :] - 0.007 * y[:, None] + 2.0
     back = geo.to_source(field.astype(np.float32))
