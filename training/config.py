@@ -84,8 +84,9 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
-    # Where lungs_only / lungs-removed inputs get lung masks for images without a manual one:
-    # a lungs bundle folder ("" = only images with a manual lung mask are used).
+    # A lungs bundle folder: when set, EVERY covid image gets its lung mask from it (as at inference;
+    # manual masks exist only for some classes, see trainers/loop.lung_masks_for). "" = manual masks
+    # only (lungs_only mode then drops images without one; the shortcut check uses those it has).
     lung_bundle: str = ""
     source_file: str = ""
 

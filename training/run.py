@@ -14,6 +14,7 @@ from pathlib import Path
 
 from training import distributed
 from training.config import RunConfig, load_config
+from training.errors import TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,17 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = load_config(
-        args.config, data_root=args.data_root, output_dir=args.output_dir, overrides=parse_overrides(args.set)
-    )
-    bundle = train_from_config(cfg, resume=args.resume, device=args.device)
+    try:
+        cfg = load_config(
+            args.config,
+            data_root=args.data_root,
+            output_dir=args.output_dir,
+            overrides=parse_overrides(args.set),
+        )
+        bundle = train_from_config(cfg, resume=args.resume, device=args.device)
+    except (TrainingError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if bundle is not None:
         print(bundle)
     return 0

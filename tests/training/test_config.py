@@ -1,0 +1,39 @@
+"""Run configurations: the shipped ones parse and point at real data; typos are errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from training.config import config_from_dict, load_config
+from training.datasets import ADAPTERS
+from training.errors import ConfigError
+from training.run import parse_overrides
+
+CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs"
+
+
+@pytest.mark.parametrize("name", ["projection", "lungs", "covid", "ggo_detection", "ggo_segmentation"])
+def test_shipped_configs_parse_and_resolve(name: str, shared_data: Path) -> None:
+    cfg = load_config(CONFIGS / f"{name}.toml", data_root=str(shared_data))
+    assert cfg.task == name and cfg.data.root == str(shared_data)
+    for source in cfg.data.sources:
+        assert source.adapter in ADAPTERS and (shared_data / source.path).is_dir()
+    assert load_config(CONFIGS / f"{name}.toml").data.root == "../shared/data"
+
+
+def test_overrides_and_errors(tmp_path: Path) -> None:
+    cfg = load_config(CONFIGS / "covid.toml", overrides=parse_overrides(["train.epochs=1", "input.size=64"]))
+    assert cfg.train.epochs == 1 and cfg.input["size"] == 64 and cfg.input["mode"] == "lungs_only"
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['epoch'\] in \[train\]"):
+        config_from_dict({"run": {"task": "covid", "name": "x"}, "train": {"epoch": 3}}, "x.toml")
+    with pytest.raises(ConfigError, match="task 'ct'"):
+        config_from_dict({"run": {"task": "ct", "name": "x"}})
+    with pytest.raises(ConfigError, match="sampling 'random'"):
+        config_from_dict({"run": {"task": "covid", "name": "x"}, "train": {"sampling": "random"}})
+    (tmp_path / "bad.toml").write_text("[run\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(tmp_path / "bad.toml")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "absent.toml")
