@@ -14,11 +14,18 @@ from __future__ import annotations
 
 import datetime
 import logging
+import warnings
 
 import pydicom
 from pydicom.uid import generate_uid
 
-from node.results.common import ResultInputError, check_inputs, copy_study_attributes, make_context
+from node.results.common import (
+    ResultContext,
+    ResultInputError,
+    check_inputs,
+    copy_study_attributes,
+    make_context,
+)
 from node.results.sc import build_sc
 from node.results.seg import build_seg
 from node.results.settings import ResultSettings
@@ -39,7 +46,15 @@ def build_result_objects(source: pydicom.Dataset, result: ChestResult, *,
     attributes or does not match the result (other SOP Instance UID, other pixel grid).
     """
     check_inputs(source, result)
-    ctx = make_context(source, settings or ResultSettings(), now)
+    with warnings.catch_warnings():
+        # highdicom warns about single-component Patient Names copied from the source ("Covid0000");
+        # they are the source's data and are copied as they are (PS3.3 C.7.1.1).
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*",
+                                category=UserWarning)
+        return _build(source, result, make_context(source, settings or ResultSettings(), now))
+
+
+def _build(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext) -> list[pydicom.Dataset]:
     uid = source.SOPInstanceUID
     if not result.analysed:
         sr = build_sr(source, result, ctx)

@@ -122,6 +122,10 @@ def check_inputs(source: pydicom.Dataset, result: ChestResult) -> None:
     if result.sop_instance_uid and result.sop_instance_uid != source.SOPInstanceUID:
         raise ResultInputError(
             f"result is for SOP Instance {result.sop_instance_uid}, source is {source.SOPInstanceUID}")
+    age = source.get("PatientAge")
+    if age and not _AGE_STRING.fullmatch(str(age)):
+        log.warning("source %s: invalid Patient Age %r is left out of the results",
+                    source.SOPInstanceUID, str(age))
     if int(source.get("NumberOfFrames", 1) or 1) != 1:
         raise ResultInputError(f"source {source.SOPInstanceUID}: multi-frame images are not supported")
 
@@ -151,8 +155,7 @@ def reference_copy(source: pydicom.Dataset) -> pydicom.Dataset:
     if age and not _AGE_STRING.fullmatch(str(age)):
         # Patient Age is Type 3 in the Patient Study module (PS3.3 C.7.2.2) and an AS value must
         # be "nnnD|W|M|Y" (PS3.5 6.2); copying an invalid one would make every result invalid.
-        log.warning("source %s: dropping invalid Patient Age %r from the results",
-                    source.get("SOPInstanceUID"), str(age))
+        # check_inputs() logs it once per source.
         del copy.PatientAge
     return copy
 
@@ -161,7 +164,7 @@ def reference_copy(source: pydicom.Dataset) -> pydicom.Dataset:
 # Module C.7.1.1, General Study C.7.2.1, Patient Study C.7.2.2): copied to every object so that
 # the set stays consistent for dcentvfy and for a PACS that checks study-level attributes.
 _STUDY_LEVEL = ("IssuerOfPatientID", "StudyDescription", "PatientAge", "PatientSize", "PatientWeight",
-                "PatientEthnicGroup", "PatientComments", "AdditionalPatientHistory")
+                "EthnicGroup", "PatientComments", "AdditionalPatientHistory")
 
 
 def copy_study_attributes(target: pydicom.Dataset, source: pydicom.Dataset) -> None:

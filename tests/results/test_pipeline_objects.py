@@ -1,0 +1,60 @@
+"""The real ChestPipeline (tiny random bundles) on a real CR, written as DICOM and read back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from conftest import run_tool
+
+from node.results import build_result_objects
+from node.results.seg import GGO_SEGMENT, LUNG_SEGMENT
+from node.results.sr import OHIF_BOX_TRACKING_IDENTIFIER, TRACKING_COVID, box_polyline
+
+
+@pytest.mark.slow
+def test_random_pipeline_result_written_and_read_back(dicom_samples: Path, tmp_path: Path) -> None:
+    from pipelines.chest import ChestPipeline  # torch/monai: imported only by this test
+    from pipelines.image import load_dicom
+    from pipelines.testing import write_random_bundles
+
+    models = tmp_path / "models"
+    write_random_bundles(models, seed=3, state_dir=tmp_path / "state")
+    pipeline = ChestPipeline.from_models_dir(models, device="cpu", state_dir=tmp_path / "state")
+    source_path = dicom_samples / "txv_siim_ptx_CR_chest_PA.dcm"
+    source = pydicom.dcmread(source_path)
+    result = pipeline.analyze(load_dicom(source))
+    assert result.analysed and result.lungs is not None
+
+    objects = build_result_objects(source, result)
+    paths = []
+    for obj in objects:
+        paths.append(tmp_path / f"{obj.Modality}.dcm")
+        obj.save_as(paths[-1], enforce_file_format=True)
+    for path in paths:
+        output = run_tool(["dciodvfy", "-new", str(path)])
+        errors = [ln for ln in output.splitlines() if ln.startswith("Error")]
+        assert not errors, (path.name, errors)
+
+    seg = hd.seg.segread(paths[0])
+    segments = [LUNG_SEGMENT] + ([GGO_SEGMENT] if result.ggo is not None else [])
+    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=[source.SOPInstanceUID],
+                                               segment_numbers=segments)[0]
+    np.testing.assert_array_equal(pixels[..., 0].astype(bool), result.lungs.mask)
+    if result.ggo is not None:
+        np.testing.assert_array_equal(pixels[..., 1].astype(bool), result.ggo.mask)
+
+    groups = hd.sr.srread(paths[1]).content.get_image_measurement_groups()
+    if result.covid is not None:
+        (covid,) = [g for g in groups if g.tracking_identifier == TRACKING_COVID]
+        assert covid.get_measurements()[0].value == pytest.approx(result.covid.probability, abs=1e-6)
+    boxes = [g for g in groups if g.tracking_identifier == OHIF_BOX_TRACKING_IDENTIFIER]
+    expected = [] if result.ggo is None else result.ggo.boxes
+    assert len(boxes) == len(expected)
+    for group, box in zip(boxes, expected, strict=True):
+        scoord = group.get_measurements()[0].referenced_coordinates[0]
+        points = np.asarray(scoord.GraphicData).reshape(-1, 2)
+        np.testing.assert_allclose(points, box_polyline(box), atol=1e-3)

@@ -1,0 +1,76 @@
+"""Secondary capture: rendered overlay, burned-in text, attributes, geometry."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from conftest import ResultSet
+
+from node.results import ResultSettings
+from node.results.sc import BANNER_RGB, heat_colormap, render_overlay
+from node.results.seg import GGO_RGB, LUNG_RGB
+
+
+def test_attributes_of_every_capture(frontal_sets: dict[str, ResultSet]) -> None:
+    for name, rs in frontal_sets.items():
+        sc = rs.read("OT")
+        source = rs.source()
+        assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7", name
+        assert sc.BurnedInAnnotation == "YES"
+        assert sc.BodyPartExamined == (source.get("BodyPartExamined") or "CHEST")
+        assert sc.SamplesPerPixel == 3 and sc.BitsAllocated == 8
+        assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+        pixels = sc.pixel_array
+        scale = min(1.0, 2048 / max(source.Rows, source.Columns))  # default sc_max_side
+        assert pixels.shape == (round(source.Rows * scale), round(source.Columns * scale), 3), name
+        if rs.result.spacing is not None:
+            assert [float(v) for v in sc.PixelSpacing] == pytest.approx(
+                [rs.result.spacing.row_mm / scale, rs.result.spacing.column_mm / scale], rel=1e-6), name
+
+
+def test_overlay_draws_boxes_contour_banner_and_heat(frontal_sets: dict[str, ResultSet]) -> None:
+    rs = frontal_sets["txv_siim_ptx_CR_chest_PA"]  # 1024 x 1024: drawn on the source grid, scale 1
+    pixels = rs.read("OT").pixel_array  # decoded from JPEG 2000 lossless: exactly what was drawn
+    box = rs.result.ggo.boxes[0]
+    # the right edge of the first box, half-way down, is drawn in the GGO colour
+    x, y = int(box.x1) - 1, int((box.y0 + box.y1) / 2)
+    assert tuple(pixels[y, x]) == GGO_RGB
+    # the lung contour colour appears, and (above the legend's swatch) only on the lung border
+    contour = np.all(pixels == LUNG_RGB, axis=-1)
+    contour[int(0.82 * contour.shape[0]):] = False
+    assert contour.sum() > 100
+    lungs = rs.result.lungs.mask
+    assert lungs[contour].all()
+    # the research-use banner is burned in at the top left, in its own colour
+    top = pixels[: pixels.shape[0] // 20, : pixels.shape[1] // 2]
+    assert np.all(top == BANNER_RGB, axis=-1).sum() > 50
+    # where the heatmap is high the pixel is tinted red
+    heat = rs.result.covid.heatmap
+    yy, xx = np.unravel_index(np.argmax(heat), heat.shape)
+    r, g, b = (int(v) for v in pixels[yy, xx])
+    assert r > g + 30 and r > b + 30
+
+
+def test_large_sources_are_downscaled_with_spacing(frontal_sets: dict[str, ResultSet], write_set) -> None:
+    rs = frontal_sets["dx_mono2_raw_ps"]  # 320 x 256, PixelSpacing 0.5
+    out = write_set("small_sc", rs.source_path, rs.result, ResultSettings(sc_max_side=160))
+    sc = out.read("OT")
+    assert (sc.Rows, sc.Columns) == (160, 128)
+    assert [float(v) for v in sc.PixelSpacing] == pytest.approx([1.0, 1.0])
+
+
+def test_render_without_covid_has_no_heat(frontal_sets: dict[str, ResultSet]) -> None:
+    rs = frontal_sets["dx_mono2_raw_ps"]
+    grey = np.full(rs.result.image_shape, 0.5, dtype=np.float32)
+    pixels, scale = render_overlay(grey, dataclasses.replace(rs.result, covid=None), 4096)
+    assert scale == 1.0
+    heat_colours = {tuple(c) for c in heat_colormap(np.linspace(0.3, 1.0, 8))}
+    found = {tuple(c) for c in pixels.reshape(-1, 3)}
+    assert not (heat_colours & found)
+
+
+def test_colormap_ends() -> None:
+    assert tuple(heat_colormap(np.array([0.0]))[0]) == (0, 0, 255)
+    assert tuple(heat_colormap(np.array([1.0]))[0]) == (255, 0, 0)
