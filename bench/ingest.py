@@ -99,8 +99,9 @@ def bare_scp(port: int, out: str) -> None:
 
 # -- senders (child processes) ----------------------------------------------------------------
 def send_files(port: int, aet: str, paths: list[str], queue: mp.Queue) -> None:
-    from pynetdicom import AE
+    from pynetdicom import AE, _config
 
+    _config.STORE_SEND_CHUNKED_DATASET = True  # files go out as stored, no decode/encode
     ae = AE(ae_title="BENCHSCU")
     ae.add_requested_context(DX_PRESENTATION, ExplicitVRLittleEndian)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120
@@ -175,7 +176,9 @@ def run_node(files: list[Path], associations: int, work: Path, durability: str) 
         f'durability = "{durability}"\nstudy_stable_seconds = 3600\nmin_free_disk_mb = 64\n'
         f'log_level = "WARNING"\n[worker]\nworkers = 0\n'
     )
-    proc = subprocess.Popen([sys.executable, "-m", "node.cli.main", "serve", "--config", str(config)], cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "node.cli.main", "serve", "--config", str(config)], cwd=REPO
+    )
     try:
         wait_port(port)
         elapsed, acked = run_senders(port, "CXRNODE", files, associations)
@@ -189,8 +192,11 @@ def run_node(files: list[Path], associations: int, work: Path, durability: str) 
     cfg = load_config(config)
     repo, store = open_repository(cfg), open_store(cfg)
     n = repo.instance_count()
-    missing = [f for f in files if not store.path(store.relpath(pydicom.dcmread(f, stop_before_pixels=True)
-                                                                 .SOPInstanceUID)).exists()]
+    missing = [
+        f
+        for f in files
+        if not store.path(store.relpath(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)).exists()
+    ]
     repo.engine.dispose()
     if acked != len(files) or n != len(files) or missing:
         raise RuntimeError(f"node: acked {acked}, rows {n}, files missing {len(missing)} of {len(files)}")
@@ -210,8 +216,9 @@ def main() -> int:
     if args.bare_scp:
         bare_scp(int(args.bare_scp[0]), args.bare_scp[1])
         return 0
-    work = args.work or Path(tempfile.mkdtemp(prefix="cxr-bench-", dir=REPO / "var" if (REPO / "var").is_dir()
-                                              else None))
+    work = args.work or Path(
+        tempfile.mkdtemp(prefix="cxr-bench-", dir=REPO / "var" if (REPO / "var").is_dir() else None)
+    )
     print(f"{'size':<22} {'assoc':>5} {'mode':<10} {'node img/s':>10} {'bare img/s':>10} {'ratio':>6}")
     try:
         for size in args.sizes:
@@ -226,8 +233,10 @@ def main() -> int:
                         node_rates.append(run_node(files, assoc, work, durability))
                     node, bare = statistics.median(node_rates), statistics.median(bare_rates)
                     label = f"{rows}x{cols} {bits}-bit x{count}"
-                    print(f"{label:<22} {assoc:>5} {durability:<10} {node:>10.1f} {bare:>10.1f} {node / bare:>6.2f}",
-                          flush=True)
+                    print(
+                        f"{label:<22} {assoc:>5} {durability:<10} {node:>10.1f} {bare:>10.1f} {node / bare:>6.2f}",
+                        flush=True,
+                    )
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

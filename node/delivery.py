@@ -23,7 +23,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Protocol
 
-from pynetdicom import AE
+from pynetdicom import AE, _config
 
 from node.config import Destination, NodeConfig
 from node.errors import DatabaseError, DeliveryError
@@ -37,6 +37,10 @@ log = logging.getLogger("node.delivery")
 # does not match SOP class) all mean the SCP stored the instance.
 STORED_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}
 MAX_CONTEXTS = 128
+
+# Send stored files as their bytes (read in chunks after the file meta), never decoded and
+# re-encoded: what the destination receives is exactly what the store holds.
+_config.STORE_SEND_CHUNKED_DATASET = True
 
 
 class Sender(Protocol):

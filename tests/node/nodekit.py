@@ -1,0 +1,304 @@
+"""Helpers of the node tests: ports, waits, synthetic DX images, node/storescp/Orthanc processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+REPO = Path(__file__).resolve().parents[2]
+DX_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+PG_URL = os.environ.get("CXR_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.25, what: str = "condition"):  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not reached within {timeout} s")
+
+
+def make_dx(
+    study_uid: str,
+    series_uid: str | None = None,
+    *,
+    rows: int = 96,
+    cols: int = 96,
+    accession: str = "ACC1",
+    seed: int = 0,
+) -> Dataset:
+    """A small synthetic DX For Presentation chest image with the attributes the writers need."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    pixels = 2000 + 1500 * np.sin(xx / 9.0) * np.cos(yy / 11.0) + rng.normal(0, 50, (rows, cols))
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = DX_PRESENTATION
+    ds.SOPClassUID = DX_PRESENTATION
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid or generate_uid()
+    ds.Modality = "DX"
+    ds.PatientName = "Test^Synthetic"
+    ds.PatientID = "SYN001"
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "O"
+    ds.AccessionNumber = accession
+    ds.StudyID = "1"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.StudyDate = ds.ContentDate = "20260101"
+    ds.StudyTime = ds.ContentTime = "120000"
+    ds.ReferringPhysicianName = ""
+    ds.Manufacturer = "synthetic"
+    ds.BodyPartExamined = "CHEST"
+    ds.ViewPosition = "PA"
+    ds.PatientOrientation = ["L", "F"]
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.ImagerPixelSpacing = [0.5, 0.5]
+    ds.PixelIntensityRelationship = "LOG"
+    ds.PixelIntensityRelationshipSign = 1
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "US"
+    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    ds.BurnedInAnnotation = "NO"
+    ds.Laterality = ""
+    view = Dataset()
+    view.CodeValue, view.CodingSchemeDesignator, view.CodeMeaning = "R-10214", "SRT", "postero-anterior"
+    ds.ViewCodeSequence = Sequence([view])
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = np.clip(pixels, 0, 4095).astype(np.uint16).tobytes()
+    return ds
+
+
+def write_study(folder: Path, count: int, *, study_uid: str | None = None, **kwargs) -> list[Path]:  # noqa: ANN003
+    folder.mkdir(parents=True, exist_ok=True)
+    study_uid = study_uid or generate_uid()
+    series = generate_uid()
+    paths = []
+    for i in range(count):
+        ds = make_dx(study_uid, series, seed=i, **kwargs)
+        ds.InstanceNumber = i + 1
+        path = folder / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def node_toml(
+    data_dir: Path,
+    port: int,
+    *,
+    models_dir: Path | None = None,
+    destinations: list[dict] | None = None,
+    node: dict | None = None,
+    worker: dict | None = None,
+    delivery: dict | None = None,
+) -> str:
+    """A test configuration: fast polling, short quiet period, short backoff; overrides per table."""
+    tables: dict[str, dict] = {
+        "node": {
+            "ae_title": "CXRNODE",
+            "host": "127.0.0.1",
+            "port": port,
+            "data_dir": str(data_dir),
+            "study_stable_seconds": 1.0,
+            "min_free_disk_mb": 16,
+            **(node or {}),
+        },
+        "pipeline": {"models_dir": str(models_dir or data_dir / "no-models"), "device": "cpu"},
+        "worker": {"poll_seconds": 0.2, "lease_seconds": 60.0, **(worker or {})},
+        "delivery": {
+            "poll_seconds": 0.2,
+            "backoff_seconds": 0.5,
+            "backoff_max_seconds": 2.0,
+            "max_attempts": 30,
+            **(delivery or {}),
+        },
+    }
+    lines: list[str] = []
+    for name, table in tables.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in table.items()]
+    for dest in destinations or []:
+        lines.append("[[destinations]]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in dest.items()]
+    return "\n".join(lines) + "\n"
+
+
+class NodeProcess:
+    """``cxr-node serve`` as a real process (so it can be SIGKILLed and SIGTERMed)."""
+
+    def __init__(self, config_path: Path, port: int, log_path: Path) -> None:
+        self.config_path = config_path
+        self.port = port
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, *args: str, timeout: float = 90.0) -> NodeProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "node.cli.main", "serve", "--config", str(self.config_path), *args],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        wait_port(self.port, timeout, self.proc)
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(30)
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def status(self) -> dict:
+        out = subprocess.run(
+            [sys.executable, "-m", "node.cli.main", "status", "--json", "--config", str(self.config_path)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return json.loads(out.stdout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+# -- dcmtk storescp as a destination ----------------------------------------------------------
+class StoreSCP:
+    def __init__(self, folder: Path, port: int, aet: str = "DEST") -> None:
+        self.folder, self.port, self.aet = folder, port, aet
+        self.proc: subprocess.Popen | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> StoreSCP:
+        # +xa: accept every transfer syntax (the node sends SEG/SC as JPEG 2000); -uf: file names by UID
+        self.proc = subprocess.Popen(
+            ["storescp", "-aet", self.aet, "+xa", "-od", str(self.folder), "-uf", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_port(self.port, 30, self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(15)
+
+    def files(self) -> list[Path]:
+        return sorted(self.folder.glob("*.dcm"))
+
+
+# -- Orthanc ----------------------------------------------------------------------------------
+class Orthanc:
+    def __init__(self, work: Path, node_port: int) -> None:
+        self.work = work
+        self.http_port = free_port()
+        self.dicom_port = free_port()
+        template = (REPO / "deploy" / "orthanc" / "orthanc-test.json.template").read_text()
+        config = (
+            template.replace("@STORAGE@", str(work / "storage"))
+            .replace("@INDEX@", str(work / "index"))
+            .replace("@HTTP_PORT@", str(self.http_port))
+            .replace("@DICOM_PORT@", str(self.dicom_port))
+            .replace("@NODE_PORT@", str(node_port))
+            .replace("@NODE_AET@", "CXRNODE")
+        )
+        json.loads(config)  # the template must stay valid JSON
+        self.config = work / "orthanc.json"
+        self.config.write_text(config)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> Orthanc:
+        self.proc = subprocess.Popen(
+            ["Orthanc", str(self.config)],
+            stdout=(self.work / "orthanc.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(lambda: self._up(), timeout, what="Orthanc REST")
+        return self
+
+    def _up(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(
+                f"Orthanc exited with {self.proc.returncode}: {(self.work / 'orthanc.log').read_text()}"
+            )
+        try:
+            self.get("/system")
+            return True
+        except OSError:
+            return False
+
+    def request(self, method: str, path: str, body: bytes | None = None, timeout: float = 60.0) -> object:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=body, method=method)
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            data = resp.read()
+        return json.loads(data) if data else None
+
+    def get(self, path: str) -> object:
+        return self.request("GET", path, timeout=5)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def which_or_fail(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.fail(f"{tool} not installed (run .ci/run, which installs the Debian packages the tests use)")
+    return path

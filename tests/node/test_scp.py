@@ -1,0 +1,292 @@
+"""The DICOM listener against real peers (dcmtk echoscu/storescu, pynetdicom SCU): negotiation,
+durable store, idempotent resend, and every bad-input case with its failure status."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from nodekit import DX_PRESENTATION, free_port, make_dx, node_toml, which_or_fail, write_study
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import CTImageStorage, Verification
+
+from node.config import load_config
+from node.service import NodeService
+
+_config.STORE_SEND_CHUNKED_DATASET = True  # send paths as raw bytes (bad-input cases)
+
+DX_FILES = (
+    "orthanctests_Monochrome1-Jpeg_CR.dcm",
+    "pydicomdata_RG1_J2KI_CR_chest.dcm",
+    "nhsx_nih_cxr_dx_sc.dcm",
+)
+
+
+def start_service(tmp: Path, **node: object) -> NodeService:
+    port = free_port()
+    config_path = tmp / "node.toml"
+    config_path.write_text(node_toml(tmp / "var", port, node=node))
+    service = NodeService(load_config(config_path), workers=0, deliver=False, schedule=False)
+    service.start()
+    return service
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeService]:
+    service = start_service(
+        tmp_path_factory.mktemp("scp"),
+        allowed_calling_aets=["STORESCU", "ECHOSCU", "TESTSCU"],
+        max_pixels=5_100_000,
+    )
+    yield service
+    service.stop(timeout=10)
+
+
+def scu(
+    node: NodeService, *contexts: tuple[str, list[str]], calling: str = "TESTSCU", called: str = "CXRNODE"
+):
+    ae = AE(ae_title=calling)
+    for sop_class, syntaxes in contexts:
+        ae.add_requested_context(sop_class, syntaxes)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    return ae.associate("127.0.0.1", node.config.node.port, ae_title=called)
+
+
+def stored_uids(node: NodeService) -> set[str]:
+    return {s["study_instance_uid"] for s in node.repo.status(max_studies=1000)["studies"]}
+
+
+def test_echoscu(node: NodeService) -> None:
+    echoscu = which_or_fail("echoscu")
+    out = subprocess.run(
+        [echoscu, "-aet", "ECHOSCU", "-aec", "CXRNODE", "127.0.0.1", str(node.config.node.port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize(
+    "flags", [["-xy"], ["-xw"], ["-xs"]], ids=["jpeg-baseline", "jpeg2000", "uncompressed"]
+)
+def test_storescu_real_compressed_chest_images(
+    node: NodeService, dicom_samples: Path, flags: list[str]
+) -> None:
+    """storescu -R sends real chest files as they are encoded; each is stored byte-for-byte durable."""
+    storescu = which_or_fail("storescu")
+    files = (
+        [dicom_samples / DX_FILES[0]]
+        if flags == ["-xy"]
+        else [dicom_samples / DX_FILES[1]]
+        if flags == ["-xw"]
+        else [dicom_samples / DX_FILES[2]]
+    )
+    out = subprocess.run(
+        [
+            storescu,
+            "-aet",
+            "STORESCU",
+            "-aec",
+            "CXRNODE",
+            "-R",
+            *flags,
+            "127.0.0.1",
+            str(node.config.node.port),
+            *map(str, files),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    for f in files:
+        source = pydicom.dcmread(f)
+        record = node.repo.find_instance(source.SOPInstanceUID)
+        assert record is not None, f"{f.name} not recorded"
+        if source.file_meta.TransferSyntaxUID.is_compressed:  # dcmtk may only switch native encodings
+            assert record.transfer_syntax_uid == source.file_meta.TransferSyntaxUID  # stored as sent
+        stored = pydicom.dcmread(node.store.path(record.path))
+        assert stored.PixelData == source.PixelData
+        assert stored.pixel_array.shape == source.pixel_array.shape  # decodable with the installed plugins
+
+
+def test_resend_is_idempotent(node: NodeService, tmp_path: Path) -> None:
+    ds = make_dx(generate_uid())
+    assoc = scu(node, (DX_PRESENTATION, [ExplicitVRLittleEndian]))
+    assert assoc.is_established
+    first = assoc.send_c_store(ds)
+    second = assoc.send_c_store(ds)
+    assoc.release()
+    assert first.Status == 0x0000 and second.Status == 0x0000
+    status = node.repo.status(max_studies=1000)
+    study = [s for s in status["studies"] if s["study_instance_uid"] == ds.StudyInstanceUID]
+    assert study and study[0]["instances"] == 1
+
+
+def test_implicit_little_endian_and_many_in_one_association(node: NodeService, tmp_path: Path) -> None:
+    paths = write_study(tmp_path, 5)
+    assoc = scu(node, (DX_PRESENTATION, [ImplicitVRLittleEndian]))
+    assert assoc.is_established
+    assert assoc.accepted_contexts[0].transfer_syntax[0] == ImplicitVRLittleEndian
+    statuses = [assoc.send_c_store(pydicom.dcmread(p)).Status for p in paths]
+    assoc.release()
+    assert statuses == [0] * 5
+    for p in paths:
+        uid = pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID
+        record = node.repo.find_instance(uid)
+        assert record is not None and node.store.path(record.path).is_file()
+        assert (
+            pydicom.dcmread(node.store.path(record.path)).file_meta.TransferSyntaxUID
+            == ImplicitVRLittleEndian
+        )
+
+
+def test_wrong_called_ae_is_rejected(node: NodeService) -> None:
+    assoc = scu(node, (Verification, [ExplicitVRLittleEndian]), called="SOMEONEELSE")
+    assert assoc.is_rejected
+    # PS3.8 9.3.4: rejected-permanent (1), service-user (1), called-AE-title-not-recognized (7)
+    rsp = assoc.acceptor.primitive
+    assert (rsp.result, rsp.result_source, rsp.diagnostic) == (0x01, 0x01, 0x07)
+
+
+def test_calling_ae_outside_allowlist_is_rejected(node: NodeService) -> None:
+    assoc = scu(node, (Verification, [ExplicitVRLittleEndian]), calling="INTRUDER")
+    assert assoc.is_rejected
+    rsp = assoc.acceptor.primitive
+    assert (rsp.result, rsp.result_source, rsp.diagnostic) == (
+        0x01,
+        0x01,
+        0x03,
+    )  # calling-AE-title-not-recognized
+
+
+def test_unknown_sop_class_context_is_rejected(node: NodeService) -> None:
+    assoc = scu(node, (CTImageStorage, [ExplicitVRLittleEndian]), (Verification, [ExplicitVRLittleEndian]))
+    assert assoc.is_established
+    rejected = [c.abstract_syntax for c in assoc.rejected_contexts]
+    accepted = [c.abstract_syntax for c in assoc.accepted_contexts]
+    assoc.release()
+    assert rejected == [CTImageStorage] and accepted == [Verification]
+
+
+def _send_raw(node: NodeService, path: Path) -> int:
+    assoc = scu(node, (DX_PRESENTATION, [ExplicitVRLittleEndian]))
+    assert assoc.is_established
+    status = assoc.send_c_store(path)  # a path is sent as its bytes, without decoding
+    assoc.release()
+    return int(status.Status)
+
+
+def _part10(ds: pydicom.Dataset, path: Path) -> bytes:
+    ds.save_as(path, enforce_file_format=True)
+    return path.read_bytes()
+
+
+def test_bad_inputs_get_failure_statuses_and_the_node_keeps_serving(
+    node: NodeService, tmp_path: Path, dicom_samples: Path
+) -> None:
+    good = make_dx(generate_uid())
+    cases: dict[str, tuple[Path, int]] = {}
+
+    # 1. bytes that are not DICOM behind a valid file meta: 0xC000 cannot understand
+    meta_only = tmp_path / "garbage.dcm"
+    data = _part10(make_dx(generate_uid()), meta_only)
+    meta_end = 132 + 12 + int.from_bytes(data[140:144], "little")
+    meta_only.write_bytes(data[:meta_end] + b"\x13\x37NOT-DICOM" * 100)
+    cases["garbage"] = (meta_only, 0xC000)
+
+    # 2. a dataset without pixel data: 0xA900 does not match SOP class
+    no_pixels = make_dx(generate_uid())
+    del no_pixels.PixelData
+    cases["no-pixels"] = (tmp_path / "nopixels.dcm", 0xA900)
+    _part10(no_pixels, cases["no-pixels"][0])
+
+    # 3. a truncated file (Pixel Data cut in the middle): 0xC000
+    truncated = tmp_path / "truncated.dcm"
+    data = _part10(make_dx(generate_uid()), truncated)
+    truncated.write_bytes(data[: len(data) - 5000])
+    cases["truncated"] = (truncated, 0xC000)
+
+    # 4. an image over max_pixels (5.1e6 in this node): 0xA700 out of resources
+    big = make_dx(generate_uid(), rows=2300, cols=2300)
+    cases["too-large"] = (tmp_path / "big.dcm", 0xA700)
+    _part10(big, cases["too-large"][0])
+
+    # 5. a SOP class that differs from the presentation context: 0xA900
+    wrong_class = make_dx(generate_uid())
+    wrong_class.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # data set says SC, the request says DX
+    cases["wrong-class"] = (tmp_path / "wrongclass.dcm", 0xA900)
+    wrong_class.preamble = b"\x00" * 128
+    wrong_class.file_meta.MediaStorageSOPClassUID = DX_PRESENTATION
+    wrong_class.save_as(cases["wrong-class"][0], enforce_file_format=False)
+
+    # 6. a real file whose Pixel Data has an odd length (PS3.5 7.1.1 wants even) but holds all
+    #    Rows x Columns pixels: tolerated like dcmtk does (stored, it decodes), not refused
+    cases["odd-length-pixels"] = (dicom_samples / "highdicom_dx_image_chest.dcm", 0x0000)
+
+    got = {name: _send_raw(node, path) for name, (path, _expected) in cases.items()}
+    assert got == {name: expected for name, (_p, expected) in cases.items()}
+
+    # 7. random bytes on the TCP port (not even an A-ASSOCIATE-RQ): connection dropped
+    with socket.create_connection(("127.0.0.1", node.config.node.port), timeout=10) as sock:
+        sock.sendall(b"\x47\x45\x54 / HTTP/1.0\r\n\r\n" * 10)
+        sock.settimeout(10)
+        try:
+            while sock.recv(4096):
+                pass
+        except (ConnectionResetError, TimeoutError):
+            pass
+
+    # nothing of the above was recorded; the node still serves the next association
+    for name, (path, _expected) in cases.items():
+        if name in ("garbage", "truncated", "odd-length-pixels"):
+            continue
+        uid = pydicom.dcmread(path, stop_before_pixels=True, force=True).SOPInstanceUID
+        assert node.repo.find_instance(uid) is None, name
+    assoc = scu(node, (DX_PRESENTATION, [ExplicitVRLittleEndian]))
+    assert assoc.send_c_store(good).Status == 0x0000
+    assoc.release()
+    assert node.repo.find_instance(good.SOPInstanceUID) is not None
+    assert not list(node.store.root.glob("*/.*.tmp"))  # nothing half-written
+
+
+def test_free_disk_watermark_refuses_with_a700(tmp_path: Path) -> None:
+    service = start_service(tmp_path, min_free_disk_mb=1_000_000_000)  # ~1 PB: always below
+    try:
+        ds = make_dx(generate_uid())
+        assoc = scu(service, (DX_PRESENTATION, [ExplicitVRLittleEndian]))
+        assert assoc.is_established
+        assert assoc.send_c_store(ds).Status == 0xA700
+        assert assoc.send_c_store(ds).Status == 0xA700  # and keeps answering
+        assoc.release()
+        assert service.repo.instance_count() == 0
+    finally:
+        service.stop(timeout=10)
+
+
+def test_database_failure_gives_c001_and_nothing_is_acknowledged(tmp_path: Path) -> None:
+    service = start_service(tmp_path)
+    try:
+        service.repo.engine.dispose()
+        db_file = Path(str(service.repo.engine.url.database))
+        with service.repo.engine.begin() as conn:  # make every insert fail: drop the table
+            conn.exec_driver_sql("DROP TABLE deliveries")
+            conn.exec_driver_sql("DROP TABLE instances")
+        ds = make_dx(generate_uid())
+        assoc = scu(service, (DX_PRESENTATION, [ExplicitVRLittleEndian]))
+        assert assoc.send_c_store(ds).Status == 0xC001
+        assoc.release()
+        assert db_file.exists()
+        service.repo.create_schema()  # the database is back: the same instance is accepted
+        assoc = scu(service, (DX_PRESENTATION, [ExplicitVRLittleEndian]))
+        assert assoc.send_c_store(ds).Status == 0x0000
+        assoc.release()
+        assert service.repo.find_instance(ds.SOPInstanceUID) is not None
+    finally:
+        service.stop(timeout=10)
