@@ -1,0 +1,55 @@
+"""A radiologist's view: OHIF v3 in headless Chromium shows the SEG, tracks the SR boxes, renders the SC.
+
+Runs ../shared/tools/ohif_check.sh (see /work/shared/tools/OHIF.md). Its first run installs
+Chromium with apt and OHIF + playwright-core from npm into /tmp/ohif/cache (slow once), later
+runs take about a minute. The test is skipped only when Chromium cannot be installed; set
+CXR_OHIF_OUT=DIR to keep the screenshots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import ResultSet
+
+from node.results.seg import GGO_LABEL, LUNG_LABEL
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+OHIF_CHECK = Path(os.environ.get("CXR_OHIF_CHECK", REPO_ROOT.parent / "shared" / "tools" / "ohif_check.sh"))
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.mark.ohif
+@pytest.mark.slow
+def test_ohif_shows_seg_sr_and_sc(frontal_sets: dict[str, ResultSet], lateral_sets: dict[str, ResultSet],
+                                  tmp_path: Path) -> None:
+    if not OHIF_CHECK.is_file():
+        pytest.fail(f"OHIF check tool not found: {OHIF_CHECK} (set CXR_OHIF_CHECK)")
+    frontal = frontal_sets["orthanctests_Monochrome1-Jpeg_CR"]
+    lateral = lateral_sets["orthanctests_Monochrome1-Jpeg_CR"]
+    out = Path(os.environ.get("CXR_OHIF_OUT") or tmp_path / "ohif")
+    files = [frontal.source_path, frontal.paths["SEG"], frontal.paths["SR"], frontal.paths["OT"],
+             lateral.paths["SR"]]
+    proc = subprocess.run(["bash", str(OHIF_CHECK), str(out), *map(str, files)], capture_output=True,
+                          text=True, timeout=900, check=False)
+    tail = (proc.stdout + proc.stderr)[-3000:]
+    if proc.returncode == 2 and not shutil.which(CHROMIUM):
+        pytest.skip(f"Chromium could not be installed: {tail}")
+    assert proc.returncode == 0, tail
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["console_errors"] == 0 and summary["http_errors"] == 0, (out / "summary.txt").read_text()
+    (study,) = summary["studies"]
+    assert study["imagesRendered"] == study["imagesTotal"] == 2  # the CR and the secondary capture
+    (seg,) = study["seg"]
+    assert seg["loaded"] and set(seg["segments"]) == {LUNG_LABEL, GGO_LABEL}
+    assert seg["canvasColoredAfter"] > 0.01  # the overlay is drawn
+    reports = {sr["desc"]: sr for sr in study["sr"]}
+    assert len(study["sr"]) == 2 and all(sr["loaded"] and not sr["errors"] for sr in study["sr"])
+    tracked = sorted(sr["trackedMeasurements"] for sr in study["sr"])
+    assert tracked == [0, len(frontal.result.ggo.boxes)], reports  # boxes tracked; lateral has none
+    assert all(m["tool"] == "PlanarFreehandROI" for sr in study["sr"] for m in sr["measurements"])
