@@ -3,7 +3,7 @@
 What a radiologist sees on any PACS viewer, even one that ignores SEG and SR: the source in
 presentation polarity, the Grad-CAM heatmap of the COVID-19 classifier, the lung contour, the
 GGO boxes with their scores, a colour legend, and the text "RESEARCH USE - NOT FOR DIAGNOSIS".
-Burned In Annotation is therefore YES (PS3.3 C.7.6.1.1.1... C.8.6.2: SC Image module).
+Burned In Annotation is therefore YES (General Image module, PS3.3 C.7.6.1; SC IOD, A.8.1).
 
 The capture keeps the source's pixel grid (downscaled uniformly when its longest side exceeds
 ``ResultSettings.sc_max_side``, with Pixel Spacing scaled to match), so positions on it agree

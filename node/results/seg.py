@@ -44,8 +44,9 @@ GGO_LABEL = "Ground glass opacity"
 # Display colours (CIELab via sRGB): lungs blue, GGO orange, as in the secondary capture.
 LUNG_RGB = (40, 120, 255)
 GGO_RGB = (255, 140, 0)
-# Without spacing the SEG still needs Pixel Measures for highdicom's reader; 1.0 mm is what
-# PS3.3 C.8.20.2 readers assume for a SEG without geometry. It is documented as nominal.
+# Without a spacing in the source the SEG still needs Pixel Measures (highdicom's reader fails
+# without it); 1.0 mm is written and documented as nominal in deploy/conformance/results.md.
+# Measurements in mm come only from the SR, which says when there is no spacing.
 NOMINAL_SPACING_MM = (1.0, 1.0)
 
 
