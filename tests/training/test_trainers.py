@@ -154,7 +154,7 @@ def test_evaluate_command(
 ) -> None:
     from node.cli.main import main
 
-    for task in ("covid", "lungs"):
+    for task in ("covid", "lungs", "ggo_detection"):
         bundle = tiny_models[task]
         out = tmp_path / f"{task}.json"
         rc = main(
@@ -174,7 +174,7 @@ def test_evaluate_command(
         assert rc == 0
         report = json.loads(out.read_text())
         assert report["task"] == task and report["split"] == "test" and report["n_images"] > 0
-        key = "auc" if task == "covid" else "dice_mean"
+        key = {"covid": "auc", "lungs": "dice_mean", "ggo_detection": "map50"}[task]
         assert key in report["metrics"]
     printed = capsys.readouterr().out
     assert "tiny-covid" in printed and "dice_mean" in printed
