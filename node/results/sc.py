@@ -194,6 +194,7 @@ def build_sc(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext) -
         series_description=settings.sc_series_description,
         **ctx.common_kwargs(),
     )
+    sc.ConversionType = "WSD"  # SC Equipment module (PS3.3 C.8.6.1): rendered by a workstation
     sc.BurnedInAnnotation = "YES"
     sc.BodyPartExamined = str(source.get("BodyPartExamined") or "CHEST")
     sc.ImageType = ["DERIVED", "SECONDARY"]

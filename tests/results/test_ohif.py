@@ -41,6 +41,8 @@ def test_ohif_shows_seg_sr_and_sc(frontal_sets: dict[str, ResultSet], lateral_se
     if proc.returncode == 2 and not shutil.which(CHROMIUM):
         pytest.skip(f"Chromium could not be installed: {tail}")
     assert proc.returncode == 0, tail
+    uploads = [line.split("\t") for line in (out / "upload.tsv").read_text().splitlines() if line.strip()]
+    assert len(uploads) == len(files) and all(u[0] == "Success" for u in uploads), uploads  # Orthanc took all
     summary = json.loads((out / "summary.json").read_text())
     assert summary["console_errors"] == 0 and summary["http_errors"] == 0, (out / "summary.txt").read_text()
     (study,) = summary["studies"]

@@ -18,7 +18,7 @@ def test_attributes_of_every_capture(frontal_sets: dict[str, ResultSet]) -> None
         sc = rs.read("OT")
         source = rs.source()
         assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7", name
-        assert sc.BurnedInAnnotation == "YES"
+        assert sc.BurnedInAnnotation == "YES" and sc.ConversionType == "WSD"
         assert sc.BodyPartExamined == (source.get("BodyPartExamined") or "CHEST")
         assert sc.SamplesPerPixel == 3 and sc.BitsAllocated == 8
         assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
