@@ -30,7 +30,7 @@ from node.results.sc import build_sc
 from node.results.seg import build_seg
 from node.results.settings import ResultSettings
 from node.results.sr import build_sr
-from pipelines.results import ChestResult
+from pipelines.results import ChestResult, SourceImage
 
 __all__ = ["ResultInputError", "ResultSettings", "build_result_objects"]
 
@@ -39,8 +39,13 @@ log = logging.getLogger(__name__)
 
 def build_result_objects(source: pydicom.Dataset, result: ChestResult, *,
                          settings: ResultSettings | None = None,
-                         now: datetime.datetime | None = None) -> list[pydicom.Dataset]:
+                         now: datetime.datetime | None = None,
+                         image: SourceImage | None = None) -> list[pydicom.Dataset]:
     """The result objects for one source image, in send order (SEG before the SR that cites it).
+
+    ``source`` must hold its Pixel Data unless ``image`` (the pipeline's decoded SourceImage of the
+    same instance) is given: the secondary capture is drawn on it. ``now`` fixes the Content
+    Date/Time (default: the current local time).
 
     Raises :class:`ResultInputError` (a ValueError) when the source lacks the identifying
     attributes or does not match the result (other SOP Instance UID, other pixel grid).
@@ -51,10 +56,11 @@ def build_result_objects(source: pydicom.Dataset, result: ChestResult, *,
         # they are the source's data and are copied as they are (PS3.3 C.7.1.1).
         warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*",
                                 category=UserWarning)
-        return _build(source, result, make_context(source, settings or ResultSettings(), now))
+        return _build(source, result, make_context(source, settings or ResultSettings(), now), image)
 
 
-def _build(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext) -> list[pydicom.Dataset]:
+def _build(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext,
+           image: SourceImage | None) -> list[pydicom.Dataset]:
     uid = source.SOPInstanceUID
     if not result.analysed:
         sr = build_sr(source, result, ctx)
@@ -66,7 +72,7 @@ def _build(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext) -> 
                     ggo_tracking_uid=ggo_tracking_uid)
     sr = build_sr(source, result, ctx, seg=seg, lung_tracking_uid=lung_tracking_uid,
                   ggo_tracking_uid=ggo_tracking_uid)
-    sc = build_sc(source, result, ctx)
+    sc = build_sc(source, result, ctx, image)
     for obj in (seg, sr, sc):
         copy_study_attributes(obj, source)
     log.info("results for %s: SEG %s, SR %s, SC %s", uid, seg.SOPInstanceUID, sr.SOPInstanceUID,

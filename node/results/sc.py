@@ -28,7 +28,7 @@ from node.results.common import (
 )
 from node.results.seg import GGO_RGB, LUNG_RGB
 from pipelines.image import load_dicom
-from pipelines.results import ChestResult
+from pipelines.results import ChestResult, SourceImage
 
 RESEARCH_BANNER = "RESEARCH USE - NOT FOR DIAGNOSIS"
 BANNER_RGB = (255, 230, 0)
@@ -46,6 +46,7 @@ DEFAULT_PATIENT_ORIENTATION = ("L", "F")
 # Interpretation is YBR_RCT (PS3.5 8.2.4); decoders return the RGB pixels exactly.
 SC_TRANSFER_SYNTAX = pydicom.uid.JPEG2000Lossless
 SC_PHOTOMETRIC = hd.PhotometricInterpretationValues.YBR_RCT
+SC_PHOTOMETRIC_NATIVE = hd.PhotometricInterpretationValues.RGB
 
 
 def heat_colormap(values: np.ndarray) -> np.ndarray:
@@ -160,23 +161,28 @@ def _draw_legend(draw: ImageDraw.ImageDraw, size: tuple[int, int], font: ImageFo
         y += font_px + pad
 
 
-def build_sc(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext) -> hd.sc.SCImage:
-    """The RGB secondary capture of an analysed frontal image."""
+def build_sc(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext,
+             image: SourceImage | None = None) -> hd.sc.SCImage:
+    """The RGB secondary capture of an analysed frontal image.
+
+    ``image`` is the pipeline's decoded source (presentation polarity, [0, 1]); without it the
+    source's Pixel Data is decoded again with the pipeline's own loader.
+    """
     if not result.analysed:
         raise ResultInputError(f"no secondary capture for a not analysed image ({source.SOPInstanceUID})")
-    grey = load_dicom(source).pixels
+    grey = (image if image is not None else load_dicom(source)).pixels
     if grey.shape != tuple(result.image_shape):
         raise ResultInputError(f"decoded source {grey.shape} != result grid {tuple(result.image_shape)}")
-    pixels, scale = render_overlay(grey, result, ctx.settings.sc_max_side)
+    settings = ctx.settings
+    pixels, scale = render_overlay(grey, result, settings.sc_max_side)
     spacing = None
     if result.spacing is not None:
         spacing = (result.spacing.row_mm / scale, result.spacing.column_mm / scale)
     ref = reference_copy(source)
-    settings = ctx.settings
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=ref,
         pixel_array=pixels,
-        photometric_interpretation=SC_PHOTOMETRIC,
+        photometric_interpretation=SC_PHOTOMETRIC if settings.compress else SC_PHOTOMETRIC_NATIVE,
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
         series_instance_uid=ctx.sc_series_uid,
@@ -186,7 +192,7 @@ def build_sc(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext) -
         manufacturer=settings.manufacturer,
         pixel_spacing=spacing,
         patient_orientation=patient_orientation(source) or DEFAULT_PATIENT_ORIENTATION,
-        transfer_syntax_uid=SC_TRANSFER_SYNTAX,
+        transfer_syntax_uid=SC_TRANSFER_SYNTAX if settings.compress else pydicom.uid.ExplicitVRLittleEndian,
         contributing_equipment=contributing_equipment(ctx, result),
         manufacturer_model_name=settings.model_name,
         software_versions=settings.software_version,

@@ -140,7 +140,7 @@ def build_seg(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext,
         pixel_measures=hd.PixelMeasuresSequence(pixel_spacing=spacing, slice_thickness=1.0),
         omit_empty_frames=False,
         contributing_equipment=contributing_equipment(ctx, result),
-        transfer_syntax_uid=SEG_TRANSFER_SYNTAX,
+        transfer_syntax_uid=SEG_TRANSFER_SYNTAX if settings.compress else pydicom.uid.ExplicitVRLittleEndian,
         **ctx.common_kwargs(),
     )
     orientation = Dataset()

@@ -41,6 +41,9 @@ class ResultSettings:
     probability map, when the pipeline produced one; BINARY otherwise (PS3.3 C.8.20.2).
     ``sc_max_side`` bounds the secondary capture's longest side in pixels (the overlay is
     downscaled beyond it; a 2446x2010 RGB capture is 15 MB uncompressed).
+    ``compress`` writes SEG and SC in JPEG 2000 Lossless (default); False writes them in Explicit
+    VR Little Endian for a peer that accepts no JPEG 2000 (a native 1-bit SEG whose Columns is not
+    a multiple of 8 then cannot be served frame by frame by Orthanc 1.10, see seg.py).
     """
 
     manufacturer: str = MANUFACTURER
@@ -57,6 +60,7 @@ class ResultSettings:
     sc_series_description: str = SC_SERIES_DESCRIPTION
     fractional_ggo: bool = False
     sc_max_side: int = 2048
+    compress: bool = True
 
     def __post_init__(self) -> None:
         if not self.software_version:

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from conftest import ResultSet
 
-from node.results import ResultSettings
+from node.results import ResultSettings, build_result_objects
 from node.results.sc import BANNER_RGB, heat_colormap, render_overlay
 from node.results.seg import GGO_RGB, LUNG_RGB
+from pipelines.image import load_dicom
 
 
 def test_attributes_of_every_capture(frontal_sets: dict[str, ResultSet]) -> None:
@@ -74,3 +75,20 @@ def test_render_without_covid_has_no_heat(frontal_sets: dict[str, ResultSet]) ->
 def test_colormap_ends() -> None:
     assert tuple(heat_colormap(np.array([0.0]))[0]) == (0, 0, 255)
     assert tuple(heat_colormap(np.array([1.0]))[0]) == (255, 0, 0)
+
+
+def test_uncompressed_option_and_pipeline_image(frontal_sets: dict[str, ResultSet], write_set) -> None:
+    """compress=False: native RGB SC and native SEG; a given SourceImage is drawn as it is."""
+    rs = frontal_sets["cr_mono2_raw_ips_utf8"]
+    out = write_set("native", rs.source_path, rs.result, ResultSettings(compress=False))
+    sc, seg = out.read("OT"), out.read("SEG")
+    assert sc.PhotometricInterpretation == "RGB" and not sc.file_meta.TransferSyntaxUID.is_compressed
+    assert not seg.file_meta.TransferSyntaxUID.is_compressed and seg.BitsAllocated == 1
+    source = rs.source()
+    image = load_dicom(source)
+    image.pixels = np.zeros_like(image.pixels)  # a black image: only the overlay is visible
+    objects = build_result_objects(source, rs.result, image=image, settings=ResultSettings(compress=False))
+    drawn = objects[2].pixel_array
+    lungs_inside = rs.result.lungs.mask & (rs.result.covid.heatmap < 0.1)
+    black = np.all(drawn[lungs_inside] == 0, axis=-1)
+    assert black.mean() > 0.8  # only contour, boxes and labels are drawn there, no anatomy
