@@ -208,6 +208,17 @@ class NodeProcess:
         )
         return json.loads(out.stdout)
 
+    def status_text(self) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "node.cli.main", "status", "--config", str(self.config_path)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return out.stdout
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -242,6 +253,7 @@ class StoreSCP:
 class Orthanc:
     def __init__(self, work: Path, node_port: int) -> None:
         self.work = work
+        work.mkdir(parents=True, exist_ok=True)
         self.http_port = free_port()
         self.dicom_port = free_port()
         template = (REPO / "deploy" / "orthanc" / "orthanc-test.json.template").read_text()

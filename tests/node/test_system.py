@@ -1,0 +1,220 @@
+"""The whole chain with real peers and the real pipeline (tiny random bundles):
+
+storescu -> node -> ChestPipeline + result writers -> dcmtk storescp (down at first, so the
+deliveries back off and complete once it is up), and Orthanc as the PACS: Orthanc sends a study
+to the node and the node's SEG, SR and secondary capture arrive back in the same study.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from nodekit import NodeProcess, Orthanc, StoreSCP, free_port, node_toml, wait_for, which_or_fail, write_study
+
+SEG = "1.2.840.10008.5.1.4.1.1.66.4"
+SC = "1.2.840.10008.5.1.4.1.1.7"
+SR_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.88.22",
+    "1.2.840.10008.5.1.4.1.1.88.33",
+    "1.2.840.10008.5.1.4.1.1.88.34",
+}
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[dict]:
+    work = tmp_path_factory.mktemp("e2e")
+    node_port, dest_port = free_port(), free_port()
+    storescp = StoreSCP(work / "storescp", dest_port)
+    orthanc = Orthanc(work / "orthanc", node_port)
+    toml = node_toml(
+        work / "var",
+        node_port,
+        models_dir=models_dir,
+        destinations=[
+            {"name": "dcmtk", "ae_title": "DEST", "host": "127.0.0.1", "port": dest_port},
+            {"name": "orthanc", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port},
+        ],
+    )
+    (work / "node.toml").write_text(toml)
+    node = NodeProcess(work / "node.toml", node_port, work / "node.log").start()
+    yield {"work": work, "node": node, "storescp": storescp, "orthanc": orthanc}
+    storescp.stop()
+    orthanc.stop()
+    if node.proc is not None and node.proc.poll() is None:
+        node.terminate(timeout=60)
+
+
+def result_files(storescp: StoreSCP) -> list[Path]:
+    return sorted(p for p in storescp.folder.iterdir() if p.is_file())
+
+
+def received_classes(folder_files: list[Path]) -> dict[str, str]:
+    return {str(pydicom.dcmread(f, stop_before_pixels=True).SOPClassUID): str(f) for f in folder_files}
+
+
+def test_storescu_to_node_results_reach_storescp_after_it_comes_up(chain: dict, dicom_samples: Path) -> None:
+    node: NodeProcess = chain["node"]
+    storescp: StoreSCP = chain["storescp"]
+    source = dicom_samples / "txv_siim_ptx_CR_chest_PA.dcm"  # real chest CR, JPEG baseline
+    storescu = which_or_fail("storescu")
+    out = subprocess.run(
+        [storescu, "-aec", "CXRNODE", "-R", "-xy", "127.0.0.1", str(node.port), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+
+    # the destination is down: the job completes, the deliveries are retried with backoff
+    def retrying() -> bool:
+        s = node.status()
+        errors = s["errors"]["deliveries"]
+        return (
+            s["jobs"]["done"] == 1
+            and s["deliveries"]["pending"] == 6
+            and any(e["attempts"] >= 1 for e in errors)
+        )
+
+    wait_for(retrying, 180, what="job done and deliveries retrying")
+    status = node.status()
+    assert status["deliveries"]["sent"] == 0
+    assert {e["destination"] for e in status["errors"]["deliveries"]} <= {"dcmtk", "orthanc"}
+    storescp.start()
+    wait_for(
+        lambda: node.status()["deliveries"]["sent"] == 3,
+        60,
+        what="deliveries sent after the destination is up",
+    )
+    got = received_classes(result_files(storescp))
+    assert SEG in got and SC in got and SR_CLASSES & set(got), got
+    src = pydicom.dcmread(source, stop_before_pixels=True)
+    for f in result_files(storescp):
+        ds = pydicom.dcmread(f)
+        assert ds.StudyInstanceUID == src.StudyInstanceUID
+    status = node.status()
+    [study] = [s for s in status["studies"] if s["study_instance_uid"] == src.StudyInstanceUID]
+    assert study["results"] == 3 and study["deliveries"] == {"sent": 3, "pending": 3}  # Orthanc still down
+    assert study["state"] == "delivering" and study["jobs"] == {"done": 1}
+
+    # receive -> delivered for one image, with the destination up (figure for the README)
+    second = dicom_samples / "orthanctests_Monochrome1-Jpeg_CR.dcm"
+    before = len(result_files(storescp))
+    started = time.monotonic()
+    out = subprocess.run(
+        [storescu, "-aec", "CXRNODE", "-R", "-xy", "127.0.0.1", str(node.port), str(second)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    wait_for(lambda: len(result_files(storescp)) >= before + 3, 180, what="second image's results delivered")
+    seconds = time.monotonic() - started
+    (chain["work"] / "receive_to_delivered.json").write_text(json.dumps({"seconds": seconds}))
+    print(f"\nreceive -> delivered (1 image 2446x2010 JPEG, study_stable_seconds=1): {seconds:.1f} s")
+
+    human = node.status_text()
+    assert "jobs:" in human and "done 2" in human and src.StudyInstanceUID in human
+    assert "recent errors:" in human  # the Orthanc deliveries are still retrying
+
+
+def test_orthanc_sends_a_study_and_gets_the_results_back_in_it(chain: dict, dicom_samples: Path) -> None:
+    which_or_fail("Orthanc")
+    node: NodeProcess = chain["node"]
+    orthanc: Orthanc = chain["orthanc"]
+    orthanc.start()
+    try:
+        source = dicom_samples / "nhsx_nih_cxr_dx_sc.dcm"
+        uploaded = orthanc.request("POST", "/instances", source.read_bytes())
+        assert isinstance(uploaded, dict)
+        study_id = uploaded["ParentStudy"]
+        job = orthanc.request(
+            "POST",
+            "/modalities/cxrnode/store",
+            json.dumps({"Resources": [study_id], "Synchronous": True}).encode(),
+            timeout=120,
+        )
+        assert job is not None
+
+        def results_in_orthanc() -> list[dict] | None:
+            instances = orthanc.get(f"/studies/{study_id}/instances")
+            assert isinstance(instances, list)
+            return instances if len(instances) >= 4 else None
+
+        instances = wait_for(results_in_orthanc, 240, interval=1.0, what="results back in Orthanc")
+        classes: list[str] = []
+        for inst in instances:
+            tags = orthanc.get(f"/instances/{inst['ID']}/simplified-tags")
+            assert isinstance(tags, dict)
+            classes.append(tags["SOPClassUID"])
+            assert (
+                tags["StudyInstanceUID"] == pydicom.dcmread(source, stop_before_pixels=True).StudyInstanceUID
+            )
+        # the source is itself a secondary capture: two SC (source + heatmap), one SEG, one SR
+        assert classes.count(SEG) == 1 and classes.count(SC) == 2 and SR_CLASSES & set(classes), classes
+    finally:
+        orthanc.stop()
+    assert node.proc is not None and node.proc.poll() is None
+
+
+def test_sigkill_while_storescu_sends_100_images_loses_no_acknowledged_instance(chain: dict) -> None:
+    """SIGKILL mid-transfer; after a restart every instance storescu saw acknowledged is in the
+    store and the database, and every study reaches done. Then SIGTERM exits cleanly."""
+    node: NodeProcess = chain["node"]
+    work: Path = chain["work"]
+    files: list[Path] = []
+    for i in range(5):  # 5 studies x 20 small images
+        files += write_study(work / "kill" / f"s{i}", 20, accession=f"K{i}")
+    storescu = which_or_fail("storescu")
+    proc = subprocess.Popen(
+        [storescu, "-v", "-aec", "CXRNODE", "127.0.0.1", str(node.port), *map(str, files)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    acked: list[Path] = []
+    current: Path | None = None
+    killed = False
+    assert proc.stdout is not None
+    for line in proc.stdout:  # storescu -v: "Sending file: X" ... "Received Store Response (Success)"
+        if "Sending file:" in line:
+            current = Path(line.split("Sending file:", 1)[1].strip())
+        elif "Received Store Response (Success)" in line and current is not None:
+            acked.append(current)
+            if len(acked) >= 30 and not killed:
+                node.kill()
+                killed = True
+    proc.wait(60)
+    assert killed and 30 <= len(acked) < 100, f"{len(acked)} acknowledged"
+
+    node.start()  # restart on the same data folder
+    from node.config import load_config
+    from node.service import open_repository, open_store
+
+    config = load_config(node.config_path)
+    repo, store = open_repository(config), open_store(config)
+    studies = set()
+    for path in acked:
+        src = pydicom.dcmread(path)
+        record = repo.find_instance(src.SOPInstanceUID)
+        assert record is not None, f"acknowledged {path.name} is not in the database"
+        stored = pydicom.dcmread(store.path(record.path))
+        assert stored.PixelData == src.PixelData
+        studies.add(str(src.StudyInstanceUID))
+
+    def all_done() -> bool:
+        status = repo.status(max_studies=1000)
+        mine = [s for s in status["studies"] if s["study_instance_uid"] in studies]
+        return len(mine) == len(studies) and all(
+            s["unscheduled"] == 0 and set(s["jobs"]) == {"done"} for s in mine
+        )
+
+    wait_for(all_done, 240, interval=1.0, what="every study of the acknowledged instances done")
+    repo.engine.dispose()
+    assert node.terminate(timeout=60) == 0, node.log()[-2000:]  # SIGTERM: clean, prompt exit
+    assert "node.stopped" in node.log()
