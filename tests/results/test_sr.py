@@ -154,3 +154,21 @@ def test_skipped_stages_are_reported_as_notes(frontal_sets: dict[str, ResultSet]
     sr, groups = _groups(out)
     assert not _by_id(groups, TRACKING_COVID)
     assert f"Pipeline warning: {warning}" in _notes(sr)
+
+
+def test_empty_lung_mask_still_gives_valid_objects(frontal_sets: dict[str, ResultSet], write_set) -> None:
+    """No lungs found: area 0, no extent (noted), no COVID/GGO stage; every group still has a SCOORD."""
+    rs = frontal_sets["cr_mono1_j2k_nospacing"]
+    empty = np.zeros(rs.result.image_shape, dtype=bool)
+    lungs = dataclasses.replace(rs.result.lungs, mask=empty, area_px=0, area_mm2=None)
+    result = dataclasses.replace(rs.result, lungs=lungs, covid=None, ggo=None,
+                                 warnings=["covid: skipped, lungs-only input needs a lung mask; none found"])
+    out = write_set("nolungs", rs.source_path, result)
+    sr, groups = _groups(out)
+    assert [g.tracking_identifier for g in groups] == [TRACKING_PROJECTION, TRACKING_LUNG_AREA]
+    (area,) = _by_id(groups, TRACKING_LUNG_AREA)[0].get_measurements()
+    assert area.value == 0 and area.unit == codes.UNIT_PIXELS
+    assert all(m.referenced_coordinates for g in groups for m in g.get_measurements())
+    seg = hd.seg.segread(out.paths["SEG"])
+    assert [d.SegmentNumber for d in seg.SegmentSequence] == [LUNG_SEGMENT]
+    assert out.read("OT").BurnedInAnnotation == "YES"
