@@ -104,6 +104,7 @@ def test_resume_continues_exactly(
         cfg = tiny_config("projection", training_root / "resume", shared_data, train__epochs=2)
         cfg["run"]["name"] = name
         cfg["data"]["near_duplicates"] = False
+        cfg["data"]["max_images"] = 4
         return train_from_config(config_from_dict(cfg), resume=resume, device="cpu")  # type: ignore[return-value]
 
     straight = run("straight")
