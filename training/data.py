@@ -35,6 +35,8 @@ from training.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
 
+LARGE_FOR_NEAR_DUPLICATES = 50_000
+
 
 def resolve_data_path(cfg: RunConfig, path: str) -> Path:
     p = Path(path)
@@ -92,6 +94,12 @@ def prepare_rows(cfg: RunConfig, spec: TaskSpec, ctx: DistContext) -> tuple[list
         if not all(r.split for r in rows):
             links: list[tuple[int, int]] = []
             if cfg.data.near_duplicates:
+                if len(rows) > LARGE_FOR_NEAR_DUPLICATES:
+                    log.warning(
+                        "near-duplicate linking decodes %d images and compares all pairs (N^2); "
+                        "set [data] near_duplicates = false for very large sets",
+                        len(rows),
+                    )
                 links = [(a, b) for a, b, _ in near_duplicate_pairs(thumbnails(rows))]
                 log.info("%d near-duplicate pair(s) linked before splitting", len(links))
             assign_splits(

@@ -37,3 +37,14 @@ def test_overrides_and_errors(tmp_path: Path) -> None:
         load_config(tmp_path / "bad.toml")
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "absent.toml")
+
+
+def test_train_command_reports_a_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from node.cli.main import main
+
+    assert main(["train", str(tmp_path / "absent.toml")]) == 2
+    assert "run configuration not found" in capsys.readouterr().err
+    bad = tmp_path / "typo.toml"
+    bad.write_text('[run]\ntask = "lungs"\nname = "x"\n[train]\nepoch = 1\n')
+    assert main(["train", str(bad), "--set", "train.batch_size=2"]) == 2
+    assert "unknown key(s) ['epoch'] in [train]" in capsys.readouterr().err
