@@ -3,7 +3,8 @@
 ``build_result_objects(source, result)`` turns one pipeline result into DICOM objects:
 
 * analysed frontal image: [SEG (lungs + GGO), Comprehensive 3D SR (TID 1500), RGB Secondary Capture];
-* lateral (not analysed) image: [Comprehensive 3D SR saying it was not analysed and why].
+* lateral (not analysed) image: [Comprehensive 3D SR saying it was not analysed and why];
+* optionally (``ResultSettings.key_object_selection``) a Key Object Selection document last.
 
 All objects share the source's Patient and Study, one Content Date/Time, and go into fixed
 Series (numbers and descriptions in :mod:`node.results.settings`, documented in
@@ -26,6 +27,7 @@ from node.results.common import (
     copy_study_attributes,
     make_context,
 )
+from node.results.kos import build_kos
 from node.results.sc import build_sc
 from node.results.seg import build_seg
 from node.results.settings import ResultSettings
@@ -66,7 +68,7 @@ def _build(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext,
         sr = build_sr(source, result, ctx)
         copy_study_attributes(sr, source)
         log.info("results for %s: SR only (not analysed: %s)", uid, result.not_analysed_reason)
-        return [sr]
+        return _with_kos(source, result, ctx, [sr])
     lung_tracking_uid, ggo_tracking_uid = generate_uid(), generate_uid()
     seg = build_seg(source, result, ctx, lung_tracking_uid=lung_tracking_uid,
                     ggo_tracking_uid=ggo_tracking_uid)
@@ -77,4 +79,14 @@ def _build(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext,
         copy_study_attributes(obj, source)
     log.info("results for %s: SEG %s, SR %s, SC %s", uid, seg.SOPInstanceUID, sr.SOPInstanceUID,
              sc.SOPInstanceUID)
-    return [seg, sr, sc]
+    return _with_kos(source, result, ctx, [seg, sr, sc])
+
+
+def _with_kos(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext,
+              objects: list[pydicom.Dataset]) -> list[pydicom.Dataset]:
+    """Append the optional Key Object Selection document (last: it references the others)."""
+    if not ctx.settings.key_object_selection:
+        return objects
+    kos = build_kos(source, result, ctx, objects)
+    copy_study_attributes(kos, source)
+    return [*objects, kos]

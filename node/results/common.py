@@ -52,6 +52,8 @@ class ResultContext:
     seg_instance_uid: UID = field(default_factory=generate_uid)
     sr_instance_uid: UID = field(default_factory=generate_uid)
     sc_instance_uid: UID = field(default_factory=generate_uid)
+    kos_series_uid: UID = field(default_factory=generate_uid)
+    kos_instance_uid: UID = field(default_factory=generate_uid)
 
     @property
     def date_kwargs(self) -> dict[str, object]:

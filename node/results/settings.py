@@ -15,9 +15,11 @@ MODEL_NAME = "cxr-node chest X-ray AI"
 SEG_SERIES_NUMBER = 9101
 SR_SERIES_NUMBER = 9102
 SC_SERIES_NUMBER = 9103
+KOS_SERIES_NUMBER = 9104
 SEG_SERIES_DESCRIPTION = "AI lungs + GGO segmentation (research use)"
 SR_SERIES_DESCRIPTION = "AI chest X-ray findings (research use)"
 SC_SERIES_DESCRIPTION = "AI heatmap overlay (research use)"
+KOS_SERIES_DESCRIPTION = "AI results key objects (research use)"
 
 RESEARCH_USE_NOTE = (
     "Research use only, not for diagnosis. Produced automatically by cxr-node; the result has "
@@ -44,6 +46,7 @@ class ResultSettings:
     ``compress`` writes SEG and SC in JPEG 2000 Lossless (default); False writes them in Explicit
     VR Little Endian for a peer that accepts no JPEG 2000 (a native 1-bit SEG whose Columns is not
     a multiple of 8 then cannot be served frame by frame by Orthanc 1.10, see seg.py).
+    ``key_object_selection`` adds a KOS (series 9104) selecting the source and the results.
     """
 
     manufacturer: str = MANUFACTURER
@@ -55,18 +58,22 @@ class ResultSettings:
     seg_series_number: int = SEG_SERIES_NUMBER
     sr_series_number: int = SR_SERIES_NUMBER
     sc_series_number: int = SC_SERIES_NUMBER
+    kos_series_number: int = KOS_SERIES_NUMBER
     seg_series_description: str = SEG_SERIES_DESCRIPTION
     sr_series_description: str = SR_SERIES_DESCRIPTION
     sc_series_description: str = SC_SERIES_DESCRIPTION
+    kos_series_description: str = KOS_SERIES_DESCRIPTION
     fractional_ggo: bool = False
     sc_max_side: int = 2048
     compress: bool = True
+    key_object_selection: bool = False
 
     def __post_init__(self) -> None:
         if not self.software_version:
             object.__setattr__(self, "software_version", software_version())
-        numbers = (self.seg_series_number, self.sr_series_number, self.sc_series_number)
-        if len(set(numbers)) != 3 or min(numbers) < 1:
+        numbers = (self.seg_series_number, self.sr_series_number, self.sc_series_number,
+                   self.kos_series_number)
+        if len(set(numbers)) != len(numbers) or min(numbers) < 1:
             raise ValueError(f"ResultSettings: series numbers must be distinct and positive, got {numbers}")
         if self.sc_max_side < 64:
             raise ValueError(f"ResultSettings: sc_max_side must be >= 64, got {self.sc_max_side}")

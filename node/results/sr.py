@@ -40,7 +40,7 @@ from node.results.common import (
 )
 from node.results.geometry import image_outline, mask_outlines
 from node.results.seg import GGO_SEGMENT, LUNG_SEGMENT
-from node.results.settings import RESEARCH_USE_NOTE
+from node.results.settings import RESEARCH_USE_NOTE, ResultSettings
 from pipelines.results import Box, ChestResult, ModelInfo, Projection, SpacingSource
 
 # OHIF (cornerstone adapters) hydrates a measurement group only when its Tracking Identifier
@@ -229,6 +229,21 @@ def _notes(texts: list[str]) -> hd.sr.ContainerContentItem:
     return container
 
 
+def device_observer(settings: ResultSettings) -> hd.sr.ObserverContext:
+    """The node as a device observer (TID 1004); its UID is stable for one manufacturer/model/serial."""
+    return hd.sr.ObserverContext(
+        observer_type=codes.DEVICE,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(entropy_srcs=[settings.manufacturer, settings.model_name,
+                                           settings.device_serial_number]),
+            name=settings.model_name,
+            manufacturer_name=settings.manufacturer,
+            model_name=f"{settings.model_name} {settings.software_version}"[:64],
+            serial_number=settings.device_serial_number,
+        ),
+    )
+
+
 def build_sr(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext, *,
              seg: pydicom.Dataset | None = None, lung_tracking_uid: str | None = None,
              ggo_tracking_uid: str | None = None) -> hd.sr.Comprehensive3DSR:
@@ -259,17 +274,7 @@ def build_sr(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext, *
     notes += [f"Pipeline warning: {w}" for w in result.warnings]
 
     settings = ctx.settings
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DEVICE,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=generate_uid(entropy_srcs=[settings.manufacturer, settings.model_name,
-                                           settings.device_serial_number]),
-            name=settings.model_name,
-            manufacturer_name=settings.manufacturer,
-            model_name=f"{settings.model_name} {settings.software_version}"[:64],
-            serial_number=settings.device_serial_number,
-        ),
-    )
+    observer = device_observer(settings)
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.PLAIN_CHEST_XRAY,
