@@ -78,6 +78,7 @@ class WorkerSettings:
     lease_seconds: float = 300.0
     max_attempts: int = 3
     poll_seconds: float = 1.0
+    load_retry_seconds: float = 30.0  # models missing or broken: try loading again after this long
 
 
 @dataclass

@@ -105,7 +105,7 @@ class Worker:
 
     # -- lifecycle --------------------------------------------------------------------------
     def load(self) -> bool:
-        """Load the pipeline once; on failure log it and keep jobs queued (nothing is lost)."""
+        """Load the pipeline once; on failure log it (jobs stay queued, nothing is lost)."""
         started = time.monotonic()
         try:
             self.analyzer = self.analyzer_factory()
@@ -124,8 +124,13 @@ class Worker:
         return True
 
     def run(self) -> None:
-        if self.analyzer is None and not self.load():
-            return
+        # A node may start before its models are in place (or with a broken bundle): it keeps
+        # receiving, jobs stay queued, and the worker tries to load again every few seconds.
+        while self.analyzer is None:
+            if self.load():
+                break
+            if self.stop_event.wait(self.config.worker.load_retry_seconds):
+                return
         poll = self.config.worker.poll_seconds
         while not self.stop_event.is_set():
             try:

@@ -1,13 +1,15 @@
-"""Fixtures of the node tests: free ports, synthetic DX images, node processes, real peers.
+"""Fixtures of the node tests: random model bundles, the running system, PostgreSQL schemas.
 
-The random model bundles are written ONCE per session by a background process started at the
-first test that needs the node's worker, so the ~20 s of torch/MONAI imports overlap with the
-tests that need no model.
+Loading torch/MONAI dominates the node tests' time, so it is started early and overlapped:
+when the session includes test_system.py, the first node test starts (1) a background process
+writing the tiny random bundles and (2) the system under test -- ``cxr-node serve`` with its
+in-process worker plus one ``cxr-node worker`` process -- whose workers import the pipeline
+while the other tests run and load the bundles as soon as they are complete (the worker
+retries loading every second in the test configuration).
 """
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import uuid
@@ -15,30 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nodekit import PG_URL, REPO, NodeProcess
-
-
-@pytest.fixture
-def node_factory(tmp_path: Path) -> Iterator:
-    started: list[NodeProcess] = []
-
-    def make(toml: str, name: str = "node") -> NodeProcess:
-        config = tmp_path / f"{name}.toml"
-        config.write_text(toml)
-        port = int(toml.split("port = ", 1)[1].split("\n", 1)[0])
-        node = NodeProcess(config, port, tmp_path / f"{name}.log")
-        started.append(node)
-        return node
-
-    yield make
-    for node in started:
-        if node.proc is not None and node.proc.poll() is None:
-            node.proc.send_signal(signal.SIGTERM)
-            try:
-                node.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                node.kill()
-
+from nodekit import PG_URL, REPO, System
 
 # -- random model bundles, written once in the background ------------------------------------
 _BUNDLES: dict[str, object] = {}
@@ -62,12 +41,26 @@ def bundle_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("bundles")
 
 
+_SYSTEM: dict[str, System] = {}
+
+
+def _start_system(root: Path) -> System:
+    if "system" not in _SYSTEM:
+        _SYSTEM["system"] = System(root, root / "models").start()
+    return _SYSTEM["system"]
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _bundles_in_background(request: pytest.FixtureRequest, bundle_root: Path) -> Iterator[None]:
-    """Start writing the bundles at session start if any selected test needs them."""
-    if any("models_dir" in getattr(item, "fixturenames", ()) for item in request.session.items):
+def _early_start(request: pytest.FixtureRequest, bundle_root: Path) -> Iterator[None]:
+    """Start writing the bundles (and the system) at session start when a selected test needs them."""
+    names = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
+    if "models_dir" in names or "system" in names:
         _start_bundles(bundle_root)
+    if "system" in names:
+        _start_system(bundle_root)
     yield
+    if "system" in _SYSTEM:
+        _SYSTEM.pop("system").stop()
     proc = _BUNDLES.get("proc")
     if isinstance(proc, subprocess.Popen) and proc.poll() is None:
         proc.kill()
@@ -83,6 +76,12 @@ def models_dir(bundle_root: Path) -> Path:
     if proc.returncode != 0:
         pytest.fail(f"write_random_bundles failed: {err.decode(errors='replace')[-2000:]}")
     return Path(str(_BUNDLES["dir"]))
+
+
+@pytest.fixture(scope="session")
+def system(bundle_root: Path, models_dir: Path) -> System:
+    """The node under test (serve + one worker process), started early, bundles complete."""
+    return _start_system(bundle_root)
 
 
 # -- PostgreSQL: a fresh schema per test ------------------------------------------------------

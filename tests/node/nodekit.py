@@ -223,6 +223,78 @@ class NodeProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+class WorkerProcess:
+    """``cxr-node worker``: a scale-out analysis worker beside the node (same config and data)."""
+
+    def __init__(self, config_path: Path, log_path: Path) -> None:
+        self.config_path, self.log_path = config_path, log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> WorkerProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "node.cli.main", "worker", "--config", str(self.config_path)],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        return self
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+
+class System:
+    """The system under test: serve (listener, scheduler, in-process worker, delivery) plus one
+    worker process, a dcmtk storescp destination and an Orthanc PACS (both started by the tests)."""
+
+    def __init__(self, root: Path, models_dir: Path) -> None:
+        self.work = root / "system"
+        self.work.mkdir(parents=True, exist_ok=True)
+        node_port, dest_port = free_port(), free_port()
+        self.storescp = StoreSCP(self.work / "storescp", dest_port)
+        self.orthanc = Orthanc(self.work / "orthanc", node_port)
+        toml = node_toml(
+            self.work / "var",
+            node_port,
+            models_dir=models_dir,
+            worker={"load_retry_seconds": 1.0},
+            destinations=[
+                {"name": "dcmtk", "ae_title": "DEST", "host": "127.0.0.1", "port": dest_port},
+                {
+                    "name": "orthanc",
+                    "ae_title": "ORTHANC",
+                    "host": "127.0.0.1",
+                    "port": self.orthanc.dicom_port,
+                },
+            ],
+        )
+        (self.work / "node.toml").write_text(toml)
+        self.node = NodeProcess(self.work / "node.toml", node_port, self.work / "node.log")
+        self.worker = WorkerProcess(self.work / "node.toml", self.work / "worker.log")
+
+    def start(self) -> System:
+        self.worker.start()
+        self.node.start()
+        return self
+
+    def stop(self) -> None:
+        self.storescp.stop()
+        self.orthanc.stop()
+        for proc in (self.node.proc, self.worker.proc):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+
+
 # -- dcmtk storescp as a destination ----------------------------------------------------------
 class StoreSCP:
     def __init__(self, folder: Path, port: int, aet: str = "DEST") -> None:

@@ -1,8 +1,13 @@
-"""The whole chain with real peers and the real pipeline (tiny random bundles):
+"""The whole chain with real peers and the real pipeline (tiny random bundles), in order:
 
-storescu -> node -> ChestPipeline + result writers -> dcmtk storescp (down at first, so the
-deliveries back off and complete once it is up), and Orthanc as the PACS: Orthanc sends a study
-to the node and the node's SEG, SR and secondary capture arrive back in the same study.
+1. storescu -> node -> ChestPipeline + result writers -> dcmtk storescp, which is down at first:
+   the deliveries back off and complete once it is up;
+2. Orthanc as the PACS: Orthanc sends a study to the node and the node's SEG, SR and secondary
+   capture arrive back inside the same study;
+3. SIGKILL of the node while storescu sends 100 images: after a restart nothing acknowledged
+   is missing and every study is analysed; SIGTERM then stops node and worker cleanly.
+
+The tests share one running system (see conftest: loading torch is the expensive part).
 """
 
 from __future__ import annotations
@@ -10,12 +15,10 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
-import pytest
-from nodekit import NodeProcess, Orthanc, StoreSCP, free_port, node_toml, wait_for, which_or_fail, write_study
+from nodekit import StoreSCP, System, wait_for, which_or_fail, write_study
 
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 SC = "1.2.840.10008.5.1.4.1.1.7"
@@ -26,30 +29,6 @@ SR_CLASSES = {
 }
 
 
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[dict]:
-    work = tmp_path_factory.mktemp("e2e")
-    node_port, dest_port = free_port(), free_port()
-    storescp = StoreSCP(work / "storescp", dest_port)
-    orthanc = Orthanc(work / "orthanc", node_port)
-    toml = node_toml(
-        work / "var",
-        node_port,
-        models_dir=models_dir,
-        destinations=[
-            {"name": "dcmtk", "ae_title": "DEST", "host": "127.0.0.1", "port": dest_port},
-            {"name": "orthanc", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port},
-        ],
-    )
-    (work / "node.toml").write_text(toml)
-    node = NodeProcess(work / "node.toml", node_port, work / "node.log").start()
-    yield {"work": work, "node": node, "storescp": storescp, "orthanc": orthanc}
-    storescp.stop()
-    orthanc.stop()
-    if node.proc is not None and node.proc.poll() is None:
-        node.terminate(timeout=60)
-
-
 def result_files(storescp: StoreSCP) -> list[Path]:
     return sorted(p for p in storescp.folder.iterdir() if p.is_file())
 
@@ -58,9 +37,11 @@ def received_classes(folder_files: list[Path]) -> dict[str, str]:
     return {str(pydicom.dcmread(f, stop_before_pixels=True).SOPClassUID): str(f) for f in folder_files}
 
 
-def test_storescu_to_node_results_reach_storescp_after_it_comes_up(chain: dict, dicom_samples: Path) -> None:
-    node: NodeProcess = chain["node"]
-    storescp: StoreSCP = chain["storescp"]
+def test_storescu_to_node_results_reach_storescp_after_it_comes_up(
+    system: System, dicom_samples: Path
+) -> None:
+    node = system.node
+    storescp = system.storescp
     source = dicom_samples / "txv_siim_ptx_CR_chest_PA.dcm"  # real chest CR, JPEG baseline
     storescu = which_or_fail("storescu")
     out = subprocess.run(
@@ -115,7 +96,7 @@ def test_storescu_to_node_results_reach_storescp_after_it_comes_up(chain: dict, 
     assert out.returncode == 0, out.stderr
     wait_for(lambda: len(result_files(storescp)) >= before + 3, 180, what="second image's results delivered")
     seconds = time.monotonic() - started
-    (chain["work"] / "receive_to_delivered.json").write_text(json.dumps({"seconds": seconds}))
+    (system.work / "receive_to_delivered.json").write_text(json.dumps({"seconds": seconds}))
     print(f"\nreceive -> delivered (1 image 2446x2010 JPEG, study_stable_seconds=1): {seconds:.1f} s")
 
     human = node.status_text()
@@ -123,10 +104,10 @@ def test_storescu_to_node_results_reach_storescp_after_it_comes_up(chain: dict, 
     assert "recent errors:" in human  # the Orthanc deliveries are still retrying
 
 
-def test_orthanc_sends_a_study_and_gets_the_results_back_in_it(chain: dict, dicom_samples: Path) -> None:
+def test_orthanc_sends_a_study_and_gets_the_results_back_in_it(system: System, dicom_samples: Path) -> None:
     which_or_fail("Orthanc")
-    node: NodeProcess = chain["node"]
-    orthanc: Orthanc = chain["orthanc"]
+    node = system.node
+    orthanc = system.orthanc
     orthanc.start()
     try:
         source = dicom_samples / "nhsx_nih_cxr_dx_sc.dcm"
@@ -162,11 +143,11 @@ def test_orthanc_sends_a_study_and_gets_the_results_back_in_it(chain: dict, dico
     assert node.proc is not None and node.proc.poll() is None
 
 
-def test_sigkill_while_storescu_sends_100_images_loses_no_acknowledged_instance(chain: dict) -> None:
+def test_sigkill_while_storescu_sends_100_images_loses_no_acknowledged_instance(system: System) -> None:
     """SIGKILL mid-transfer; after a restart every instance storescu saw acknowledged is in the
     store and the database, and every study reaches done. Then SIGTERM exits cleanly."""
-    node: NodeProcess = chain["node"]
-    work: Path = chain["work"]
+    node = system.node
+    work = system.work
     files: list[Path] = []
     for i in range(5):  # 5 studies x 20 small images
         files += write_study(work / "kill" / f"s{i}", 20, accession=f"K{i}")
@@ -192,7 +173,9 @@ def test_sigkill_while_storescu_sends_100_images_loses_no_acknowledged_instance(
     proc.wait(60)
     assert killed and 30 <= len(acked) < 100, f"{len(acked)} acknowledged"
 
-    node.start()  # restart on the same data folder
+    # restart on the same data folder; the worker process kept running and does the analysis
+    # (a serve restart with its own worker would import torch again: ~20-40 s here)
+    node.start("--workers", "0")
     from node.config import load_config
     from node.service import open_repository, open_store
 
@@ -218,3 +201,4 @@ def test_sigkill_while_storescu_sends_100_images_loses_no_acknowledged_instance(
     repo.engine.dispose()
     assert node.terminate(timeout=60) == 0, node.log()[-2000:]  # SIGTERM: clean, prompt exit
     assert "node.stopped" in node.log()
+    assert system.worker.terminate(timeout=60) == 0
