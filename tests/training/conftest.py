@@ -22,13 +22,10 @@ def training_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def yolo_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """ultralytics configured offline in a temporary state folder (once per process)."""
-    import os
-
     from pipelines.yolo_env import prepare_ultralytics
 
     state = tmp_path_factory.mktemp("cxr-node-state")
-    os.environ.setdefault("CXR_NODE_STATE_DIR", str(state))
-    prepare_ultralytics(state)
+    prepare_ultralytics(state)  # the GGO trainer's later prepare_ultralytics(None) keeps this folder
     return state
 
 
