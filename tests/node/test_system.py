@@ -167,11 +167,11 @@ def test_sigkill_while_storescu_sends_100_images_loses_no_acknowledged_instance(
             current = Path(line.split("Sending file:", 1)[1].strip())
         elif "Received Store Response (Success)" in line and current is not None:
             acked.append(current)
-            if len(acked) >= 30 and not killed:
+            if len(acked) >= 20 and not killed:
                 node.kill()
                 killed = True
     proc.wait(60)
-    assert killed and 30 <= len(acked) < 100, f"{len(acked)} acknowledged"
+    assert killed and 20 <= len(acked) < 100, f"{len(acked)} acknowledged"
 
     # restart on the same data folder; the worker process kept running and does the analysis
     # (a serve restart with its own worker would import torch again: ~20-40 s here)
@@ -202,3 +202,7 @@ def test_sigkill_while_storescu_sends_100_images_loses_no_acknowledged_instance(
     assert node.terminate(timeout=60) == 0, node.log()[-2000:]  # SIGTERM: clean, prompt exit
     assert "node.stopped" in node.log()
     assert system.worker.terminate(timeout=60) == 0
+    # logs carry UIDs and accession numbers, never the patient's name or birth date
+    logs = node.log() + system.worker.log_path.read_text(errors="replace")
+    assert "job.done" in logs and "accession=K0" in logs
+    assert "Synthetic" not in logs and "19700101" not in logs
