@@ -191,10 +191,10 @@ def summary_table(rows: Sequence[ManifestRow]) -> str:
     total: Counter[str] = sum(by_ds.values(), Counter())
     total["patients"] = sum(patients.values())
     width = max([len(n) for n in names] + [7])
-    lines = [" ".join([f"{'dataset':<{width}}"] + [f"{c.split(':')[-1]:>10}" for c in cols])]
-    lines[0] = lines[0]  # header uses the short names
-    header2 = " ".join([" " * width] + [f"{c.split(':')[0] if ':' in c else '':>10}" for c in cols])
-    lines.insert(0, header2)
+    # two header lines: the group (proj, covid, split) above the value (frontal, pos, train, ...)
+    groups = " ".join([" " * width] + [f"{c.split(':')[0] if ':' in c else '':>10}" for c in cols])
+    values = " ".join([f"{'dataset':<{width}}"] + [f"{c.split(':')[-1]:>10}" for c in cols])
+    lines = [groups, values]
     for name in names:
         c = total if name == "TOTAL" else by_ds[name]
         if name != "TOTAL":
