@@ -90,6 +90,33 @@ def test_pipeline_runs_the_trained_bundles(
         json.dumps(result.to_json())
 
 
+def test_each_task_module_runs_its_trained_bundle(
+    tiny_models: dict[str, Path], shared_data: Path, yolo_state: Path
+) -> None:
+    """Independent of the tiny projection model's call, every trained bundle runs in its task."""
+    from pipelines.bundle import load_bundle
+    from pipelines.image import load_image
+    from pipelines.tasks.covid import CovidClassifier
+    from pipelines.tasks.ggo import GgoDetector, GgoSegmenter
+    from pipelines.tasks.lungs import LungSegmenter
+
+    image = load_image(shared_data / "dicom_samples" / "txv_siim_ptx_CR_chest_PA.dcm")
+    lungs = LungSegmenter(load_bundle(tiny_models["lungs"], "lungs")).predict([image])[0]
+    assert lungs.mask.shape == image.shape
+    mask = lungs.mask if lungs.mask.any() else np.ones(image.shape, bool)
+    for key in ("covid", "covid_lungs_only"):
+        covid = CovidClassifier(load_bundle(tiny_models[key], "covid")).predict([image], [mask])[0]
+        assert 0.0 <= covid.probability <= 1.0 and covid.heatmap.shape == image.shape
+    boxes = GgoDetector(
+        load_bundle(tiny_models["ggo_detection"], "ggo_detection", state_dir=yolo_state)
+    ).predict([image])[0]
+    assert all(0 <= b.x0 < b.x1 <= image.shape[1] for b in boxes)
+    ggo_mask, prob = GgoSegmenter(load_bundle(tiny_models["ggo_segmentation"], "ggo_segmentation")).predict(
+        [image], [mask]
+    )[0]
+    assert ggo_mask.shape == prob.shape == image.shape
+
+
 def test_resume_continues_exactly(
     training_root: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
