@@ -41,7 +41,7 @@ from node.results.common import (
 from node.results.geometry import image_outline, mask_outlines
 from node.results.seg import GGO_SEGMENT, LUNG_SEGMENT
 from node.results.settings import RESEARCH_USE_NOTE, ResultSettings
-from pipelines.results import Box, ChestResult, ModelInfo, Projection, SpacingSource
+from pipelines.results import Box, ChestResult, CovidResult, LungResult, ModelInfo, Projection, SpacingSource
 
 # OHIF (cornerstone adapters) hydrates a measurement group only when its Tracking Identifier
 # names one of its tools as "<adapter version>:<tool>".
@@ -96,9 +96,7 @@ def _projection_group(result: ChestResult, src_ref: pydicom.Dataset) -> _Group:
     )
 
 
-def _covid_group(result: ChestResult, src_ref: pydicom.Dataset) -> _Group:
-    covid = result.covid
-    assert covid is not None  # checked by the caller
+def _covid_group(covid: CovidResult, result: ChestResult, src_ref: pydicom.Dataset) -> _Group:
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=TRACKING_COVID),
         finding_type=codes.COVID_19,
@@ -189,10 +187,8 @@ def _segment_group(seg: pydicom.Dataset, segment_number: int, identifier: str, t
     )
 
 
-def lung_area_value(result: ChestResult) -> tuple[float, hd.sr.CodedConcept, hd.sr.CodedConcept]:
+def lung_area_value(lungs: LungResult) -> tuple[float, hd.sr.CodedConcept, hd.sr.CodedConcept]:
     """(value, unit, method) of the lung area: mm2 with the spacing attribute named, else pixels."""
-    lungs = result.lungs
-    assert lungs is not None
     if lungs.area_mm2 is not None and lungs.spacing_source is not None:
         method = _AREA_METHOD[SpacingSource(lungs.spacing_source)]
         return round(float(lungs.area_mm2), 2), codes.UNIT_MM2, method
@@ -256,7 +252,7 @@ def build_sr(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext, *
             raise ResultInputError(f"analysed result for {source.SOPInstanceUID} needs lungs and a SEG")
         lung_outlines = mask_outlines(result.lungs.mask) or [image_outline(*result.image_shape)]
         if result.covid is not None:
-            groups.append(_covid_group(result, src_ref))
+            groups.append(_covid_group(result.covid, result, src_ref))
         if result.ggo is not None:
             groups += [_box_group(b, result.ggo.detection_model, src_ref) for b in result.ggo.boxes]
             if result.ggo.extent_percent is not None:
@@ -265,7 +261,7 @@ def build_sr(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext, *
                     codes.GROUND_GLASS_OPACITY, result.ggo.segmentation_model, codes.EXTENT,
                     _num(result.ggo.extent_percent), codes.UNIT_PERCENT, src_ref,
                     mask_outlines(result.ggo.mask, max_outlines=8) or lung_outlines))
-        value, unit, method = lung_area_value(result)
+        value, unit, method = lung_area_value(result.lungs)
         groups.append(_segment_group(
             seg, LUNG_SEGMENT, TRACKING_LUNG_AREA, lung_tracking_uid or generate_uid(),
             codes.LUNG, result.lungs.model, codes.AREA, value, unit, src_ref, lung_outlines, method=method))

@@ -22,6 +22,7 @@ from node.results.seg import GGO_LABEL, LUNG_LABEL
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OHIF_CHECK = Path(os.environ.get("CXR_OHIF_CHECK", REPO_ROOT.parent / "shared" / "tools" / "ohif_check.sh"))
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+ATTEMPTS = 2
 
 
 @pytest.mark.ohif
@@ -35,9 +36,16 @@ def test_ohif_shows_seg_sr_and_sc(frontal_sets: dict[str, ResultSet], lateral_se
     out = Path(os.environ.get("CXR_OHIF_OUT") or tmp_path / "ohif")
     files = [frontal.source_path, frontal.paths["SEG"], frontal.paths["SR"], frontal.paths["OT"],
              lateral.paths["SR"]]
-    proc = subprocess.run(["bash", str(OHIF_CHECK), str(out), *map(str, files)], capture_output=True,
-                          text=True, timeout=900, check=False)
-    tail = (proc.stdout + proc.stderr)[-3000:]
+    for attempt in range(1, ATTEMPTS + 1):
+        shutil.rmtree(out, ignore_errors=True)
+        proc = subprocess.run(["bash", str(OHIF_CHECK), str(out), *map(str, files)], capture_output=True,
+                              text=True, timeout=900, check=False)
+        tail = (proc.stdout + proc.stderr)[-3000:]
+        # The harness clicks with fixed 3-5 s timeouts; on a loaded machine a click can time out
+        # ("driver_error=locator.click"). That is the harness, not our objects: run it once more.
+        if proc.returncode != 1 or "driver_error=" not in tail:
+            break
+        print(f"ohif_check attempt {attempt}: driver error, retrying: {tail[-600:]}")
     if proc.returncode == 2 and not shutil.which(CHROMIUM):
         pytest.skip(f"Chromium could not be installed: {tail}")
     assert proc.returncode == 0, tail
