@@ -234,7 +234,8 @@ def main() -> int:
                     node, bare = statistics.median(node_rates), statistics.median(bare_rates)
                     label = f"{rows}x{cols} {bits}-bit x{count}"
                     print(
-                        f"{label:<22} {assoc:>5} {durability:<10} {node:>10.1f} {bare:>10.1f} {node / bare:>6.2f}",
+                        f"{label:<22} {assoc:>5} {durability:<10} {node:>10.1f} {bare:>10.1f} "
+                        f"{node / bare:>6.2f}",
                         flush=True,
                     )
     finally:

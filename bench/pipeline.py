@@ -26,8 +26,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DATA = REPO.parent / "shared" / "data"
 STAGES = ("projection", "lungs", "covid", "ggo_detection", "ggo_segmentation")
-DICOMS = ("txv_siim_ptx_CR_chest_PA.dcm", "orthanctests_Monochrome1-Jpeg_CR.dcm",
-          "pydicomdata_RG1_J2KI_CR_chest.dcm", "nhsx_nih_cxr_dx_sc.dcm")
+DICOMS = (
+    "txv_siim_ptx_CR_chest_PA.dcm",
+    "orthanctests_Monochrome1-Jpeg_CR.dcm",
+    "pydicomdata_RG1_J2KI_CR_chest.dcm",
+    "nhsx_nih_cxr_dx_sc.dcm",
+)
 
 
 def image_paths(count: int) -> list[Path]:
@@ -57,8 +61,9 @@ def choose_models(args: argparse.Namespace, workdir: Path) -> tuple[Path, str]:
     return target, f"{kind} bundles (models/ has no complete set): speed only, outputs meaningless"
 
 
-def bench_device(models: Path, device: str, images: list, batch_sizes: list[int], state: Path,
-                 repeats: int) -> None:
+def bench_device(
+    models: Path, device: str, images: list, batch_sizes: list[int], state: Path, repeats: int
+) -> None:
     from pipelines.chest import ChestPipeline
 
     start = time.perf_counter()
@@ -91,14 +96,22 @@ def bench_device(models: Path, device: str, images: list, batch_sizes: list[int]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=Path, default=None,
-                        help="bundle folder (default: models/ when complete, else random bundles)")
+    parser.add_argument(
+        "--models",
+        type=Path,
+        default=None,
+        help="bundle folder (default: models/ when complete, else random bundles)",
+    )
     parser.add_argument("--realistic", action="store_true", help="random bundles at production sizes")
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--batch-sizes", default="1,16")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--device", action="append", choices=("cpu", "cuda"),
-                        help="repeatable; default: cpu, and cuda when present")
+    parser.add_argument(
+        "--device",
+        action="append",
+        choices=("cpu", "cuda"),
+        help="repeatable; default: cpu, and cuda when present",
+    )
     args = parser.parse_args()
 
     import torch
@@ -118,8 +131,10 @@ def main() -> int:
         print(f"models: {what}")
         print(f"images: {len(images)} ({len(set(paths))} distinct; sizes {', '.join(sizes)})")
         print(f"decode: {decode_ms:.1f} ms per image (pydicom + plugins / PIL, VOI, inversion)")
-        print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-              f"cuda {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}")
+        print(
+            f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+            f"cuda {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}"
+        )
         for device in devices:
             bench_device(models, device, images, batch_sizes, workdir / "state", args.repeats)
     return 0

@@ -186,18 +186,31 @@ class Repository:
         Base.metadata.drop_all(self.engine)
 
     # -- receive path -----------------------------------------------------------------------
-    def record_instances(self, records: Sequence[InstanceRecord]) -> None:
+    def record_instances(self, records: Sequence[InstanceRecord]) -> set[str]:
         """Insert received instances in ONE transaction (the group commit of the SCP).
 
         A SOP Instance UID that is already known is ignored (ON CONFLICT DO NOTHING): a resent
         instance is acknowledged again without creating new work (PS3.4 B.2.3 lets an SCP
-        treat a duplicate as success).
+        treat a duplicate as success). Returns the UIDs that were new.
         """
         if not records:
-            return
-        stmt = self._insert(INSTANCES).on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+            return set()
+        stmt = (
+            self._insert(INSTANCES)
+            .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+            .returning(INSTANCES.c.sop_instance_uid)
+        )
         with self._write() as conn:
-            conn.execute(stmt, [r.row() for r in records])
+            return set(conn.execute(stmt, [r.row() for r in records]).scalars())
+
+    def forget_instance(self, sop_instance_uid: str) -> None:
+        """Undo a just-recorded instance whose file could not be written (never acknowledged)."""
+        with self._write() as conn:
+            conn.execute(
+                INSTANCES.delete().where(
+                    INSTANCES.c.sop_instance_uid == sop_instance_uid, INSTANCES.c.job_id.is_(None)
+                )
+            )
 
     def instance_count(self) -> int:
         with self._read() as conn:

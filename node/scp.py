@@ -45,7 +45,7 @@ from node.ingest import (
     GroupCommitter,
     file_meta_bytes,
     inspect_dataset,
-    receive_record,
+    store_durably,
 )
 from node.logs import log_event
 from node.store import InstanceStore
@@ -119,6 +119,7 @@ class StoreHandler:
         context = event.context
         ts = context.transfer_syntax
         node = self.config.node
+        buffer: memoryview | None = None
         try:
             buffer = request.DataSet.getbuffer()
             header = inspect_dataset(
@@ -131,15 +132,14 @@ class StoreHandler:
             )
             self.store.check_free_space(len(buffer))
             meta = file_meta_bytes(header.sop_class_uid, header.sop_instance_uid, ts, stats.calling_aet)
-            relpath, directory = self.store.write(header.sop_instance_uid, meta, buffer)
-            record = receive_record(
+            store_durably(
+                self.store,
+                self.committer,
                 header,
-                relpath=relpath,
-                size=len(meta) + len(buffer),
+                (meta, buffer),
                 transfer_syntax=ts,
                 calling_aet=stats.calling_aet,
             )
-            self.committer.commit(record, directory)
         except InvalidInstanceError as exc:
             return self._fail(stats, exc.status, str(exc), request)
         except DiskFullError as exc:
@@ -151,6 +151,9 @@ class StoreHandler:
         except Exception as exc:  # a handler must answer; unexpected errors are logged in full
             log.exception("unexpected error in C-STORE handler")
             return self._fail(stats, STATUS_DATABASE_FAILURE, f"{exc.__class__.__name__}: {exc}", request)
+        finally:
+            if buffer is not None:
+                buffer.release()  # let pynetdicom free or reuse the request's buffer
         stats.stored += 1
         with self._lock:
             self.stored += 1

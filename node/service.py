@@ -95,7 +95,6 @@ class NodeService:
         if self.listen:
             self.committer = GroupCommitter(
                 self.repo,
-                self.store,
                 batch_max=self.config.node.commit_batch_max,
                 timeout=self.config.node.dimse_timeout,
             )
@@ -124,7 +123,7 @@ class NodeService:
         deadline = time.monotonic() + timeout
         log_event(log, "node.stopping")
         if self.server is not None:
-            self.server.shutdown()  # stops accepting, closes the running associations
+            self._close_listener(min(10.0, timeout / 3))
         if self.committer is not None:
             self.committer.stop(timeout=max(0.1, deadline - time.monotonic()))
         if self.scheduler is not None:
@@ -138,6 +137,24 @@ class NodeService:
             self.delivery_thread.join(max(0.1, deadline - time.monotonic()))
         self.repo.engine.dispose()
         log_event(log, "node.stopped")
+
+    def _close_listener(self, grace: float) -> None:
+        """Stop accepting; give running associations ``grace`` seconds to end, then abort them.
+
+        An instance whose C-STORE is cut off this way was not acknowledged (or, if it was
+        committed just before, a resend is idempotent), so nothing acknowledged is lost.
+        """
+        assert self.server is not None
+        ae = self.server.ae
+        self.server.shutdown()
+        active = [a for a in ae.active_associations if a.is_acceptor]
+        deadline = time.monotonic() + grace
+        while any(a.is_alive() for a in active) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for assoc in active:
+            if assoc.is_alive():
+                assoc.abort()
+        log_event(log, "listener.stopped", associations_aborted=sum(1 for a in active if a.is_aborted))
 
     def run_until_signal(self) -> int:
         """Start, wait for SIGTERM/SIGINT, stop; returns the exit status (0)."""

@@ -63,13 +63,12 @@ class InstanceStore:
                 f"({self.min_free_bytes // 2**20} MiB): refusing new data"
             )
 
-    def write(self, sop_instance_uid: str, *parts: bytes | memoryview) -> tuple[str, Path]:
-        """Write one Part 10 file (the concatenation of ``parts``) atomically.
+    def begin_write(self, sop_instance_uid: str, *parts: bytes | memoryview) -> PendingFile:
+        """Write the concatenation of ``parts`` to a temporary file beside its final name.
 
-        Returns (relative path, directory to sync).
-
-        The caller must call :meth:`sync_dirs` on the returned directories before it
-        acknowledges the instance when durability is "fsync".
+        The file is not visible under its final name until :meth:`PendingFile.finish`, which
+        the receive path runs while the database commits the instance's row (both are waited
+        for before the acknowledgement; see node.ingest).
         """
         rel = self.relpath(sop_instance_uid)
         final = self.root / rel
@@ -79,26 +78,27 @@ class InstanceStore:
             with self._lock:
                 self._made_dirs.add(rel[:2])
         tmp = directory / f".{final.name}.{threading.get_ident()}.tmp"
+        fd = -1
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-            try:
-                for part in parts:
-                    view = memoryview(part)
-                    while view:
-                        written = os.write(fd, view)
-                        view = view[written:]
-                if self.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
+            for part in parts:
+                view = memoryview(part)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
         except OSError as exc:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
+            if fd >= 0:
+                os.close(fd)
+            _unlink_quietly(tmp)
             raise StoreError(f"cannot write {final}: {exc.strerror or exc}") from exc
-        return rel, directory
+        return PendingFile(self, rel, tmp, final, fd)
+
+    def write(self, sop_instance_uid: str, *parts: bytes | memoryview) -> tuple[str, Path]:
+        """Write one Part 10 file atomically and durably (per ``fsync``); returns
+        (relative path, its directory)."""
+        pending = self.begin_write(sop_instance_uid, *parts)
+        pending.finish()
+        return pending.relpath, pending.final.parent
 
     def sync_dirs(self, directories: set[Path]) -> None:
         """fsync directory entries (the renames) so they survive a power loss."""
@@ -138,6 +138,41 @@ class InstanceStore:
             except OSError:
                 pass
         return removed
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+class PendingFile:
+    """A written temporary file: :meth:`finish` makes it durable and visible, :meth:`abort` drops it."""
+
+    def __init__(self, store: InstanceStore, relpath: str, tmp: Path, final: Path, fd: int) -> None:
+        self.store, self.relpath, self.tmp, self.final, self._fd = store, relpath, tmp, final, fd
+
+    def finish(self) -> None:
+        """fsync the data (durability "fsync"), rename over the final name, fsync the directory."""
+        try:
+            try:
+                if self.store.fsync:
+                    os.fsync(self._fd)
+            finally:
+                os.close(self._fd)
+                self._fd = -1
+            os.replace(self.tmp, self.final)
+        except OSError as exc:
+            _unlink_quietly(self.tmp)
+            raise StoreError(f"cannot write {self.final}: {exc.strerror or exc}") from exc
+        self.store.sync_dirs({self.final.parent})
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        _unlink_quietly(self.tmp)
 
 
 def encode_part10(ds: pydicom.Dataset) -> bytes:

@@ -11,7 +11,12 @@ from pathlib import Path
 import pydicom
 import pytest
 from nodekit import DX_PRESENTATION, free_port, make_dx, node_toml, which_or_fail, write_study
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    generate_uid,
+)
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, Verification
 
@@ -290,3 +295,16 @@ def test_database_failure_gives_c001_and_nothing_is_acknowledged(tmp_path: Path)
         assert service.repo.find_instance(ds.SOPInstanceUID) is not None
     finally:
         service.stop(timeout=10)
+
+
+def test_deflated_explicit_little_endian_is_accepted_and_stored_as_sent(node: NodeService) -> None:
+    ds = make_dx(generate_uid())
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    assoc = scu(node, (DX_PRESENTATION, [DeflatedExplicitVRLittleEndian]))
+    assert assoc.is_established
+    assert assoc.send_c_store(ds).Status == 0x0000
+    assoc.release()
+    record = node.repo.find_instance(ds.SOPInstanceUID)
+    assert record is not None and record.transfer_syntax_uid == DeflatedExplicitVRLittleEndian
+    stored = pydicom.dcmread(node.store.path(record.path))
+    assert stored.PixelData == ds.PixelData and stored.StudyInstanceUID == ds.StudyInstanceUID

@@ -1,0 +1,64 @@
+"""Graceful stop: the worker finishes the image in hand and releases its job (attempt not
+counted); a restarted node picks the job up again. The analyzer here is a slow stand-in for the
+pipeline (the real one runs in test_system.py): only the job bookkeeping is under test."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+from nodekit import DX_PRESENTATION, free_port, make_dx, node_toml, wait_for
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+
+from node.config import load_config
+from node.service import NodeService
+
+
+class SlowAnalyzer:
+    """Takes 0.5 s per image and produces no result object."""
+
+    def __init__(self, started: threading.Event) -> None:
+        self.started = started
+        self.calls = 0
+
+    def analyze(self, source: pydicom.Dataset) -> list[pydicom.Dataset]:
+        self.calls += 1
+        self.started.set()
+        time.sleep(0.5)
+        return []
+
+
+def test_stop_releases_the_running_job_and_a_restart_resumes_it(tmp_path: Path) -> None:
+    config_path = tmp_path / "node.toml"
+    config_path.write_text(node_toml(tmp_path / "var", free_port(), node={"study_stable_seconds": 0.3}))
+    config = load_config(config_path)
+    started = threading.Event()
+    analyzer = SlowAnalyzer(started)
+    service = NodeService(config, analyzer_factory=lambda: analyzer, workers=1, deliver=False)
+    service.start()
+    study = generate_uid()
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(DX_PRESENTATION, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", config.node.port, ae_title="CXRNODE")
+    for i in range(6):
+        assert assoc.send_c_store(make_dx(study, seed=i)).Status == 0
+    assoc.release()
+    assert started.wait(30), "the worker never started the job"
+    service.stop(timeout=20)  # what SIGTERM does
+    status = service.repo.status()
+    assert status["jobs"] == {"queued": 1, "running": 0, "done": 0, "failed": 0}
+    assert 1 <= analyzer.calls < 6  # stopped between images, not after the whole study
+
+    restarted = NodeService(
+        config, analyzer_factory=lambda: SlowAnalyzer(threading.Event()), workers=1, deliver=False
+    )
+    restarted.start()
+    try:
+        wait_for(lambda: restarted.repo.status()["jobs"]["done"] == 1, 30, what="job resumed and done")
+        [job] = [s for s in restarted.repo.status()["studies"] if s["study_instance_uid"] == study]
+        assert job["jobs"] == {"done": 1}
+    finally:
+        restarted.stop(timeout=20)
