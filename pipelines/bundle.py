@@ -83,15 +83,10 @@ class BundleMetadata:
 
     def to_json(self) -> dict[str, Any]:
         """metadata.json content: MONAI's standard keys first, then ours."""
-        import numpy
-        import torch
+        from importlib.metadata import version
 
-        try:
-            import monai
-
-            monai_version = monai.__version__
-        except ImportError:  # pragma: no cover - monai is a hard dependency
-            monai_version = "unknown"
+        # Read versions from the installed distributions: importing MONAI costs ~11 s on 2 cores.
+        monai_version, torch_version, numpy_version = (version(d) for d in ("monai", "torch", "numpy"))
         ours = {f.name: getattr(self, f.name) for f in fields(self)}
         ours["input"] = self.input.to_dict()
         size = self.input.size
@@ -100,8 +95,8 @@ class BundleMetadata:
             "version": self.version,
             "changelog": {self.version: self.description or "release"},
             "monai_version": monai_version,
-            "pytorch_version": torch.__version__.split("+")[0],
-            "numpy_version": numpy.__version__,
+            "pytorch_version": torch_version.split("+")[0],
+            "numpy_version": numpy_version,
             "required_packages_version": {},
             "copyright": self.authors,
             "data_source": json.dumps(self.training_data, sort_keys=True)[:500],
