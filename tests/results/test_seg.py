@@ -7,7 +7,7 @@ import dataclasses
 import highdicom as hd
 import numpy as np
 import pytest
-from conftest import ResultSet
+from conftest import ResultSet, run_tool
 
 from node.results import ResultInputError, ResultSettings, build_result_objects, codes
 from node.results.seg import GGO_SEGMENT, LUNG_SEGMENT
@@ -73,6 +73,8 @@ def test_fractional_option_writes_the_probability_map(frontal_sets: dict[str, Re
     np.testing.assert_array_equal(pixels[..., 0] > 0.5, rs.result.lungs.mask)
     # 8-bit quantisation of [0, 1] (MaximumFractionalValue 255): within half a step.
     np.testing.assert_allclose(pixels[..., 1], rs.result.ggo.probability_map, atol=0.5 / 255 + 1e-6)
+    output = run_tool(["dciodvfy", "-new", str(frac.paths["SEG"])])
+    assert not [ln for ln in output.splitlines() if ln.startswith("Error")], output
 
 
 def test_without_ggo_stage_only_the_lung_segment(frontal_sets: dict[str, ResultSet], write_set) -> None:
