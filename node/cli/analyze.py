@@ -108,7 +108,7 @@ def _write_outputs(image: SourceImage, result: ChestResult, folder: Path) -> lis
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for i, ds in enumerate(build_result_objects(image.dataset, result), start=1):
+    for i, ds in enumerate(build_result_objects(image.dataset, result, image=image), start=1):
         path = folder / _dicom_name(ds, i)
         ds.save_as(path, enforce_file_format=True)
         written.append(str(path))
