@@ -105,14 +105,17 @@ def send_files(port: int, aet: str, paths: list[str], queue: mp.Queue) -> None:
     ae = AE(ae_title="BENCHSCU")
     ae.add_requested_context(DX_PRESENTATION, ExplicitVRLittleEndian)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120
-    assoc = ae.associate("127.0.0.1", port, ae_title=aet)
     ok = 0
-    if assoc.is_established:
-        for path in paths:
-            status = assoc.send_c_store(path)
-            if status and status.Status == 0:
-                ok += 1
-        assoc.release()
+    try:
+        assoc = ae.associate("127.0.0.1", port, ae_title=aet)
+        if assoc.is_established:
+            for path in paths:
+                status = assoc.send_c_store(path)
+                if status and status.Status == 0:
+                    ok += 1
+            assoc.release()
+    except Exception as exc:  # reported as a short count by the parent, not a hang
+        print(f"sender: {exc.__class__.__name__}: {exc}", file=sys.stderr)
     queue.put(ok)
 
 
@@ -229,8 +232,16 @@ def main() -> int:
                 for durability in args.durability:
                     node_rates, bare_rates = [], []
                     for _ in range(args.repeat):
-                        bare_rates.append(run_bare(files, assoc, work))
-                        node_rates.append(run_node(files, assoc, work, durability))
+                        for rates, run in (
+                            (bare_rates, lambda: run_bare(files, assoc, work)),
+                            (node_rates, lambda: run_node(files, assoc, work, durability)),
+                        ):
+                            try:
+                                rates.append(run())
+                            except (RuntimeError, TimeoutError) as exc:
+                                print(f"# run failed, left out of the median: {exc}", flush=True)
+                    if not node_rates or not bare_rates:
+                        continue
                     node, bare = statistics.median(node_rates), statistics.median(bare_rates)
                     label = f"{rows}x{cols} {bits}-bit x{count}"
                     print(
