@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -233,8 +234,8 @@ def main() -> int:
                     node_rates, bare_rates = [], []
                     for _ in range(args.repeat):
                         for rates, run in (
-                            (bare_rates, lambda: run_bare(files, assoc, work)),
-                            (node_rates, lambda: run_node(files, assoc, work, durability)),
+                            (bare_rates, partial(run_bare, files, assoc, work)),
+                            (node_rates, partial(run_node, files, assoc, work, durability)),
                         ):
                             try:
                                 rates.append(run())
