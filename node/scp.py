@@ -153,7 +153,10 @@ class StoreHandler:
             return self._fail(stats, STATUS_DATABASE_FAILURE, f"{exc.__class__.__name__}: {exc}", request)
         finally:
             if buffer is not None:
-                buffer.release()  # let pynetdicom free or reuse the request's buffer
+                try:
+                    buffer.release()  # let pynetdicom free or reuse the request's buffer
+                except BufferError:  # a view is still referenced: the GC releases it later
+                    pass
         stats.stored += 1
         with self._lock:
             self.stored += 1
