@@ -1,0 +1,77 @@
+"""The split manifests behind the shipped COVID-19 model (issue "Default models").
+
+    .venv/bin/python models/tools/covid_manifests.py [--data-root ../shared/data] [--out runs/manifests]
+
+One patient-level, stratified, seeded split (seed 20260101, 70/15/15, near-identical pictures linked
+first) of the frontal ieee8023 + NIH ChestX-ray14 images with a COVID-19 label, written twice:
+
+- ``covid_mixed.csv``: that split as it is (NIH negatives in train/validation/test);
+- ``covid_within.csv``: the same split with EVERY NIH row moved to test. Training and model
+  selection then see ieee8023 only (COVID-19 vs other findings from the same collection), so "which
+  collection is this" cannot predict the label; NIH becomes an external, all-negative test set that
+  measures false positives and source reading. ieee8023 rows keep their split in both files.
+
+Why: in these sources COVID-positive images come from other hospitals than the negatives, and a model
+learns the source (data README, "What a naive model learns").
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import sys
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(REPO / "training/configs/default/covid_mixed.toml"))
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--out", type=Path, default=Path("runs/manifests"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from training.config import load_config
+    from training.data import collect_rows
+    from training.errors import LeakageError
+    from training.manifest import write_manifest
+    from training.splits import (
+        assign_splits,
+        check_leakage,
+        near_duplicate_leaks,
+        near_duplicate_pairs,
+        thumbnails,
+    )
+    from training.tasks import COVID
+
+    cfg = load_config(args.config, data_root=args.data_root)
+    cfg.data.manifest = ""
+    rows = [r for r in collect_rows(cfg) if COVID.accepts(r)]
+    links = [(a, b) for a, b, _ in near_duplicate_pairs(thumbnails(rows))]
+    assign_splits(
+        rows, fractions=cfg.data.split_fractions, seed=cfg.data.split_seed, stratum=COVID.stratum,
+        extra_links=links,
+    )
+    within = [copy.copy(r) for r in rows]
+    for r in within:
+        if r.dataset != "ieee8023":
+            r.split = "test"
+    for name, variant in (("covid_mixed.csv", rows), ("covid_within.csv", within)):
+        check_leakage(variant)
+        leaks = near_duplicate_leaks(variant)
+        if leaks:
+            raise LeakageError(f"{name}: {len(leaks)} near-identical pair(s) across splits", [])
+        write_manifest(variant, args.out / name)
+        counts = Counter((r.dataset, r.split, r.covid) for r in variant)
+        print(name, dict(sorted(counts.items())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
