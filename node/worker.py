@@ -55,7 +55,7 @@ class ChestAnalyzer:
         image = load_dicom(source)
         result = self._pipeline.analyze(image)
         settings = ResultSettings(institution_name=self._institution_name or None)
-        return list(build_result_objects(source, result, settings=settings))
+        return list(build_result_objects(source, result, settings=settings, image=image))
 
 
 def chest_analyzer_factory(config: NodeConfig) -> Callable[[], Analyzer]:
