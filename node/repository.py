@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 INSTANCES = Instance.__table__
 JOBS = Job.__table__
 DELIVERIES = Delivery.__table__
+# Any constant works: it only has to be the same in every process that creates the schema.
+_SCHEMA_LOCK_KEY = 0x63787231
 
 
 def make_engine(url: str, *, durability: str = "fsync", schema: str = "") -> Engine:
@@ -74,6 +76,8 @@ def make_engine(url: str, *, durability: str = "fsync", schema: str = "") -> Eng
         @event.listens_for(engine, "connect")
         def _pg_connect(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
+            # IF NOT EXISTS is not atomic: two processes connecting at once both try to create it.
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
             cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
             cur.execute(f'SET search_path TO "{schema}"')
             cur.close()
@@ -176,8 +180,18 @@ class Repository:
         return dialect.insert(table)
 
     def create_schema(self) -> None:
+        """Create missing tables; safe when ``serve`` and ``worker`` processes start together.
+
+        The check-then-create runs in one write transaction: ``BEGIN IMMEDIATE`` on SQLite (a
+        read transaction upgraded to a write fails at once with "database is locked", whatever
+        the busy timeout) and a transaction-scoped advisory lock on PostgreSQL (two concurrent
+        CREATE TABLEs of the same name collide on the catalogue's unique index).
+        """
         try:
-            Base.metadata.create_all(self.engine)
+            with self.engine.connect().execution_options(cxr_write=True) as conn, conn.begin():
+                if not self.is_sqlite:
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+                Base.metadata.create_all(conn)
         except SQLAlchemyError as exc:
             raise DatabaseError(f"cannot create the schema on {self.engine.url!r}: {exc}") from exc
 
