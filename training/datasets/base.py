@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -115,3 +115,38 @@ def finish(rows: list[ManifestRow], *, hash_images: bool = True, workers: int = 
                 row.content_sha256 = digest
     log.info("scanned %d images", len(rows))
     return rows
+
+
+SHARED_LABEL_COLUMNS = (
+    "file", "patient_id", "covid", "finding", "view", "projection", "license", "orig_path", "lung_mask",
+)
+
+
+def scan_shared_labels(
+    root: Path, dataset: str, image_key: Callable[[str], str], *, hash_images: bool = True
+) -> list[ManifestRow]:
+    """Read a ``../shared/data`` folder whose ``labels.csv`` has :data:`SHARED_LABEL_COLUMNS`.
+
+    ``image_key`` turns the ``orig_path`` column into the picture's identity where it was first
+    published, which is what links copies across datasets.
+    """
+    root = Path(root).resolve()
+    require_dir(root / "images_512", "images_512")
+    table = root / "labels.csv"
+    rows = []
+    for i, rec in enumerate(read_table(table, SHARED_LABEL_COLUMNS), start=2):
+        rows.append(
+            ManifestRow(
+                image_path=str(root / cell(rec, "file", table, i)),
+                dataset=dataset,
+                patient_id=cell(rec, "patient_id", table, i),
+                view=rec["view"],
+                projection=rec["projection"],
+                covid=rec["covid"],
+                findings=[f for f in [rec["finding"]] if f and f != "No Finding"],
+                lung_mask=str(root / rec["lung_mask"]) if rec["lung_mask"] else "",
+                license=rec["license"],
+                image_key=image_key(rec["orig_path"]),
+            )
+        )
+    return finish(rows, hash_images=hash_images)

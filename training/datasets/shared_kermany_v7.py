@@ -10,47 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.datasets.base import cell, finish, read_table, require_dir
+from training.datasets.base import scan_shared_labels
 from training.manifest import ManifestRow
 
 NAME = "shared_kermany_v7"
 DATASET = "kermany_pediatric"
 
 
+def _image_key(orig_path: str) -> str:
+    return "kermany:" + "/".join(Path(orig_path).parts[-3:])
+
+
 def scan(root: Path, *, hash_images: bool = True) -> list[ManifestRow]:
-    root = Path(root).resolve()
-    require_dir(root / "images_512", "images_512")
-    table = root / "labels.csv"
-    rows = []
-    for i, rec in enumerate(
-        read_table(
-            table,
-            (
-                "file",
-                "patient_id",
-                "covid",
-                "finding",
-                "view",
-                "projection",
-                "license",
-                "orig_path",
-                "lung_mask",
-            ),
-        ),
-        start=2,
-    ):
-        rows.append(
-            ManifestRow(
-                image_path=str(root / cell(rec, "file", table, i)),
-                dataset=DATASET,
-                patient_id=cell(rec, "patient_id", table, i),
-                view=rec["view"],
-                projection=rec["projection"],
-                covid=rec["covid"],
-                findings=[f for f in [rec["finding"]] if f and f != "No Finding"],
-                lung_mask=str(root / rec["lung_mask"]) if rec["lung_mask"] else "",
-                license=rec["license"],
-                image_key="kermany:" + "/".join(Path(rec["orig_path"]).parts[-3:]),
-            )
-        )
-    return finish(rows, hash_images=hash_images)
+    return scan_shared_labels(root, DATASET, _image_key, hash_images=hash_images)
