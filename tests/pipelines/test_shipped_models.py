@@ -72,3 +72,6 @@ def test_lung_masks_are_plausible_on_real_images(shipped, shared_data: Path, dic
             mask = result.lungs.mask
             dices.append(2 * (mask & truth).sum() / (mask.sum() + truth.sum()))
     assert float(np.median(dices)) > 0.8, dices
+    # A model that ignores its input (or a constant head) gives one probability for every image.
+    probabilities = [r.covid.probability for r in results]
+    assert max(probabilities) - min(probabilities) > 0.01, probabilities
