@@ -81,5 +81,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # pynetdicom logs every PDU at INFO/DEBUG, including dataset summaries: keep it quiet.
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # pynetdicom logs every PDU at INFO/DEBUG, including dataset summaries; highdicom logs every
+    # module it copies and openjpeg every tile it encodes: keep them to warnings, one line per event.
+    for library in ("pynetdicom", "highdicom", "openjpeg"):
+        logging.getLogger(library).setLevel(logging.WARNING)
