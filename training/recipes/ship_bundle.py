@@ -1,6 +1,6 @@
 """Ship a trained run bundle into models/<task>: float16 weights, re-evaluation, per-dataset audit.
 
-    .venv/bin/python models/tools/ship_bundle.py runs/<run>/bundles/<run> models/<task> \
+    .venv/bin/python -m training.recipes.ship_bundle runs/<run>/bundles/<run> models/<task> \
         --manifest runs/<run>/manifest.csv [--lung-bundle models/lungs] [--card-extra CARD.md]
 
 The run bundle is re-saved with ``pipelines.bundle.save_bundle(dtype="float16")`` (ggo_detection: the
@@ -23,8 +23,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 
 def wilson(k: int, n: int) -> list[float] | None:

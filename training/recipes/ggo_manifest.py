@@ -1,6 +1,6 @@
 """The GGO training manifest with normal lungs as negatives (issue "Default models").
 
-    .venv/bin/python models/tools/ggo_manifest.py [--data-root ../shared/data] [--out runs/manifests]
+    .venv/bin/python -m training.recipes.ggo_manifest [--data-root ../shared/data] [--out runs/manifests]
 
 Why: trained on the 93 GeneralBlockchain GGO masks alone (every image has GGO), the U-Net and YOLO
 never saw a lung WITHOUT GGO and called ~50% of the lung GGO on normal adult radiographs. This adds
@@ -24,8 +24,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 N_PER_SOURCE = 50
 SEED = 20260101

@@ -1,6 +1,6 @@
 """The simple GGO baseline that gives the shipped GGO models' numbers a meaning.
 
-    .venv/bin/python models/tools/ggo_baseline.py runs/ggo-unet/manifest.csv \
+    .venv/bin/python -m training.recipes.ggo_baseline runs/ggo-unet/manifest.csv \
         [--detection-bundle models/ggo_detection] [--out runs/ggo_baseline.json]
 
 Baseline ("thresholded lung-region intensity"): inside the radiologist's lung mask (left + right
@@ -27,8 +27,6 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 log = logging.getLogger("ggo_baseline")
 THRESHOLDS = np.round(np.arange(-0.5, 3.01, 0.25), 2)

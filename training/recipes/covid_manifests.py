@@ -1,6 +1,6 @@
 """The split manifests behind the shipped COVID-19 model (issue "Default models").
 
-    .venv/bin/python models/tools/covid_manifests.py [--data-root ../shared/data] [--out runs/manifests]
+    .venv/bin/python -m training.recipes.covid_manifests [--data-root ../shared/data] [--out runs/manifests]
 
 One patient-level, stratified, seeded split (seed 20260101, 70/15/15, near-identical pictures linked
 first) of the frontal ieee8023 + NIH ChestX-ray14 images with a COVID-19 label, written twice:
@@ -25,8 +25,6 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 
 def main(argv: list[str] | None = None) -> int:
