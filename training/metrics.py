@@ -88,7 +88,11 @@ def choose_threshold(
 
     ``youden``: maximise sensitivity + specificity - 1 (ties: the higher threshold).
     ``sensitivity``: the highest threshold whose sensitivity is at least ``target``.
-    Candidate thresholds are the observed scores, so the choice is exact, not grid-limited.
+    Candidates are the observed scores, so the choice is exact, not grid-limited; the threshold
+    returned is then the midpoint between the chosen score and the next lower observed score. Both
+    give the same validation confusion matrix, but a threshold equal to the lowest accepted
+    positive's score leaves no margin: a new positive scoring a hair below it is missed (seen with
+    the projection model, 9 validation laterals and a threshold of 0.996).
     """
     yy, s = _binary(y), np.asarray(scores, dtype=np.float64)
     if yy.sum() == 0 or (1 - yy).sum() == 0:
@@ -104,10 +108,16 @@ def choose_threshold(
                 best_t, best_v = t, value
         elif method == "sensitivity":
             if sens >= target:
-                return float(t)
+                return _midpoint_below(float(t), s)
         else:
             raise ValueError(f"unknown threshold method {method!r} (youden|sensitivity)")
-    return float(best_t)
+    return _midpoint_below(float(best_t), s)
+
+
+def _midpoint_below(threshold: float, scores: np.ndarray) -> float:
+    """Halfway between ``threshold`` and the largest score below it (itself when none is below)."""
+    below = scores[scores < threshold]
+    return threshold if below.size == 0 else float((threshold + below.max()) / 2)
 
 
 def _ratio(num: int, den: int) -> float | None:

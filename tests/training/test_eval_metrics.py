@@ -45,9 +45,16 @@ def test_confusion_metrics_from_the_matrix() -> None:
 def test_threshold_is_chosen_on_given_scores() -> None:
     y = [0, 0, 0, 1, 1, 1]
     s = [0.1, 0.2, 0.6, 0.5, 0.7, 0.9]
-    # t=0.7: sens 2/3 spec 1 -> J 0.667; t=0.5: sens 1 spec 2/3 -> J 0.667 (tie: higher t wins)
-    assert M.choose_threshold(y, s) == 0.7
-    assert M.choose_threshold(y, s, method="sensitivity", target=1.0) == 0.5
+    # t=0.7: sens 2/3 spec 1 -> J 0.667; t=0.5: sens 1 spec 2/3 -> J 0.667 (tie: higher t wins);
+    # the threshold is then halfway to the next lower score: (0.7 + 0.6) / 2.
+    assert M.choose_threshold(y, s) == pytest.approx(0.65)
+    # sensitivity 1.0 first reached at t=0.5; next lower score 0.2 -> 0.35
+    assert M.choose_threshold(y, s, method="sensitivity", target=1.0) == pytest.approx(0.35)
+    # the lowest score chosen: nothing below it, the score itself
+    assert M.choose_threshold([1, 1, 0], [0.1, 0.3, 0.2], method="sensitivity", target=1.0) == 0.1
+    # the margin: same validation confusion matrix at the returned threshold as at the chosen score
+    pred_at = [v >= M.choose_threshold(y, s) for v in s]
+    assert pred_at == [v >= 0.7 for v in s]
 
 
 def test_brier_and_reliability() -> None:
