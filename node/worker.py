@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import pydicom
 
@@ -28,13 +28,18 @@ from node.logs import log_event
 from node.repository import ClaimedJob, InstanceRecord, Repository
 from node.store import InstanceStore, encode_part10
 
+if TYPE_CHECKING:  # node.results imports highdicom: loaded when the first job runs
+    from node.results import ResultSeries
+
 log = logging.getLogger("node.worker")
 
 
 class Analyzer(Protocol):
     """Turns one stored source image into result objects (SEG, SR, secondary capture)."""
 
-    def analyze(self, source: pydicom.Dataset) -> list[pydicom.Dataset]: ...
+    def analyze(
+        self, source: pydicom.Dataset, *, series: ResultSeries | None = None, instance_number: int = 1
+    ) -> list[pydicom.Dataset]: ...
 
 
 class ChestAnalyzer:
@@ -48,14 +53,17 @@ class ChestAnalyzer:
         )
         self._institution_name = institution_name
 
-    def analyze(self, source: pydicom.Dataset) -> list[pydicom.Dataset]:
+    def analyze(
+        self, source: pydicom.Dataset, *, series: ResultSeries | None = None, instance_number: int = 1
+    ) -> list[pydicom.Dataset]:
         from node.results import ResultSettings, build_result_objects
         from pipelines.image import load_dicom
 
         image = load_dicom(source)
         result = self._pipeline.analyze(image)
         settings = ResultSettings(institution_name=self._institution_name or None)
-        return list(build_result_objects(source, result, settings=settings, image=image))
+        return list(build_result_objects(source, result, settings=settings, image=image,
+                                         series=series, instance_number=instance_number))
 
 
 def chest_analyzer_factory(config: NodeConfig) -> Callable[[], Analyzer]:
@@ -211,12 +219,15 @@ class Worker:
         instances = self.repo.job_instances(job.id)
         results: list[InstanceRecord] = []
         errors: list[str] = []
-        for inst in instances:
+        from node.results import ResultSeries
+
+        series = ResultSeries()  # one SEG/SR/SC series for the whole study's results
+        for number, inst in enumerate(instances, start=1):
             if self.stop_event.is_set():
                 return None
             try:
                 source = self.store.read(inst.path)
-                outputs = self.analyzer.analyze(source)
+                outputs = self.analyzer.analyze(source, series=series, instance_number=number)
             except (ValueError, StoreError) as exc:  # ImageDecodeError is a ValueError: a bad image
                 errors.append(f"{inst.sop_instance_uid}: {exc.__class__.__name__}: {exc}")
                 log_event(

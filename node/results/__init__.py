@@ -23,6 +23,7 @@ from pydicom.uid import generate_uid
 from node.results.common import (
     ResultContext,
     ResultInputError,
+    ResultSeries,
     check_inputs,
     copy_study_attributes,
     make_context,
@@ -34,7 +35,7 @@ from node.results.settings import ResultSettings
 from node.results.sr import build_sr
 from pipelines.results import ChestResult, SourceImage
 
-__all__ = ["ResultInputError", "ResultSettings", "build_result_objects"]
+__all__ = ["ResultInputError", "ResultSeries", "ResultSettings", "build_result_objects"]
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,16 @@ log = logging.getLogger(__name__)
 def build_result_objects(source: pydicom.Dataset, result: ChestResult, *,
                          settings: ResultSettings | None = None,
                          now: datetime.datetime | None = None,
-                         image: SourceImage | None = None) -> list[pydicom.Dataset]:
+                         image: SourceImage | None = None,
+                         series: ResultSeries | None = None,
+                         instance_number: int = 1) -> list[pydicom.Dataset]:
     """The result objects for one source image, in send order (SEG before the SR that cites it).
 
     ``source`` must hold its Pixel Data unless ``image`` (the pipeline's decoded SourceImage of the
     same instance) is given: the secondary capture is drawn on it. ``now`` fixes the Content
-    Date/Time (default: the current local time).
+    Date/Time (default: the current local time). ``series`` puts the objects into existing result
+    series (the worker passes one per job, so a study's results share one series per object type)
+    and ``instance_number`` numbers them within it (default: new series, number 1).
 
     Raises :class:`ResultInputError` (a ValueError) when the source lacks the identifying
     attributes or does not match the result (other SOP Instance UID, other pixel grid).
@@ -58,7 +63,8 @@ def build_result_objects(source: pydicom.Dataset, result: ChestResult, *,
         # they are the source's data and are copied as they are (PS3.3 C.7.1.1).
         warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*",
                                 category=UserWarning)
-        return _build(source, result, make_context(source, settings or ResultSettings(), now), image)
+        return _build(source, result, make_context(source, settings or ResultSettings(), now,
+                                                   series=series, instance_number=instance_number), image)
 
 
 def _build(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext,

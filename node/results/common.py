@@ -36,6 +36,21 @@ class ResultInputError(ValueError):
 
 
 @dataclass(frozen=True)
+class ResultSeries:
+    """The result series of one analysis run over a study: one per object type.
+
+    The worker makes one per job, so a study of a PA and a lateral image gets ONE SEG series,
+    ONE SR series (two instances, Instance Numbers 1 and 2), ... rather than two series that share
+    a Series Number (PS3.3 C.7.3.1: a series groups the instances of one kind made together).
+    """
+
+    seg: UID = field(default_factory=generate_uid)
+    sr: UID = field(default_factory=generate_uid)
+    sc: UID = field(default_factory=generate_uid)
+    kos: UID = field(default_factory=generate_uid)
+
+
+@dataclass(frozen=True)
 class ResultContext:
     """Values shared by the objects built from one source image in one call.
 
@@ -46,13 +61,11 @@ class ResultContext:
     settings: ResultSettings
     now: datetime.datetime
     specific_character_set: str | list[str] | None
-    seg_series_uid: UID = field(default_factory=generate_uid)
-    sr_series_uid: UID = field(default_factory=generate_uid)
-    sc_series_uid: UID = field(default_factory=generate_uid)
+    series: ResultSeries = field(default_factory=ResultSeries)
+    instance_number: int = 1  # of each object in its series: the source image's place in the job
     seg_instance_uid: UID = field(default_factory=generate_uid)
     sr_instance_uid: UID = field(default_factory=generate_uid)
     sc_instance_uid: UID = field(default_factory=generate_uid)
-    kos_series_uid: UID = field(default_factory=generate_uid)
     kos_instance_uid: UID = field(default_factory=generate_uid)
 
     @property
@@ -78,11 +91,16 @@ class ResultContext:
 
 
 def make_context(source: pydicom.Dataset, settings: ResultSettings,
-                 now: datetime.datetime | None = None) -> ResultContext:
+                 now: datetime.datetime | None = None, *,
+                 series: ResultSeries | None = None, instance_number: int = 1) -> ResultContext:
+    if instance_number < 1:
+        raise ValueError(f"instance_number must be >= 1, got {instance_number}")
     return ResultContext(
         settings=settings,
         now=now or datetime.datetime.now(),
         specific_character_set=character_set_for(source),
+        series=series or ResultSeries(),
+        instance_number=instance_number,
     )
 
 

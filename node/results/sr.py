@@ -282,10 +282,10 @@ def build_sr(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext, *
     return hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report,
-        series_instance_uid=ctx.sr_series_uid,
+        series_instance_uid=ctx.series.sr,
         series_number=settings.sr_series_number,
         sop_instance_uid=ctx.sr_instance_uid,
-        instance_number=1,
+        instance_number=ctx.instance_number,
         manufacturer=settings.manufacturer,
         is_complete=True,
         is_final=True,

@@ -24,7 +24,7 @@ class SlowAnalyzer:
         self.started = started
         self.calls = 0
 
-    def analyze(self, source: pydicom.Dataset) -> list[pydicom.Dataset]:
+    def analyze(self, source: pydicom.Dataset, **_kwargs: object) -> list[pydicom.Dataset]:
         self.calls += 1
         self.started.set()
         time.sleep(0.5)

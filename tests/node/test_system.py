@@ -198,6 +198,23 @@ def test_sigkill_while_storescu_sends_100_images_loses_no_acknowledged_instance(
         )
 
     wait_for(all_done, 240, interval=1.0, what="every study of the acknowledged instances done")
+
+    # a job's results share one series per object type (20 images: not 20 SR series)
+    from sqlalchemy import select
+
+    from node.db import Instance
+
+    with repo.engine.connect() as conn:
+        derived = conn.execute(
+            select(Instance.study_instance_uid, Instance.series_instance_uid, Instance.sop_class_uid)
+            .where(Instance.derived.is_(True), Instance.study_instance_uid.in_(studies))
+        ).all()
+    studies_status = repo.status(max_studies=1000)["studies"]
+    jobs = {s["study_instance_uid"]: sum(s["jobs"].values()) for s in studies_status}
+    for study in studies:
+        sr_series = {row.series_instance_uid for row in derived
+                     if row.study_instance_uid == study and row.sop_class_uid in SR_CLASSES}
+        assert 1 <= len(sr_series) <= jobs[study], (study, len(sr_series), jobs[study])
     repo.engine.dispose()
     assert node.terminate(timeout=60) == 0, node.log()[-2000:]  # SIGTERM: clean, prompt exit
     assert "node.stopped" in node.log()

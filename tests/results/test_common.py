@@ -11,6 +11,7 @@ from factories import SPECS, make_result, make_source
 
 from node.results import ResultInputError, ResultSettings, build_result_objects
 from node.results import settings as result_settings
+from pipelines.results import Projection
 
 PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
                  "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName")
@@ -107,3 +108,28 @@ def test_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="sc_max_side"):
         ResultSettings(sc_max_side=10)
     assert ResultSettings(institution_name="Klinik Süd").institution_name == "Klinik Süd"
+
+
+def test_a_studys_results_share_one_series_per_object_type() -> None:
+    """The worker passes one ResultSeries per job: a PA + lateral study gets ONE SR series, numbered 1, 2."""
+    from node.results import ResultSeries
+
+    frontal = make_source(SPECS[0], seed=0)
+    lateral = make_source(SPECS[0], seed=1)
+    lateral.StudyInstanceUID = frontal.StudyInstanceUID
+    series = ResultSeries()
+    first = build_result_objects(frontal, make_result(frontal), series=series, instance_number=1)
+    second = build_result_objects(lateral, make_result(lateral, projection=Projection.LATERAL),
+                                  series=series, instance_number=2)
+    by_kind = {o.Modality: o for o in first}
+    assert by_kind["SEG"].SeriesInstanceUID == series.seg and by_kind["OT"].SeriesInstanceUID == series.sc
+    (lateral_sr,) = second
+    assert by_kind["SR"].SeriesInstanceUID == lateral_sr.SeriesInstanceUID == series.sr
+    assert by_kind["SR"].SeriesNumber == lateral_sr.SeriesNumber
+    assert [by_kind["SR"].InstanceNumber, lateral_sr.InstanceNumber] == [1, 2]
+    assert by_kind["SR"].SOPInstanceUID != lateral_sr.SOPInstanceUID
+    # without a ResultSeries each call opens new series (offline `cxr-node analyze`)
+    again = build_result_objects(frontal, make_result(frontal))
+    assert {o.SeriesInstanceUID for o in again}.isdisjoint({o.SeriesInstanceUID for o in first})
+    with pytest.raises(ValueError, match="instance_number"):
+        build_result_objects(frontal, make_result(frontal), instance_number=0)
