@@ -200,24 +200,11 @@ def export_torch_bundle(
                 if cfg.threshold.method == "sensitivity"
                 else ""
             )
-        val_report = evaluate_classification(
-            spec.task,
-            net,
-            val_rows,
-            cache,
-            in_spec,
-            threshold,
-            labels_of=spec.label_of,
-            lung_masks=lung_masks,
-            device=device,
-            n_boot=n_boot,
-            seed=cfg.seed,
-        )
-        test_report = (
-            evaluate_classification(
+        def report(rows: Sequence[ManifestRow]) -> dict[str, Any]:
+            return evaluate_classification(
                 spec.task,
                 net,
-                test_rows,
+                rows,
                 cache,
                 in_spec,
                 threshold,
@@ -227,9 +214,9 @@ def export_torch_bundle(
                 n_boot=n_boot,
                 seed=cfg.seed,
             )
-            if test_rows
-            else {}
-        )
+
+        val_report = report(val_rows)
+        test_report = report(test_rows) if test_rows else {}
     else:
         data = SegmentationData(val_rows, spec, cache, in_spec, augment=False, seed=0)
         pred = predict(net, data, spec, loss_fn, device, cfg.train.batch_size)
