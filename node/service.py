@@ -30,6 +30,19 @@ from node.worker import Analyzer, Worker, chest_analyzer_factory, start_worker_t
 log = logging.getLogger("node.service")
 
 
+def stop_on_signals(logger: logging.Logger, event: str) -> threading.Event:
+    """An Event set by SIGTERM or SIGINT (logged as ``event``): the process then stops in order."""
+    stopping = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        log_event(logger, event, signal=signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    return stopping
+
+
 def open_repository(config: NodeConfig, create: bool = True) -> Repository:
     if not config.node.database_url:
         config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -158,14 +171,7 @@ class NodeService:
 
     def run_until_signal(self) -> int:
         """Start, wait for SIGTERM/SIGINT, stop; returns the exit status (0)."""
-        stopping = threading.Event()
-
-        def _on_signal(signum: int, _frame: FrameType | None) -> None:
-            log_event(log, "node.signal", signal=signal.Signals(signum).name)
-            stopping.set()
-
-        signal.signal(signal.SIGTERM, _on_signal)
-        signal.signal(signal.SIGINT, _on_signal)
+        stopping = stop_on_signals(log, "node.signal")
         self.start()
         while not stopping.wait(1.0):
             pass

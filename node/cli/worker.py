@@ -9,14 +9,12 @@ Jobs are claimed with ``FOR UPDATE SKIP LOCKED``, so any number of workers can r
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import threading
-from types import FrameType
 
 from node.config import load_config
 from node.errors import NodeError
-from node.logs import log_event, setup_logging
+from node.logs import setup_logging
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,18 +31,10 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(config.node.log_level, config.node.log_format)
     import logging
 
-    from node.service import open_repository, open_store
+    from node.service import open_repository, open_store, stop_on_signals
     from node.worker import chest_analyzer_factory, start_worker_threads
 
-    log = logging.getLogger("node.worker")
-    stop = threading.Event()
-
-    def _on_signal(signum: int, _frame: FrameType | None) -> None:
-        log_event(log, "worker.signal", signal=signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    stop = stop_on_signals(logging.getLogger("node.worker"), "worker.signal")
     try:
         repo = open_repository(config)
         store = open_store(config)
