@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from pipelines.errors import PipelineError
 
 InputMode = Literal["whole_image", "lungs_only"]
-Normalization = Literal["zscore", "unit"]
+Normalization = Literal["zscore", "unit", "equalize"]
 
 # ultralytics pads its own letterbox with grey 114; using the same value keeps YOLO's training
 # augmentation and our inference letterbox consistent.
@@ -61,8 +61,8 @@ class InputSpec:
             raise ValueError(f"input size must be >= 8, got {self.size}")
         if self.resize not in ("letterbox", "stretch"):
             raise ValueError(f"unknown resize rule {self.resize!r} (letterbox|stretch)")
-        if self.normalization not in ("zscore", "unit"):
-            raise ValueError(f"unknown intensity normalisation {self.normalization!r} (zscore|unit)")
+        if self.normalization not in ("zscore", "unit", "equalize"):
+            raise ValueError(f"unknown intensity normalisation {self.normalization!r} (zscore|unit|equalize)")
         if self.mode not in ("whole_image", "lungs_only"):
             raise ValueError(f"unknown input mode {self.mode!r} (whole_image|lungs_only)")
         if self.channels not in (1, 3):
@@ -202,12 +202,21 @@ def normalize_intensity(image: np.ndarray, reference: np.ndarray, method: Normal
     """The one intensity normalisation: z-score over ``reference`` pixels, clipped to +-5 SD.
 
     ``unit`` leaves the [0, 1] presentation values as they are (YOLO, which scales 0-255 itself).
+    ``equalize`` is histogram equalisation over the reference pixels: each pixel becomes its mid-rank
+    among them, scaled to zero mean and unit variance (uniform on +-sqrt(3)). Any monotonic change of
+    the grey scale (window, gamma, detector response curve: acquisition cues) leaves it unchanged.
     """
     if method == "unit":
         return image.astype(np.float32, copy=False)
     values = image[reference]
     if values.size == 0:
         raise EmptyLungMaskError("no reference pixel to normalise the intensity with")
+    if method == "equalize":
+        ordered = np.sort(values.astype(np.float64, copy=False))
+        low = np.searchsorted(ordered, image, side="left")
+        high = np.searchsorted(ordered, image, side="right")
+        ranks = (low + high) / (2.0 * ordered.size)
+        return ((ranks - 0.5) * np.sqrt(12.0)).astype(np.float32)
     mean = float(values.mean())
     std = max(float(values.std()), 1e-3)
     return np.clip((image - mean) / std, -ZSCORE_CLIP, ZSCORE_CLIP).astype(np.float32)

@@ -56,6 +56,8 @@ class TrainConfig:
     max_batches_per_epoch: int = 0  # 0 = all (smoke runs cap it)
     threads: int = 0  # torch threads per process; 0 = cores / processes
     patience: int = 0  # early stopping on the validation metric; 0 = off
+    # classification: also blur / noise / down-up-sampling / gamma (acquisition cues), see data.py
+    augment_acquisition: bool = False
 
 
 @dataclass

@@ -169,6 +169,32 @@ def _augmentation(keys: list[str], seed: int, size: int):  # noqa: ANN202 - MONA
     return chain
 
 
+def _acquisition_augmentation(seed: int):  # noqa: ANN202 - MONAI Compose
+    """Acquisition-cue augmentation on the network input: blur, down-up-sampling, noise, gamma.
+
+    Devices and hospitals differ in sharpness, resolution, noise and tone curve; randomising them
+    in training keeps a classifier from reading the acquisition instead of the lungs.
+    """
+    from monai.transforms import (
+        Compose,
+        RandAdjustContrast,
+        RandGaussianNoise,
+        RandGaussianSmooth,
+        RandSimulateLowResolution,
+    )
+
+    chain = Compose(
+        [
+            RandAdjustContrast(prob=0.3, gamma=(0.7, 1.5)),
+            RandGaussianSmooth(sigma_x=(0.25, 1.2), sigma_y=(0.25, 1.2), prob=0.3),
+            RandSimulateLowResolution(prob=0.3, zoom_range=(0.4, 0.9)),
+            RandGaussianNoise(prob=0.3, mean=0.0, std=0.1),
+        ]
+    )
+    chain.set_random_state(seed=seed)
+    return chain
+
+
 class ClassificationData(Dataset):
     def __init__(
         self,
@@ -181,10 +207,12 @@ class ClassificationData(Dataset):
         seed: int,
         variant: str = "normal",
         lung_masks: dict[str, np.ndarray] | None = None,
+        acquisition: bool = False,
     ) -> None:
         self.rows, self.spec, self.cache, self.input_spec = list(rows), spec, cache, input_spec
         self.variant, self.lung_masks = variant, lung_masks or {}
         self.transform = _augmentation(["image"], seed, int(input_spec.get("size", 256))) if augment else None
+        self.acquisition = _acquisition_augmentation(seed + 1) if augment and acquisition else None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -201,6 +229,8 @@ class ClassificationData(Dataset):
         x = torch.from_numpy(np.array(arr, dtype=np.float32))
         if self.transform is not None:
             x = torch.as_tensor(self.transform({"image": x})["image"]).float()
+        if self.acquisition is not None:
+            x = torch.as_tensor(self.acquisition(x)).float()
         return x, torch.tensor(float(self.spec.label_of(row)))
 
 

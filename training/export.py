@@ -167,6 +167,7 @@ def export_torch_bundle(
     best_epoch: int,
     lung_masks: dict[str, np.ndarray],
     loss_fn: Any,
+    selection: Any = None,
 ) -> Path:
     from pipelines.bundle import BundleMetadata
     from pipelines.networks import DEFAULT_TARGET_LAYERS
@@ -240,7 +241,7 @@ def export_torch_bundle(
             if test_rows
             else {}
         )
-    name, value = validation_metric(pred, spec)
+    name, value = selection(pred, val_rows) if selection else validation_metric(pred, spec)
     for report in (val_report, test_report):
         report.pop("dice_per_image", None)
     metrics = {

@@ -15,6 +15,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,10 +173,22 @@ def _set_threads(cfg: RunConfig, ctx: DistContext) -> None:
     torch.set_num_threads(threads)
 
 
+Selection = Callable[[Predictions, Sequence[ManifestRow]], tuple[str, float]]
+
+
 def train_torch_task(
-    cfg: RunConfig, spec: TaskSpec, ctx: DistContext, *, resume: bool = False
+    cfg: RunConfig,
+    spec: TaskSpec,
+    ctx: DistContext,
+    *,
+    resume: bool = False,
+    selection: Selection | None = None,
 ) -> Path | None:
-    """Train, select on validation, evaluate, export. Returns the bundle folder (rank 0) or None."""
+    """Train, select on validation, evaluate, export. Returns the bundle folder (rank 0) or None.
+
+    ``selection(predictions, validation_rows) -> (name, value)`` replaces the default validation
+    metric (:func:`validation_metric`) for the epoch choice when a trainer needs another rule.
+    """
     from tqdm import tqdm
 
     from training.export import export_torch_bundle
@@ -202,7 +215,8 @@ def train_torch_task(
     def dataset(rs: list[ManifestRow], augment: bool) -> Dataset:
         if spec.kind == "classification":
             return ClassificationData(
-                rs, spec, cache, in_spec, augment=augment, seed=cfg.seed + ctx.rank, lung_masks=lung_masks
+                rs, spec, cache, in_spec, augment=augment, seed=cfg.seed + ctx.rank, lung_masks=lung_masks,
+                acquisition=cfg.train.augment_acquisition,
             )
         return SegmentationData(rs, spec, cache, in_spec, augment=augment, seed=cfg.seed + ctx.rank)
 
@@ -270,7 +284,7 @@ def train_torch_task(
         is_best = False
         if ctx.is_main:
             pred = predict(net, val_data, spec, loss_fn, ctx.device, cfg.train.batch_size)
-            name, value = validation_metric(pred, spec)
+            name, value = selection(pred, val_rows) if selection else validation_metric(pred, spec)
             is_best = value > best_metric
             if is_best:
                 best_metric, best_epoch = value, epoch
@@ -336,6 +350,7 @@ def train_torch_task(
         best_epoch=best_epoch,
         lung_masks=lung_masks,
         loss_fn=loss_fn,
+        selection=selection,
     )
 
 
