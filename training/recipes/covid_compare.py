@@ -1,0 +1,226 @@
+"""Compare COVID-19 bundles on the same validation and test images, per source (issue 6).
+
+    .venv/bin/python -m training.recipes.covid_compare \
+        --bundle shipped=models/covid --bundle cand=runs/<run>/bundles/<run> \
+        [--manifest runs/manifests/covid_multisource.csv] [--lung-bundle models/lungs] \
+        [--out runs/covid_compare.json] [--md runs/covid_compare.md] [--splits validation test]
+
+Every bundle is loaded the way the pipeline loads it and scored through the pipeline's own
+preprocessing (``training.evaluate.classification_scores``) with lung masks from the lungs bundle, so
+every figure comes from running the model. For each split it reports:
+
+- ``within_ieee8023_auc``: ieee8023 COVID-19 vs ieee8023 other findings (one collection: the
+  collection cannot carry the label), bootstrap 95% CI;
+- ``covid_vs_openist_auc``: ieee8023 COVID-19 vs OpenIST normal adults (a collection no candidate
+  is trained on), bootstrap 95% CI;
+- ``selection_score``: the mean of those two AUCs (the rule written down before the test figures of
+  the issue-6 candidates were looked at: the candidate with the highest VALIDATION score ships, and only
+  if it beats the shipped model's validation score);
+- ``pooled_auc``: all images of the split (ieee8023 + NIH + OpenIST), ``pooled_auc_ieee_nih``: ieee8023 +
+  NIH only (the images of the old card's "lungs-only AUC");
+- ``lungs_removed_auc`` on ieee8023 + NIH: the lungs blanked before preprocessing (a lungs-only model
+  then sees one constant image: 0.5 by construction; measured, not assumed);
+- per source: n, positives, AUC, sensitivity/specificity at the bundle's operating threshold with
+  Wilson 95% CI, median and mean P(COVID-19);
+- ``source_index``: AUC of P(COVID-19) separating ieee8023 non-COVID from NIH (both negative;
+  0.5 = the score ignores the collection).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def wilson(k: int, n: int) -> list[float] | None:
+    if n == 0:
+        return None
+    z, p = 1.96, k / n
+    den = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / den
+    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return [float(c - h), float(c + h)]
+
+
+def auc_ci(y: np.ndarray, s: np.ndarray, n_boot: int, seed: int = 0) -> dict[str, Any] | None:
+    from training.metrics import bootstrap_ci, roc_auc
+
+    if len(set(y.tolist())) < 2:
+        return None
+    lo, hi = bootstrap_ci(roc_auc, y, s, n_boot=n_boot, seed=seed)
+    return {"auc": roc_auc(y, s), "ci95": [lo, hi], "n": int(y.size), "positives": int(y.sum())}
+
+
+def split_report(
+    y: np.ndarray, s: np.ndarray, ds: np.ndarray, threshold: float, n_boot: int,
+    removed: np.ndarray | None = None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    ieee = ds == "ieee8023"
+    pos = ieee & (y == 1)
+    openist = (ds == "openist") & (y == 0)
+    nih = ds == "nih_cxr14"
+    out["within_ieee8023_auc"] = auc_ci(y[ieee], s[ieee], n_boot)
+    m = pos | openist
+    out["covid_vs_openist_auc"] = auc_ci(y[m], s[m], n_boot) if openist.any() else None
+    if out["within_ieee8023_auc"] and out["covid_vs_openist_auc"]:
+        pair = (out["within_ieee8023_auc"]["auc"], out["covid_vs_openist_auc"]["auc"])
+        out["selection_score"] = 0.5 * (pair[0] + pair[1])
+    else:
+        out["selection_score"] = None
+    out["pooled_auc"] = auc_ci(y, s, n_boot)
+    m = ieee | nih
+    out["pooled_auc_ieee_nih"] = auc_ci(y[m], s[m], n_boot)
+    if removed is not None:
+        from training.metrics import roc_auc
+
+        both = len(set(y[m].tolist())) == 2
+        out["lungs_removed_auc_ieee_nih"] = roc_auc(y[m], removed[m]) if both else None
+        out["lungs_removed_distinct_scores"] = int(np.unique(np.round(removed[m], 6)).size)
+    neg = ieee & (y == 0)
+    out["source_index"] = (
+        auc_ci(np.r_[np.ones(neg.sum()), np.zeros(nih.sum())].astype(int), np.r_[s[neg], s[nih]], n_boot)
+        if neg.any() and nih.any() else None
+    )
+    per: dict[str, Any] = {}
+    for name in sorted(set(ds.tolist())):
+        k = ds == name
+        yy, ss = y[k], s[k]
+        called = ss >= threshold
+        e: dict[str, Any] = {
+            "n": int(k.sum()), "positives": int(yy.sum()),
+            "auc": auc_ci(yy, ss, n_boot)["auc"] if len(set(yy.tolist())) == 2 else None,
+            "median_p": float(np.median(ss)), "mean_p": float(np.mean(ss)),
+        }
+        for lab, key in ((1, "sensitivity"), (0, "specificity")):
+            sel = yy == lab
+            if sel.any():
+                hit = int((called[sel] == bool(lab)).sum())
+                e[key] = {"value": hit / int(sel.sum()), "k": hit, "n": int(sel.sum()),
+                          "wilson_ci95": wilson(hit, int(sel.sum()))}
+            if lab == 0 and sel.any():
+                e["median_p_negatives"] = float(np.median(ss[sel]))
+        per[name] = e
+    out["per_source"] = per
+    return out
+
+
+def score_bundle(bundle_dir: Path, rows: list, lung_bundle: Path, cache_dir: Path, lungs_removed: bool):
+    from pipelines.bundle import load_bundle, read_metadata
+    from training.cache import ArrayCache
+    from training.evaluate import classification_scores, predict_lung_masks
+
+    meta = read_metadata(bundle_dir)
+    bundle = load_bundle(bundle_dir, "covid")
+    cache = ArrayCache(cache_dir)
+    masks = predict_lung_masks(lung_bundle, rows, cache)
+    usable = [r for r in rows if r.image_path in masks]
+    in_spec = meta.input.to_dict()
+    s = classification_scores(bundle.network, usable, cache, in_spec, lung_masks=masks)
+    removed = None
+    if lungs_removed:
+        try:
+            removed = classification_scores(
+                bundle.network, usable, cache, in_spec, variant="lungs_removed", lung_masks=masks
+            )
+        except ValueError as exc:  # EmptyLungMaskError is a ValueError
+            logging.warning("lungs-removed scores unavailable: %s", exc)
+    return meta, usable, s, removed
+
+
+def fmt_auc(e: dict | None) -> str:
+    if not e:
+        return "n/a"
+    return f"{e['auc']:.3f} [{e['ci95'][0]:.3f}, {e['ci95'][1]:.3f}]"
+
+
+def fmt_spec(e: dict | None) -> str:
+    if not e or "specificity" not in e:
+        return "n/a"
+    sp = e["specificity"]
+    called = f"{sp['n'] - sp['k']}/{sp['n']} called COVID-19"
+    return f"{sp['value']:.2f} ({called}), median P {e['median_p_negatives']:.2f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        "| candidate | threshold | VAL score (rule) | VAL within-ieee8023 AUC | VAL COVID vs OpenIST AUC "
+        "| TEST within-ieee8023 AUC | TEST COVID vs OpenIST AUC | TEST lungs-only AUC (ieee8023+NIH) "
+        "| TEST lungs-removed AUC | TEST source index | TEST NIH specificity | TEST OpenIST specificity |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results["bundles"].items():
+        v, t = r.get("validation", {}), r.get("test", {})
+        score = v.get("selection_score")
+        lr = t.get("lungs_removed_auc_ieee_nih")
+        distinct = t.get("lungs_removed_distinct_scores")
+        removed = "n/a" if lr is None else f"{lr:.3f} ({distinct} distinct scores)"
+        score_txt = "n/a" if score is None else f"{score:.3f}"
+        lines.append(
+            f"| {name} (`{r['model']}`) | {r['threshold']:.3f} | {score_txt} | "
+            f"{fmt_auc(v.get('within_ieee8023_auc'))} | {fmt_auc(v.get('covid_vs_openist_auc'))} | "
+            f"{fmt_auc(t.get('within_ieee8023_auc'))} | {fmt_auc(t.get('covid_vs_openist_auc'))} | "
+            f"{fmt_auc(t.get('pooled_auc_ieee_nih'))} | {removed} | "
+            f"{fmt_auc(t.get('source_index'))} | "
+            f"{fmt_spec(t.get('per_source', {}).get('nih_cxr14'))} | "
+            f"{fmt_spec(t.get('per_source', {}).get('openist'))} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", action="append", required=True, help="NAME=PATH (repeatable)")
+    ap.add_argument("--manifest", type=Path, default=REPO / "runs/manifests/covid_multisource.csv")
+    ap.add_argument("--lung-bundle", type=Path, default=REPO / "models/lungs")
+    ap.add_argument("--cache-dir", type=Path, default=REPO / "runs/cache")
+    ap.add_argument("--splits", nargs="+", default=["validation", "test"])
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--out", type=Path, default=REPO / "runs/covid_compare.json")
+    ap.add_argument("--md", type=Path)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from training.manifest import read_manifest
+    from training.tasks import COVID
+
+    all_rows = [r for r in read_manifest(args.manifest) if COVID.accepts(r)]
+    results: dict[str, Any] = {"manifest": str(args.manifest), "bundles": {}}
+    if args.out.is_file():
+        results = json.loads(args.out.read_text())
+        results.setdefault("bundles", {})
+    for item in args.bundle:
+        name, _, path = item.partition("=")
+        entry: dict[str, Any] = {"path": path}
+        for split in args.splits:
+            rows = [r for r in all_rows if r.split == split]
+            meta, usable, s, removed = score_bundle(
+                Path(path), rows, args.lung_bundle, args.cache_dir, lungs_removed=split == "test"
+            )
+            y = np.array([COVID.label_of(r) for r in usable], dtype=int)
+            ds = np.array([r.dataset for r in usable])
+            entry["model"] = f"{meta.name} {meta.version}"
+            entry["threshold"] = float(meta.operating_threshold)
+            entry[split] = split_report(y, s, ds, float(meta.operating_threshold), args.n_boot, removed)
+            entry[split]["skipped_without_lung_mask"] = len(rows) - len(usable)
+            logging.info("%s %s: score %s", name, split, entry[split]["selection_score"])
+        results["bundles"][name] = entry
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1, default=float) + "\n")
+    md = markdown(results)
+    if args.md:
+        args.md.write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
