@@ -12,7 +12,8 @@ from pipelines.preprocess import InputSpec, prepare_input
 def _image_and_lungs() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:300, 0:260]
-    image = (0.5 + 0.3 * np.sin(yy / 17.0) * np.cos(xx / 23.0) + 0.01 * rng.random((300, 260))).astype(np.float32)
+    smooth = 0.5 + 0.3 * np.sin(yy / 17.0) * np.cos(xx / 23.0)
+    image = (smooth + 0.01 * rng.random((300, 260))).astype(np.float32)
     mask = np.zeros(image.shape, dtype=bool)
     mask[50:250, 30:120] = True
     mask[50:250, 140:230] = True

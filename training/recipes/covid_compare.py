@@ -60,7 +60,11 @@ def auc_ci(y: np.ndarray, s: np.ndarray, n_boot: int, seed: int = 0) -> dict[str
 
 
 def split_report(
-    y: np.ndarray, s: np.ndarray, ds: np.ndarray, threshold: float, n_boot: int,
+    y: np.ndarray,
+    s: np.ndarray,
+    ds: np.ndarray,
+    threshold: float,
+    n_boot: int,
     removed: np.ndarray | None = None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -88,7 +92,8 @@ def split_report(
     neg = ieee & (y == 0)
     out["source_index"] = (
         auc_ci(np.r_[np.ones(neg.sum()), np.zeros(nih.sum())].astype(int), np.r_[s[neg], s[nih]], n_boot)
-        if neg.any() and nih.any() else None
+        if neg.any() and nih.any()
+        else None
     )
     per: dict[str, Any] = {}
     for name in sorted(set(ds.tolist())):
@@ -96,16 +101,22 @@ def split_report(
         yy, ss = y[k], s[k]
         called = ss >= threshold
         e: dict[str, Any] = {
-            "n": int(k.sum()), "positives": int(yy.sum()),
+            "n": int(k.sum()),
+            "positives": int(yy.sum()),
             "auc": auc_ci(yy, ss, n_boot)["auc"] if len(set(yy.tolist())) == 2 else None,
-            "median_p": float(np.median(ss)), "mean_p": float(np.mean(ss)),
+            "median_p": float(np.median(ss)),
+            "mean_p": float(np.mean(ss)),
         }
         for lab, key in ((1, "sensitivity"), (0, "specificity")):
             sel = yy == lab
             if sel.any():
                 hit = int((called[sel] == bool(lab)).sum())
-                e[key] = {"value": hit / int(sel.sum()), "k": hit, "n": int(sel.sum()),
-                          "wilson_ci95": wilson(hit, int(sel.sum()))}
+                e[key] = {
+                    "value": hit / int(sel.sum()),
+                    "k": hit,
+                    "n": int(sel.sum()),
+                    "wilson_ci95": wilson(hit, int(sel.sum())),
+                }
             if lab == 0 and sel.any():
                 e["median_p_negatives"] = float(np.median(ss[sel]))
         per[name] = e
@@ -176,9 +187,87 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _met(value: float | None, ok: bool) -> str:
+    return "n/a" if value is None else ("met" if ok else "MISSED")
+
+
+def _p(e: dict | None, key: str) -> str:
+    if not e or key not in e:
+        return "n/a"
+    v = e[key]
+    lo, hi = v["wilson_ci95"]
+    return f"{v['value']:.2f} ({v['k']}/{v['n']}, Wilson 95% CI [{lo:.2f}, {hi:.2f}])"
+
+
+def card_section(results: dict[str, Any], new: str, old: str) -> str:
+    """Card text for the shipped bundle ``new`` against ``old`` (test split), from the JSON."""
+    n, o = results["bundles"][new], results["bundles"][old]
+    t, ot = n["test"], o["test"]
+    w, lo = t["within_ieee8023_auc"], t["pooled_auc_ieee_nih"]
+    lr = t.get("lungs_removed_auc_ieee_nih")
+    nih, opn, ie = (t["per_source"].get(k, {}) for k in ("nih_cxr14", "openist", "ieee8023"))
+    onih, oopn, oie = (ot["per_source"].get(k, {}) for k in ("nih_cxr14", "openist", "ieee8023"))
+    lines = [
+        f"## Results against the targets (held-out test, shipped fp16 bundle `{n['model']}`)",
+        "",
+        "Computed by `training/recipes/covid_compare.py` (numbers in `metadata.json` under `covid_compare`).",
+        "",
+        "| target | required | measured (bootstrap 95% CI) | |",
+        "|---|---|---|---|",
+        f"| within-source AUC (ieee8023 COVID-19 vs other findings, {w['positives']} / {w['n']}) | >= 0.80 | "
+        f"{fmt_auc(w)} | {_met(w['auc'], w['auc'] >= 0.80)} |",
+        f"| lungs-removed AUC (ieee8023 + NIH test) | <= 0.60 | "
+        f"{'n/a' if lr is None else f'{lr:.3f}'} "
+        f"({t.get('lungs_removed_distinct_scores')} distinct score(s): "
+        "the lungs-only input is empty when the lungs are blanked) | "
+        f"{_met(lr, lr is not None and lr <= 0.60)} (by construction) |",
+        f"| lungs-only AUC (ieee8023 + NIH test, {lo['positives']} / {lo['n']}) | >= 0.80 | {fmt_auc(lo)} | "
+        f"{_met(lo['auc'], lo['auc'] >= 0.80)} |",
+        f"| lungs-only AUC, all test images incl. OpenIST ({t['pooled_auc']['positives']} / "
+        f"{t['pooled_auc']['n']}) | report | {fmt_auc(t['pooled_auc'])} | |",
+        f"| ieee8023 COVID-19 vs OpenIST normal adults (unseen collection) | report | "
+        f"{fmt_auc(t['covid_vs_openist_auc'])} | |",
+        f"| source index (ieee8023 non-COVID vs NIH; 0.5 = ignores the collection) | report | "
+        f"{fmt_auc(t['source_index'])} | |",
+        "",
+        f"Per source, at the operating threshold {n['threshold']:.3f} (test split):",
+        "",
+        f"- ieee8023: n={ie.get('n')}, {ie.get('positives')} COVID-19, AUC {ie.get('auc', 0):.3f}; "
+        f"sensitivity {_p(ie, 'sensitivity')}; specificity {_p(ie, 'specificity')}",
+        f"- NIH ChestX-ray14 (all negative, trained-on collection, held-out patients): n={nih.get('n')}; "
+        f"specificity {_p(nih, 'specificity')}; median P(COVID-19) {nih.get('median_p', float('nan')):.2f}",
+        f"- OpenIST normal adults (collection never trained on): n={opn.get('n')}; specificity "
+        f"{_p(opn, 'specificity')}; median P(COVID-19) {opn.get('median_p', float('nan')):.2f}",
+        "",
+        f"### Against the previous model (`{o['model']}`, threshold {o['threshold']:.3f}) "
+        "on the same test images",
+        "",
+        "| figure | previous | this model |",
+        "|---|---|---|",
+        f"| within-ieee8023 AUC | {fmt_auc(ot['within_ieee8023_auc'])} | {fmt_auc(w)} |",
+        f"| lungs-only AUC (ieee8023 + NIH) | {fmt_auc(ot['pooled_auc_ieee_nih'])} | {fmt_auc(lo)} |",
+        f"| ieee8023 COVID-19 vs OpenIST normals AUC | {fmt_auc(ot['covid_vs_openist_auc'])} | "
+        f"{fmt_auc(t['covid_vs_openist_auc'])} |",
+        f"| source index | {fmt_auc(ot['source_index'])} | {fmt_auc(t['source_index'])} |",
+        f"| ieee8023 sensitivity | {_p(oie, 'sensitivity')} | {_p(ie, 'sensitivity')} |",
+        f"| ieee8023 specificity (other findings) | {_p(oie, 'specificity')} | {_p(ie, 'specificity')} |",
+        f"| NIH specificity | {_p(onih, 'specificity')} | {_p(nih, 'specificity')} |",
+        f"| NIH median P | {onih.get('median_p', float('nan')):.2f} | "
+        f"{nih.get('median_p', float('nan')):.2f} |",
+        f"| OpenIST specificity | {_p(oopn, 'specificity')} | {_p(opn, 'specificity')} |",
+        f"| OpenIST median P | {oopn.get('median_p', float('nan')):.2f} | "
+        f"{opn.get('median_p', float('nan')):.2f} |",
+        "",
+        "### Every candidate, validation and test (same images; the rule used the VALIDATION score only)",
+        "",
+        markdown(results),
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bundle", action="append", required=True, help="NAME=PATH (repeatable)")
+    ap.add_argument("--bundle", action="append", default=[], help="NAME=PATH (repeatable)")
     ap.add_argument("--manifest", type=Path, default=REPO / "runs/manifests/covid_multisource.csv")
     ap.add_argument("--lung-bundle", type=Path, default=REPO / "models/lungs")
     ap.add_argument("--cache-dir", type=Path, default=REPO / "runs/cache")
@@ -186,6 +275,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=REPO / "runs/covid_compare.json")
     ap.add_argument("--md", type=Path)
+    ap.add_argument(
+        "--card",
+        nargs=3,
+        metavar=("NEW", "OLD", "OUT_MD"),
+        help="write the card section for bundle NEW against OLD (names given to --bundle)",
+    )
+    ap.add_argument("--card-only", action="store_true", help="score nothing, render from --out")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -197,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.is_file():
         results = json.loads(args.out.read_text())
         results.setdefault("bundles", {})
-    for item in args.bundle:
+    for item in [] if args.card_only else args.bundle:
         name, _, path = item.partition("=")
         entry: dict[str, Any] = {"path": path}
         for split in args.splits:
@@ -218,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(results)
     if args.md:
         args.md.write_text(md)
+    if args.card:
+        new, old, out_md = args.card
+        Path(out_md).write_text(card_section(results, new, old) + "\n")
     print(md)
     return 0
 
