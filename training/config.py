@@ -58,6 +58,16 @@ class TrainConfig:
     patience: int = 0  # early stopping on the validation metric; 0 = off
     # classification: also blur / noise / down-up-sampling / gamma (acquisition cues), see data.py
     augment_acquisition: bool = False
+    # Segmentation only. seg_loss: "dice_bce" = soft Dice per image + BCE (default); "batch_dice_bce" =
+    # soft Dice over the whole batch + BCE (an image with an empty mask then adds only false positives to
+    # the batch's Dice instead of a per-image loss of ~1 for any foreground at all).
+    seg_loss: str = "dice_bce"
+    # seg_metric (epoch selection and the mask threshold, on validation): "dice" = mean per-image Dice
+    # (an empty truth scores 1 if the prediction is empty, else 0; default); "dice_fp" = mean Dice over
+    # images WITH foreground minus seg_fp_weight x the mean predicted-foreground fraction of the frame
+    # over images with an EMPTY truth (normal lungs): a graded penalty for over-calling normals.
+    seg_metric: str = "dice"
+    seg_fp_weight: float = 3.0
 
 
 @dataclass
@@ -100,6 +110,10 @@ class RunConfig:
                 f"{self.source_file}: [train] sampling {self.train.sampling!r} "
                 "is not shuffle, class_balanced or source_balanced"
             )
+        if self.train.seg_loss not in ("dice_bce", "batch_dice_bce"):
+            raise ConfigError(f"{self.source_file}: [train] seg_loss {self.train.seg_loss!r} unknown")
+        if self.train.seg_metric not in ("dice", "dice_fp"):
+            raise ConfigError(f"{self.source_file}: [train] seg_metric {self.train.seg_metric!r} unknown")
         if self.threshold.method not in ("youden", "sensitivity", "fixed"):
             raise ConfigError(f"{self.source_file}: [threshold] method {self.threshold.method!r} unknown")
 

@@ -65,10 +65,29 @@ def training_data_summary(rows: Sequence[ManifestRow], spec: TaskSpec, manifest_
     }
 
 
-def segmentation_threshold(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> tuple[float, str]:
-    """The probability cut (0.30..0.70) maximising mean per-image validation Dice."""
+def segmentation_threshold(
+    probs: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    seg_metric: str = "dice",
+    fp_weight: float = 3.0,
+) -> tuple[float, str]:
+    """The probability cut (0.30..0.70) maximising mean per-image validation Dice; with
+    ``seg_metric="dice_fp"`` the cut (0.30..0.95) maximising Dice on images with foreground minus
+    ``fp_weight`` x the foreground fraction predicted on empty-truth images (training.trainers.loop)."""
     from training.metrics import dice_iou
 
+    if seg_metric == "dice_fp":
+        from training.trainers.loop import seg_dice_fp
+
+        best_t, best_v = 0.5, -np.inf
+        for t in np.round(np.arange(0.3, 0.96, 0.05), 2):
+            v = seg_dice_fp(list(probs), list(truths), float(t), fp_weight)
+            if v > best_v + 1e-9:
+                best_t, best_v = float(t), v
+        return best_t, (
+            f"max validation [mean Dice on images with GGO - {fp_weight:g} x mean foreground fraction on "
+            f"empty-truth images] over 0.30..0.95 ({best_v:.4f})"
+        )
     best_t, best_d = 0.5, -1.0
     for t in np.round(np.arange(0.3, 0.71, 0.05), 2):
         d = float(np.mean([dice_iou(p >= t, m)[0] for p, m in zip(probs, truths, strict=True)]))
@@ -221,7 +240,9 @@ def export_torch_bundle(
     else:
         data = SegmentationData(val_rows, spec, cache, in_spec, augment=False, seed=0)
         pred = predict(net, data, spec, loss_fn, device, cfg.train.batch_size)
-        threshold, method = segmentation_threshold(pred.seg_probs or [], pred.seg_truth or [])
+        threshold, method = segmentation_threshold(
+            pred.seg_probs or [], pred.seg_truth or [], cfg.train.seg_metric, cfg.train.seg_fp_weight
+        )
         post = spec.task == "lungs"
         val_report = segmentation_report(
             segmentation_source_pairs(
@@ -241,7 +262,11 @@ def export_torch_bundle(
             if test_rows
             else {}
         )
-    name, value = selection(pred, val_rows) if selection else validation_metric(pred, spec)
+    name, value = (
+        selection(pred, val_rows)
+        if selection
+        else validation_metric(pred, spec, cfg.train.seg_metric, cfg.train.seg_fp_weight)
+    )
     for report in (val_report, test_report):
         report.pop("dice_per_image", None)
     metrics = {

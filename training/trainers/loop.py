@@ -79,13 +79,13 @@ def build_model(cfg: RunConfig, spec: TaskSpec, channels: int) -> tuple[nn.Modul
 
 
 class SegLoss(nn.Module):
-    """Soft Dice (per image) + BCE on one sigmoid channel."""
+    """Soft Dice (per image, or over the batch with ``batch=True``) + BCE on one sigmoid channel."""
 
-    def __init__(self) -> None:
+    def __init__(self, batch: bool = False) -> None:
         super().__init__()
         from monai.losses import DiceLoss
 
-        self.dice = DiceLoss(sigmoid=True, batch=False)
+        self.dice = DiceLoss(sigmoid=True, batch=batch)
         self.bce = nn.BCEWithLogitsLoss()
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -133,16 +133,37 @@ def predict(
     )
 
 
-def validation_metric(pred: Predictions, spec: TaskSpec) -> tuple[str, float]:
-    """Higher is better. Classification: AUC (minus loss when one class is missing); seg: mean Dice."""
+def validation_metric(
+    pred: Predictions, spec: TaskSpec, seg_metric: str = "dice", fp_weight: float = 3.0
+) -> tuple[str, float]:
+    """Higher is better. Classification: AUC (minus loss when one class is missing); seg: mean Dice
+    (``seg_metric="dice_fp"``: see :func:`seg_dice_fp`)."""
     from training.metrics import dice_iou, roc_auc
 
     if spec.kind == "classification":
         if len(set(pred.labels.tolist())) == 2:
             return "auc", roc_auc(pred.labels, pred.scores)
         return "neg_loss", -pred.loss
+    if seg_metric == "dice_fp":
+        return "dice_fp", seg_dice_fp(pred.seg_probs or [], pred.seg_truth or [], 0.5, fp_weight)
     dice = [dice_iou(p >= 0.5, t)[0] for p, t in zip(pred.seg_probs or [], pred.seg_truth or [], strict=True)]
     return "dice", float(np.mean(dice)) if dice else 0.0
+
+
+def seg_dice_fp(
+    probs: list[np.ndarray], truths: list[np.ndarray], threshold: float, fp_weight: float
+) -> float:
+    """Mean Dice over images whose truth has foreground, minus ``fp_weight`` x the mean foreground
+    fraction predicted on images whose truth is empty (each term 0 when it has no image)."""
+    from training.metrics import dice_iou
+
+    dice, fp = [], []
+    for p, t in zip(probs, truths, strict=True):
+        if t.any():
+            dice.append(dice_iou(p >= threshold, t)[0])
+        else:
+            fp.append(float((p >= threshold).mean()))
+    return (float(np.mean(dice)) if dice else 0.0) - fp_weight * (float(np.mean(fp)) if fp else 0.0)
 
 
 def _loader(
@@ -234,7 +255,7 @@ def train_torch_task(
             pos_weight = torch.tensor([negatives / positives], device=ctx.device)
         loss_fn: nn.Module = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     else:
-        loss_fn = SegLoss()
+        loss_fn = SegLoss(batch=cfg.train.seg_loss == "batch_dice_bce")
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.train.epochs))
     start_epoch, best_metric, best_epoch = 0, -math.inf, -1
@@ -284,7 +305,11 @@ def train_torch_task(
         is_best = False
         if ctx.is_main:
             pred = predict(net, val_data, spec, loss_fn, ctx.device, cfg.train.batch_size)
-            name, value = selection(pred, val_rows) if selection else validation_metric(pred, spec)
+            name, value = (
+                selection(pred, val_rows)
+                if selection
+                else validation_metric(pred, spec, cfg.train.seg_metric, cfg.train.seg_fp_weight)
+            )
             is_best = value > best_metric
             if is_best:
                 best_metric, best_epoch = value, epoch
