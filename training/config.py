@@ -60,7 +60,8 @@ class TrainConfig:
     augment_acquisition: bool = False
     # Segmentation only. seg_loss: "dice_bce" = soft Dice per image + BCE (default); "batch_dice_bce" =
     # soft Dice over the whole batch + BCE (an image with an empty mask then adds only false positives to
-    # the batch's Dice instead of a per-image loss of ~1 for any foreground at all).
+    # the batch's Dice instead of a per-image loss of ~1 for any foreground at all); "pos_dice_bce" =
+    # batch soft Dice over the images WITH foreground only + BCE over all images.
     seg_loss: str = "dice_bce"
     # seg_metric (epoch selection and the mask threshold, on validation): "dice" = mean per-image Dice
     # (an empty truth scores 1 if the prediction is empty, else 0; default); "dice_fp" = mean Dice over
@@ -110,7 +111,7 @@ class RunConfig:
                 f"{self.source_file}: [train] sampling {self.train.sampling!r} "
                 "is not shuffle, class_balanced or source_balanced"
             )
-        if self.train.seg_loss not in ("dice_bce", "batch_dice_bce"):
+        if self.train.seg_loss not in ("dice_bce", "batch_dice_bce", "pos_dice_bce"):
             raise ConfigError(f"{self.source_file}: [train] seg_loss {self.train.seg_loss!r} unknown")
         if self.train.seg_metric not in ("dice", "dice_fp"):
             raise ConfigError(f"{self.source_file}: [train] seg_metric {self.train.seg_metric!r} unknown")

@@ -61,3 +61,17 @@ def test_batch_dice_loss_is_finite_and_small_on_empty_masks_predicted_empty() ->
     per_image, batch = SegLoss(batch=False)(logits, target), SegLoss(batch=True)(logits, target)
     assert torch.isfinite(batch) and float(batch) < 0.01
     assert float(per_image) > float(batch)  # per image, the empty one costs a Dice loss of ~1
+
+
+def test_positives_only_dice_ignores_empty_images_in_the_dice_term() -> None:
+    from training.trainers.loop import SegLoss
+
+    target = torch.zeros((2, 1, 8, 8))
+    target[0, 0, :4] = 1.0
+    logits = torch.where(target > 0, 8.0, -8.0)
+    logits[1, 0, :2] = 8.0  # false positives on the empty image: BCE sees them, Dice does not
+    pos = SegLoss(positives_only=True)
+    only_bce = torch.nn.BCEWithLogitsLoss()(logits, target)
+    assert float(pos(logits, target)) == pytest.approx(float(only_bce), abs=1e-3)
+    empty = torch.zeros((2, 1, 8, 8))
+    assert torch.isfinite(pos(torch.zeros((2, 1, 8, 8), requires_grad=True), empty))

@@ -79,16 +79,25 @@ def build_model(cfg: RunConfig, spec: TaskSpec, channels: int) -> tuple[nn.Modul
 
 
 class SegLoss(nn.Module):
-    """Soft Dice (per image, or over the batch with ``batch=True``) + BCE on one sigmoid channel."""
+    """Soft Dice (per image, or over the batch with ``batch=True``) + BCE on one sigmoid channel.
 
-    def __init__(self, batch: bool = False) -> None:
+    ``positives_only=True``: the (batch) Dice term covers only the images whose target has foreground
+    (none in the batch: BCE alone); images with an empty target are taught by BCE only.
+    """
+
+    def __init__(self, batch: bool = False, positives_only: bool = False) -> None:
         super().__init__()
         from monai.losses import DiceLoss
 
-        self.dice = DiceLoss(sigmoid=True, batch=batch)
+        self.dice = DiceLoss(sigmoid=True, batch=batch or positives_only)
         self.bce = nn.BCEWithLogitsLoss()
+        self.positives_only = positives_only
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.positives_only:
+            has = target.flatten(1).amax(dim=1) > 0
+            dice = self.dice(logits[has], target[has]) if bool(has.any()) else logits.sum() * 0.0
+            return dice + self.bce(logits, target)
         return self.dice(logits, target) + self.bce(logits, target)
 
 
@@ -255,7 +264,9 @@ def train_torch_task(
             pos_weight = torch.tensor([negatives / positives], device=ctx.device)
         loss_fn: nn.Module = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     else:
-        loss_fn = SegLoss(batch=cfg.train.seg_loss == "batch_dice_bce")
+        loss_fn = SegLoss(
+            batch=cfg.train.seg_loss == "batch_dice_bce", positives_only=cfg.train.seg_loss == "pos_dice_bce"
+        )
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.train.epochs))
     start_epoch, best_metric, best_epoch = 0, -math.inf, -1
