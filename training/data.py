@@ -187,7 +187,9 @@ def _acquisition_augmentation(seed: int):  # noqa: ANN202 - MONAI Compose
         [
             RandAdjustContrast(prob=0.3, gamma=(0.7, 1.5)),
             RandGaussianSmooth(sigma_x=(0.25, 1.2), sigma_y=(0.25, 1.2), prob=0.3),
-            RandSimulateLowResolution(prob=0.3, zoom_range=(0.4, 0.9)),
+            RandSimulateLowResolution(
+                prob=0.3, zoom_range=(0.4, 0.9), downsample_mode="area", upsample_mode="bilinear"
+            ),
             RandGaussianNoise(prob=0.3, mean=0.0, std=0.1),
         ]
     )

@@ -42,9 +42,10 @@ def test_zscore_stays_the_default() -> None:
 def test_acquisition_augmentation_keeps_shape() -> None:
     from training.data import _acquisition_augmentation
 
-    x = torch.randn(1, 32, 32)
-    out = _acquisition_augmentation(0)(x)
-    assert tuple(torch.as_tensor(out).shape) == (1, 32, 32)
+    chain = _acquisition_augmentation(0)
+    for _ in range(40):  # every transform fires (p = 0.3 each) in 40 draws
+        out = chain(torch.randn(1, 32, 32))
+        assert tuple(torch.as_tensor(out).shape) == (1, 32, 32)
 
 
 def test_selection_is_the_mean_of_within_and_heldout_aucs() -> None:
