@@ -75,6 +75,23 @@ def test_study_becomes_a_job_after_the_quiet_period_and_late_instances_make_a_ne
     assert repo.status()["instances"] == 3
 
 
+def test_record_instances_reports_new_rows_and_a_failed_batch_leaves_nothing(repo: Repository) -> None:
+    """The receive path's insert (a raw-driver fast path on SQLite): new UIDs only, all or nothing."""
+    from node.errors import DatabaseError
+
+    now = time.time()
+    first, second = received("1.2.40", at=now), received("1.2.40", at=now)
+    assert repo.record_instances([first]) == {first.sop_instance_uid}
+    assert repo.record_instances([first, second]) == {second.sop_instance_uid}  # resend: not new
+    bad = InstanceRecord(**{**received("1.2.40", at=now).__dict__, "sop_class_uid": None})  # NOT NULL
+    third = received("1.2.40", at=now)
+    with pytest.raises(DatabaseError):
+        repo.record_instances([third, bad])
+    assert repo.find_instance(third.sop_instance_uid) is None  # rolled back with the bad row
+    assert repo.record_instances([third]) == {third.sop_instance_uid}  # the connection still works
+    assert repo.status()["instances"] == 3
+
+
 def test_claim_lease_expiry_retry_and_bounded_failure(repo: Repository) -> None:
     now = time.time()
     repo.record_instances([received("1.2.3", at=now - 100)])
