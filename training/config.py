@@ -41,6 +41,11 @@ class ModelConfig:
     architecture: str = "resnet18"
     params: dict[str, Any] = field(default_factory=dict)
     yolo_cfg: str = "yolo11n.yaml"
+    # Optional start weights for torch tasks: a state_dict file (e.g. an earlier bundle's models/model.pt,
+    # float16 is cast) of the same network; "" = random initialisation. init_sha256, when set, must
+    # match the file (a re-run cannot silently start from other weights).
+    init_weights: str = ""
+    init_sha256: str = ""
 
 
 @dataclass

@@ -75,3 +75,23 @@ def test_positives_only_dice_ignores_empty_images_in_the_dice_term() -> None:
     assert float(pos(logits, target)) == pytest.approx(float(only_bce), abs=1e-3)
     empty = torch.zeros((2, 1, 8, 8))
     assert torch.isfinite(pos(torch.zeros((2, 1, 8, 8), requires_grad=True), empty))
+
+
+def test_init_weights_load_and_a_wrong_sha_is_refused(tmp_path) -> None:  # noqa: ANN001
+    from training.manifest import file_sha256
+    from training.tasks import GGO_SEGMENTATION
+    from training.trainers.loop import build_model, load_init_weights
+
+    model = {"architecture": "unet", "params": {"channels": [4, 8], "strides": [2]}}
+    cfg = config_from_dict({"run": {"task": "ggo_segmentation", "name": "x"}, "model": model})
+    src, _ = build_model(cfg, GGO_SEGMENTATION, 1)
+    path = tmp_path / "model.pt"
+    torch.save({k: v.half() if torch.is_floating_point(v) else v for k, v in src.state_dict().items()}, path)
+    cfg.model.init_weights, cfg.model.init_sha256 = str(path), file_sha256(path)
+    dst, _ = build_model(cfg, GGO_SEGMENTATION, 1)
+    load_init_weights(dst, cfg)
+    for k, v in src.state_dict().items():
+        assert torch.allclose(dst.state_dict()[k].float(), v.half().float()), k
+    cfg.model.init_sha256 = "0" * 64
+    with pytest.raises(ConfigError, match="sha256"):
+        load_init_weights(dst, cfg)

@@ -252,6 +252,8 @@ def train_torch_task(
 
     train_data, val_data = dataset(train_rows, cfg.train.augment), dataset(val_rows, False)
     net, definition = build_model(cfg, spec, in_spec["channels"])
+    if cfg.model.init_weights:
+        load_init_weights(net, cfg)
     net = net.to(ctx.device)
     model: nn.Module = net
     if ctx.distributed:
@@ -388,6 +390,27 @@ def train_torch_task(
         loss_fn=loss_fn,
         selection=selection,
     )
+
+
+def load_init_weights(net: nn.Module, cfg: RunConfig) -> None:
+    """Start from ``[model] init_weights`` (a state_dict of the same network; its sha256 checked)."""
+    from training.manifest import file_sha256
+
+    path = Path(cfg.model.init_weights)
+    if not path.is_file():
+        raise ConfigError(f"{cfg.source_file}: [model] init_weights {path} not found")
+    sha = file_sha256(path)
+    if cfg.model.init_sha256 and sha != cfg.model.init_sha256:
+        raise ConfigError(f"{cfg.source_file}: [model] init_weights {path} has sha256 {sha}, "
+                          f"not the configured {cfg.model.init_sha256}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        net.load_state_dict({k: v.float() if torch.is_floating_point(v) else v for k, v in state.items()})
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"{cfg.source_file}: [model] init_weights {path} does not fit the network: {exc}"
+        ) from exc
+    log.info("initialised from %s (sha256 %s)", path, sha)
 
 
 def lung_masks_for(
