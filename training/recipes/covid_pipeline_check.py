@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="test")
     ap.add_argument("--per-source", type=int, default=0)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--md", type=Path, help="write the card lines (markdown) here")
     args = ap.parse_args(argv)
 
     from pipelines.chest import ChestPipeline
@@ -66,7 +67,28 @@ def main(argv: list[str] | None = None) -> int:
     report["threshold"] = pipe.covid.threshold
     if args.out:
         args.out.write_text(json.dumps(report, indent=1) + "\n")
+    if args.md:
+        args.md.write_text(markdown(report))
     return 0
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        f"**Through the whole pipeline** (`ChestPipeline.from_models_dir`, {report['covid_model']}, "
+        f"threshold "
+        f"{report['threshold']:.3f}; {report['split']} split, first images of each source):",
+        "",
+    ]
+    for source, e in report["per_source"].items():
+        parts = []
+        for key, what in (("covid_19", "COVID-19 images"), ("negatives", "negative images")):
+            if key in e:
+                v = e[key]
+                parts.append(f"{v['called_covid_19']} of {v['n']} {what} called COVID-19 "
+                             f"(median score {v['median_score']:.2f})")
+        lines.append(f"- {source}: " + "; ".join(parts) + (f"; {e['not_analysed']} not analysed"
+                                                           if e["not_analysed"] else ""))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
