@@ -1,0 +1,136 @@
+"""GGO extent the pipeline reports on normal lungs (and on COVID-19 pictures), and GGO Dice, per dataset.
+
+    .venv/bin/python -m training.recipes.ggo_normal_extent MANIFEST [MANIFEST ...] --split test \
+        [--ggo-bundle models/ggo_segmentation] [--lung-bundle models/lungs] [--thresholds 0.5,0.6] \
+        [--out extent.json]
+
+Every image goes through the pipeline's own code: ``LungSegmenter`` (lungs bundle) then
+``GgoSegmenter`` (GGO bundle, its operating threshold unless ``--thresholds`` lists others), extent =
+GGO area inside the lungs / lung area x 100 (``pipelines.tasks.ggo.ggo_extent_percent``). Rows whose
+GGO mask has foreground also get Dice on the source grid; rows with an empty GGO mask or none count
+as normal (extent is reported for every row). Figures per dataset (x COVID label; "all normals" pools
+the normal rows): n, median, 90th percentile, IQR, mean extent, share of images with extent 0 and with
+extent < 1 %. ``--exclude-seen`` is meant for the held-out list (it drops patients by id).
+
+Use it on the VALIDATION split to choose, on the held-out list (``ggo_manifest --heldout``) and the
+test split only to report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def summarise(values: list[float]) -> dict:
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        return {"n": 0}
+    return {
+        "n": int(v.size),
+        "median": round(float(np.median(v)), 2),
+        "p90": round(float(np.percentile(v, 90)), 2),
+        "iqr": [round(float(np.percentile(v, 25)), 2), round(float(np.percentile(v, 75)), 2)],
+        "mean": round(float(v.mean()), 2),
+        "share_zero": round(float((v == 0).mean()), 3),
+        "share_below_1pct": round(float((v < 1).mean()), 3),
+    }
+
+
+def collect(manifests: list[Path], split: str, ggo_bundle: Path, lung_bundle: Path,
+            exclude: set[str] | None = None) -> list[dict]:
+    """Per image: dataset, covid, lung mask, GGO probability map (source grid), truth (or None)."""
+    from pipelines.bundle import load_bundle
+    from pipelines.image import load_image
+    from pipelines.tasks.ggo import GgoSegmenter
+    from training.cache import ArrayCache, load_source
+    from training.evaluate import predict_lung_masks
+    from training.manifest import read_manifest
+
+    rows = [r for m in manifests for r in read_manifest(m) if not split or r.split == split]
+    rows = [r for r in rows if r.patient_id not in (exclude or set())]
+    lungs = predict_lung_masks(lung_bundle, rows, ArrayCache(REPO / "runs" / "cache"))
+    seg = GgoSegmenter(load_bundle(ggo_bundle, "ggo_segmentation"))
+    out = []
+    for r in rows:
+        lung = lungs.get(r.image_path)
+        if lung is None:
+            continue  # the pipeline reports no extent without a lung mask
+        src = load_image(r.image_path)
+        _, prob = seg.predict([src], [lung])[0]
+        truth = load_source(r).ggo_mask if r.ggo_mask else None
+        out.append({"path": r.image_path, "dataset": r.dataset, "covid": r.covid, "lung": lung,
+                    "prob": prob, "truth": truth if truth is not None and truth.any() else None})
+    return out
+
+
+def report(items: list[dict], threshold: float, min_extent: float = 0.0) -> dict:
+    """Figures at one mask threshold; ``min_extent`` > 0: an extent below it is reported as 0 (gate)."""
+    from pipelines.tasks.ggo import ggo_extent_percent
+    from training.metrics import dice_iou
+
+    extent: dict[str, list[float]] = defaultdict(list)
+    dice: dict[str, list[float]] = defaultdict(list)
+    for it in items:
+        mask = it["prob"] >= threshold
+        e = ggo_extent_percent(mask, it["lung"]) or 0.0
+        if e < min_extent:
+            mask, e = np.zeros_like(mask), 0.0
+        group = it["dataset"] + ("" if it["truth"] is not None or it["covid"] != "1" else " covid")
+        if it["truth"] is not None:
+            dice[group].append(dice_iou(mask, it["truth"])[0])
+        extent[group].append(e)
+        if it["truth"] is None and it["covid"] != "1":
+            extent["all normals"].append(e)
+    res: dict = {"threshold": threshold, "min_extent_pct": min_extent, "extent_pct": {}, "dice": {}}
+    for g, v in sorted(extent.items()):
+        res["extent_pct"][g] = summarise(v)
+    for g, v in sorted(dice.items()):
+        res["dice"][g] = {"n": len(v), "mean": round(float(np.mean(v)), 4)}
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("manifests", type=Path, nargs="+")
+    ap.add_argument("--split", default="test", help="rows of this split ('' = all rows)")
+    ap.add_argument("--ggo-bundle", type=Path, default=REPO / "models" / "ggo_segmentation")
+    ap.add_argument("--lung-bundle", type=Path, default=REPO / "models" / "lungs")
+    ap.add_argument("--thresholds", default="", help="comma-separated; default: the bundle's own")
+    ap.add_argument("--min-extents", default="0", help="comma-separated gate values in %% of lung")
+    ap.add_argument("--exclude-seen", type=Path, action="append", default=[],
+                    help="drop patients in this manifest's train/validation splits (seen by an earlier "
+                         "model, e.g. the start weights of a fine-tuned one); repeatable")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+
+    from pipelines.bundle import read_metadata
+    from training.manifest import read_manifest
+
+    exclude = {r.patient_id for m in args.exclude_seen for r in read_manifest(m)
+               if r.split in ("train", "validation")}
+    items = collect(args.manifests, args.split, args.ggo_bundle, args.lung_bundle, exclude)
+    own = float(read_metadata(args.ggo_bundle).operating_threshold)
+    thresholds = [float(t) for t in args.thresholds.split(",") if t] or [own]
+    gates = [float(g) for g in args.min_extents.split(",") if g]
+    results = [report(items, t, g) for t in thresholds for g in gates]
+    text = json.dumps({"ggo_bundle": str(args.ggo_bundle), "lung_bundle": str(args.lung_bundle),
+                       "manifests": [str(m) for m in args.manifests], "split": args.split,
+                       "exclude_seen": [str(m) for m in args.exclude_seen],
+                       "n_images": len(items),
+                       "bundle_threshold": own, "results": results}, indent=1)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
