@@ -32,11 +32,23 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 
 N_PER_SOURCE = 50
 SEED = 20260101
+
+
+def attach_empty_masks(rows: list, mask_dir: Path) -> None:
+    """Give normal images an all-zero GGO mask of their own size (the segmentation trainer needs one)."""
+    mask_dir.mkdir(parents=True, exist_ok=True)
+    for r in rows:
+        with Image.open(r.image_path) as img:
+            w, h = img.size
+        path = mask_dir / f"{Path(r.image_path).stem}.png"
+        Image.fromarray(np.zeros((h, w), dtype=np.uint8)).save(path)
+        r.ggo_mask, r.split = str(path), ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,8 +61,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ieee-normals", action="store_true", help="add ieee8023 'No Finding' frontals")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    from PIL import Image
 
     from training.datasets import scan_dataset
     from training.manifest import write_manifest
@@ -83,15 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in sorted(rows, key=lambda r: r.image_path):
             one_per_patient.setdefault(r.patient_id, r)
         chosen = rng.sample(sorted(one_per_patient.values(), key=lambda r: r.image_path), args.per_source)
-        mask_dir = (args.out / "empty_ggo_masks" / folder).resolve()
-        mask_dir.mkdir(parents=True, exist_ok=True)
-        for r in chosen:
-            with Image.open(r.image_path) as img:
-                w, h = img.size
-            path = mask_dir / f"{Path(r.image_path).stem}.png"
-            Image.fromarray(np.zeros((h, w), dtype=np.uint8)).save(path)
-            r.ggo_mask = str(path)
-            r.split = ""
+        attach_empty_masks(chosen, (args.out / "empty_ggo_masks" / folder).resolve())
         negatives += chosen
     assign_splits(negatives, fractions=(0.7, 0.15, 0.15), seed=SEED, stratum=lambda rs: "none")
     ieee = scan_dataset("shared_ieee8023", args.data_root / "ieee8023_covid_cxr") if (
@@ -100,14 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.ieee_normals:
         normals = [r for r in ieee if r.findings == ["No Finding"] and r.projection == "frontal"
                    and r.patient_id not in gb_patients and r.image_key not in gb_keys]
-        mask_dir = (args.out / "empty_ggo_masks" / "ieee8023_covid_cxr").resolve()
-        mask_dir.mkdir(parents=True, exist_ok=True)
-        for r in normals:
-            with Image.open(r.image_path) as img:
-                w, h = img.size
-            path = mask_dir / f"{Path(r.image_path).stem}.png"
-            Image.fromarray(np.zeros((h, w), dtype=np.uint8)).save(path)
-            r.ggo_mask, r.split = str(path), ""
+        attach_empty_masks(normals, (args.out / "empty_ggo_masks" / "ieee8023_covid_cxr").resolve())
         assign_splits(normals, fractions=(0.7, 0.15, 0.15), seed=SEED, stratum=lambda rs: "none")
         negatives += normals
     rows = gb + negatives
