@@ -41,6 +41,27 @@ DELIVERIES = Delivery.__table__
 _SCHEMA_LOCK_KEY = 0x63787231
 
 
+def _enable_wal(cur: Any, *, timeout: float) -> None:
+    """Switch a SQLite database to WAL, waiting while another process holds it.
+
+    Switching the journal mode needs an exclusive lock, and SQLite answers "database is locked"
+    at once instead of calling the busy handler. This happens when several processes (``serve``
+    and ``worker``) open a new database at the same moment, so the switch is retried with a
+    short backoff. Once a database is in WAL mode the setting persists and the PRAGMA is a no-op.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
 def make_engine(url: str, *, durability: str = "fsync", schema: str = "") -> Engine:
     """Create the engine with the per-connection settings the node relies on.
 
@@ -57,10 +78,10 @@ def make_engine(url: str, *, durability: str = "fsync", schema: str = "") -> Eng
         def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see _sqlite_begin)
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            _enable_wal(cur, timeout=30.0)
             cur.execute(f"PRAGMA synchronous={sync}")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
         @event.listens_for(engine, "begin")
