@@ -75,25 +75,30 @@ def segmentation_threshold(
     ``seg_metric="dice_fp"`` the cut (0.30..0.95) maximising Dice on images with foreground minus
     ``fp_weight`` x the foreground fraction predicted on empty-truth images (training.trainers.loop)."""
     from training.metrics import dice_iou
+    from training.trainers.loop import seg_dice_fp
 
     if seg_metric == "dice_fp":
-        from training.trainers.loop import seg_dice_fp
+        top = 0.95
 
-        best_t, best_v = 0.5, -np.inf
-        for t in np.round(np.arange(0.3, 0.96, 0.05), 2):
-            v = seg_dice_fp(list(probs), list(truths), float(t), fp_weight)
-            if v > best_v + 1e-9:
-                best_t, best_v = float(t), v
+        def score(t: float) -> float:
+            return seg_dice_fp(list(probs), list(truths), t, fp_weight)
+    else:
+        top = 0.70
+
+        def score(t: float) -> float:
+            return float(np.mean([dice_iou(p >= t, m)[0] for p, m in zip(probs, truths, strict=True)]))
+
+    best_t, best_v = 0.5, -np.inf
+    for t in np.round(np.arange(0.3, top + 0.01, 0.05), 2):
+        v = score(float(t))
+        if v > best_v + 1e-9:
+            best_t, best_v = float(t), v
+    if seg_metric == "dice_fp":
         return best_t, (
             f"max validation [mean Dice on images with GGO - {fp_weight:g} x mean foreground fraction on "
             f"empty-truth images] over 0.30..0.95 ({best_v:.4f})"
         )
-    best_t, best_d = 0.5, -1.0
-    for t in np.round(np.arange(0.3, 0.71, 0.05), 2):
-        d = float(np.mean([dice_iou(p >= t, m)[0] for p, m in zip(probs, truths, strict=True)]))
-        if d > best_d + 1e-9:
-            best_t, best_d = float(t), d
-    return best_t, f"max mean validation Dice over 0.30..0.70 (Dice {best_d:.4f})"
+    return best_t, f"max mean validation Dice over 0.30..0.70 (Dice {best_v:.4f})"
 
 
 def _fmt(value: Any) -> str:
@@ -186,14 +191,14 @@ def export_torch_bundle(
     best_epoch: int,
     lung_masks: dict[str, np.ndarray],
     loss_fn: Any,
-    selection: Any = None,
+    selection: Any,
 ) -> Path:
     from pipelines.bundle import BundleMetadata
     from pipelines.networks import DEFAULT_TARGET_LAYERS
     from training.data import ClassificationData, SegmentationData
     from training.evaluate import evaluate_classification, segmentation_source_pairs
     from training.metrics import choose_threshold, segmentation_report
-    from training.trainers.loop import predict, validation_metric
+    from training.trainers.loop import predict
 
     device = next(net.parameters()).device.type
     val_rows = [r for r in rows if r.split == "validation"]
@@ -262,11 +267,7 @@ def export_torch_bundle(
             if test_rows
             else {}
         )
-    name, value = (
-        selection(pred, val_rows)
-        if selection
-        else validation_metric(pred, spec, cfg.train.seg_metric, cfg.train.seg_fp_weight)
-    )
+    name, value = selection(pred, val_rows)
     for report in (val_report, test_report):
         report.pop("dice_per_image", None)
     metrics = {

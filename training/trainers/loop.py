@@ -251,6 +251,11 @@ def train_torch_task(
         return SegmentationData(rs, spec, cache, in_spec, augment=augment, seed=cfg.seed + ctx.rank)
 
     train_data, val_data = dataset(train_rows, cfg.train.augment), dataset(val_rows, False)
+
+    def default_selection(pred: Predictions, _rows: Sequence[ManifestRow]) -> tuple[str, float]:
+        return validation_metric(pred, spec, cfg.train.seg_metric, cfg.train.seg_fp_weight)
+
+    select: Selection = selection or default_selection
     net, definition = build_model(cfg, spec, in_spec["channels"])
     if cfg.model.init_weights:
         load_init_weights(net, cfg)
@@ -318,11 +323,7 @@ def train_torch_task(
         is_best = False
         if ctx.is_main:
             pred = predict(net, val_data, spec, loss_fn, ctx.device, cfg.train.batch_size)
-            name, value = (
-                selection(pred, val_rows)
-                if selection
-                else validation_metric(pred, spec, cfg.train.seg_metric, cfg.train.seg_fp_weight)
-            )
+            name, value = select(pred, val_rows)
             is_best = value > best_metric
             if is_best:
                 best_metric, best_epoch = value, epoch
@@ -388,7 +389,7 @@ def train_torch_task(
         best_epoch=best_epoch,
         lung_masks=lung_masks,
         loss_fn=loss_fn,
-        selection=selection,
+        selection=select,
     )
 
 
