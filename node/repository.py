@@ -280,12 +280,10 @@ class Repository:
 
     def _thread_raw_connection(self) -> Any:
         """A DBAPI connection checked out of the engine's pool for good by this thread."""
-        conn = getattr(self._local, "raw", None)
-        if conn is None:
-            fairy = self.engine.raw_connection()  # runs the engine's connect hook (PRAGMAs)
-            self._local.fairy = fairy  # keeps the checkout alive for this thread
-            conn = self._local.raw = fairy.driver_connection
-        return conn
+        fairy = getattr(self._local, "fairy", None)
+        if fairy is None:  # held by this thread until it ends, so the checkout stays alive
+            fairy = self._local.fairy = self.engine.raw_connection()  # runs the connect hook (PRAGMAs)
+        return fairy.driver_connection
 
     def forget_instance(self, sop_instance_uid: str) -> None:
         """Undo a just-recorded instance whose file could not be written (never acknowledged)."""
