@@ -77,6 +77,21 @@ def mean_ci(
     return float(v.mean()), float(lo), float(hi)
 
 
+def wilson_ci(k: int, n: int) -> list[float] | None:
+    """95% Wilson score interval of the proportion k/n (None when n is 0).
+
+    Unlike a bootstrap it stays informative at 0/n and n/n, which small test splits produce
+    (8 of 8 laterals).
+    """
+    if n == 0:
+        return None
+    z, p = 1.96, k / n
+    den = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / den
+    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return [float(c - h), float(c + h)]
+
+
 def choose_threshold(
     y: Sequence[int] | np.ndarray,
     scores: Sequence[float] | np.ndarray,

@@ -20,6 +20,16 @@ def test_auc_hand_cases() -> None:
         M.roc_auc([1, 1], [0.2, 0.3])
 
 
+def test_wilson_ci_hand_cases() -> None:
+    # 8/8: centre (1 + z^2/16) / (1 + z^2/8) = 0.8378, half-width 1.96 sqrt(z^2/256) / (1 + z^2/8) = 0.1622
+    lo, hi = M.wilson_ci(8, 8)
+    assert lo == pytest.approx(0.6756, abs=1e-4) and hi == pytest.approx(1.0)
+    # 5/10, symmetric around 1/2: half-width 1.96 sqrt(0.025 + z^2/400) / (1 + z^2/10) = 0.2634
+    lo, hi = M.wilson_ci(5, 10)
+    assert (lo + hi) / 2 == pytest.approx(0.5) and hi - lo == pytest.approx(2 * 0.2634, abs=1e-3)
+    assert M.wilson_ci(0, 0) is None
+
+
 def test_bootstrap_ci_is_seeded_and_brackets_the_estimate() -> None:
     rng = np.random.default_rng(0)
     y = np.array([0] * 50 + [1] * 50)

@@ -37,17 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from training.metrics import wilson_ci
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def wilson(k: int, n: int) -> list[float] | None:
-    if n == 0:
-        return None
-    z, p = 1.96, k / n
-    den = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / den
-    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return [float(c - h), float(c + h)]
 
 
 def auc_ci(y: np.ndarray, s: np.ndarray, n_boot: int, seed: int = 0) -> dict[str, Any] | None:
@@ -115,7 +107,7 @@ def split_report(
                     "value": hit / int(sel.sum()),
                     "k": hit,
                     "n": int(sel.sum()),
-                    "wilson_ci95": wilson(hit, int(sel.sum())),
+                    "wilson_ci95": wilson_ci(hit, int(sel.sum())),
                 }
             if lab == 0 and sel.any():
                 e["median_p_negatives"] = float(np.median(ss[sel]))

@@ -22,18 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from training.metrics import wilson_ci
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def wilson(k: int, n: int) -> list[float] | None:
-    if n == 0:
-        return None
-    z = 1.96
-    p = k / n
-    den = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / den
-    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return [float(c - h), float(c + h)]
 
 
 def boot_prop(k: int, n: int, seed: int = 0) -> list[float] | None:
@@ -52,7 +43,7 @@ def prop_ci(m: dict) -> dict:
     for name, k, n in (("accuracy", tp + tn, tp + tn + fp + fn), ("sensitivity", tp, tp + fn),
                        ("specificity", tn, tn + fp)):
         out[name] = {"value": k / n if n else None, "k": k, "n": n,
-                     "bootstrap_ci95": boot_prop(k, n), "wilson_ci95": wilson(k, n)}
+                     "bootstrap_ci95": boot_prop(k, n), "wilson_ci95": wilson_ci(k, n)}
     return out
 
 
