@@ -75,7 +75,7 @@ class PipelineSettings:
 @dataclass
 class WorkerSettings:
     workers: int = 1  # in-process worker threads started by `serve` (0: none)
-    lease_seconds: float = 300.0
+    lease_seconds: float = 60.0  # renewed every third of it while a job runs
     max_attempts: int = 3
     poll_seconds: float = 1.0
     load_retry_seconds: float = 30.0  # models missing or broken: try loading again after this long

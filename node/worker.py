@@ -73,6 +73,40 @@ def chest_analyzer_factory(config: NodeConfig) -> Callable[[], Analyzer]:
     return factory
 
 
+class LeaseKeeper:
+    """Renews a claimed job's lease from its own thread for as long as the job runs.
+
+    Renewing only between images let a single slow image (a loaded CPU, a first inference)
+    outlast the lease, so another worker claimed a job that was still being analysed. The
+    heartbeat renews every third of the lease, so only a worker that is truly gone (killed,
+    hung outside Python) loses its job. ``lost`` is set when the database says the job is no
+    longer ours; the analysis checks it between images.
+    """
+
+    def __init__(self, repo: Repository, job_id: int, owner: str, lease_seconds: float) -> None:
+        self._repo, self._job_id, self._owner, self._lease = repo, job_id, owner, lease_seconds
+        self._done = threading.Event()
+        self.lost = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"lease-{job_id}", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._done.wait(self._lease / 3):
+            try:
+                if not self._repo.renew_lease(self._job_id, self._owner, self._lease):
+                    self.lost.set()
+                    return
+            except DatabaseError as exc:  # transient: the next beat tries again before expiry
+                log_event(log, "job.lease_renew_failed", logging.WARNING, job_id=self._job_id, error=str(exc))
+
+
 class JobFailed(Exception):
     """No image of the job could be analysed (the message lists why)."""
 
@@ -169,7 +203,8 @@ class Worker:
             owner=self.owner,
         )
         try:
-            outcome = self._analyse_job(job)
+            with LeaseKeeper(self.repo, job.id, self.owner, self.config.worker.lease_seconds) as lease:
+                outcome = self._analyse_job(job, lease)
         except Exception as exc:
             message = f"{exc.__class__.__name__}: {exc}"
             try:
@@ -213,7 +248,7 @@ class Worker:
         )
         return "done"
 
-    def _analyse_job(self, job: ClaimedJob) -> tuple[list[InstanceRecord], str] | None:
+    def _analyse_job(self, job: ClaimedJob, lease: LeaseKeeper) -> tuple[list[InstanceRecord], str] | None:
         """Analyse every image; None when stopping (the job is released, not failed)."""
         assert self.analyzer is not None
         instances = self.repo.job_instances(job.id)
@@ -240,7 +275,7 @@ class Worker:
                 )
                 continue
             results.extend(self._store_results(outputs, inst))
-            if not self.repo.renew_lease(job.id, self.owner, self.config.worker.lease_seconds):
+            if lease.lost.is_set():
                 raise DatabaseError(f"lease on job {job.id} lost while analysing")
         if errors and len(errors) == len(instances):
             raise JobFailed(f"no image analysed: {'; '.join(errors)}")

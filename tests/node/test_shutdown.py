@@ -1,6 +1,7 @@
 """Graceful stop: the worker finishes the image in hand and releases its job (attempt not
-counted); a restarted node picks the job up again. The analyzer here is a slow stand-in for the
-pipeline (the real one runs in test_system.py): only the job bookkeeping is under test."""
+counted); a restarted node picks the job up again. A live worker keeps its job however long one
+image takes. The analyzer here is a slow stand-in for the pipeline (the real one runs in
+test_system.py): only the job bookkeeping is under test."""
 
 from __future__ import annotations
 
@@ -18,16 +19,17 @@ from node.service import NodeService
 
 
 class SlowAnalyzer:
-    """Takes 0.5 s per image and produces no result object."""
+    """Takes ``seconds`` per image and produces no result object."""
 
-    def __init__(self, started: threading.Event) -> None:
+    def __init__(self, started: threading.Event, seconds: float = 0.5) -> None:
         self.started = started
+        self.seconds = seconds
         self.calls = 0
 
     def analyze(self, source: pydicom.Dataset, **_kwargs: object) -> list[pydicom.Dataset]:
         self.calls += 1
         self.started.set()
-        time.sleep(0.5)
+        time.sleep(self.seconds)
         return []
 
 
@@ -62,3 +64,33 @@ def test_stop_releases_the_running_job_and_a_restart_resumes_it(tmp_path: Path) 
         assert job["jobs"] == {"done": 1}
     finally:
         restarted.stop(timeout=20)
+
+
+def test_an_image_slower_than_the_lease_does_not_hand_the_job_to_another_worker(tmp_path: Path) -> None:
+    # The lease (0.6 s) is a fraction of one image's analysis (3 s): only a heartbeat that renews
+    # it while the image is analysed keeps the second, idle worker from claiming the same job.
+    config_path = tmp_path / "node.toml"
+    config_path.write_text(
+        node_toml(
+            tmp_path / "var",
+            free_port(),
+            node={"study_stable_seconds": 0.3},
+            worker={"lease_seconds": 0.6, "poll_seconds": 0.05},
+        )
+    )
+    config = load_config(config_path)
+    analyzer = SlowAnalyzer(threading.Event(), seconds=3.0)
+    service = NodeService(config, analyzer_factory=lambda: analyzer, workers=2, deliver=False)
+    service.start()
+    try:
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(DX_PRESENTATION, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", config.node.port, ae_title="CXRNODE")
+        assert assoc.send_c_store(make_dx(generate_uid(), seed=0)).Status == 0
+        assoc.release()
+        wait_for(lambda: service.repo.status()["jobs"]["done"] == 1, 30, what="the job done")
+        assert analyzer.calls == 1, "the image was analysed twice: the lease expired under a live worker"
+        [study] = service.repo.status()["studies"]
+        assert study["jobs"] == {"done": 1}
+    finally:
+        service.stop(timeout=20)
