@@ -7,11 +7,7 @@ read back from disk by the tests (write-read-compare).
 
 from __future__ import annotations
 
-import datetime
-import shutil
-import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
@@ -20,8 +16,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from factories import SPECS, make_result, make_source  # noqa: E402
+from result_sets import ResultSet, write_result_set  # noqa: E402
 
-from node.results import ResultSettings, build_result_objects  # noqa: E402
+from node.results import ResultSettings  # noqa: E402
 from pipelines.results import ChestResult, Projection  # noqa: E402
 
 # The real CR/DX chest samples (see ../shared/data/README.md); the dog DX is a bad-input case.
@@ -31,40 +28,6 @@ REAL_SAMPLES = [
     "nhsx_nih_cxr_dx_sc.dcm",  # Secondary Capture, modality DX, no Type 2 study attributes
     "txv_siim_ptx_CR_chest_PA.dcm",  # Secondary Capture CR, JPEG baseline, invalid Patient Age
 ]
-FIXED_NOW = datetime.datetime(2026, 11, 26, 9, 30, 15)
-
-PIXELMED = ["java", "-Djdk.xml.xpathExprOpLimit=0", "-Djdk.xml.xpathExprGrpLimit=0",
-            "-Djdk.xml.xpathTotalOpLimit=0", "-cp", "/usr/share/java/pixelmed.jar",
-            "com.pixelmed.validate.DicomSRValidator"]
-
-
-@dataclass
-class ResultSet:
-    """One source and the objects written for it (paths on disk and the pipeline result)."""
-
-    name: str
-    source_path: Path
-    result: ChestResult
-    paths: dict[str, Path]  # modality ("SEG", "SR", "OT") -> file
-
-    def read(self, modality: str) -> pydicom.Dataset:
-        return pydicom.dcmread(self.paths[modality])
-
-    def source(self) -> pydicom.Dataset:
-        return pydicom.dcmread(self.source_path)
-
-
-def _write_set(out: Path, name: str, source: pydicom.Dataset, source_path: Path, result: ChestResult,
-               settings: ResultSettings | None = None) -> ResultSet:
-    objects = build_result_objects(source, result, settings=settings, now=FIXED_NOW)
-    paths = {}
-    for obj in objects:
-        path = out / f"{name}_{obj.Modality}.dcm"
-        obj.save_as(path, enforce_file_format=True)
-        paths[str(obj.Modality)] = path
-    return ResultSet(name=name, source_path=source_path, result=result, paths=paths)
-
-
 @pytest.fixture(scope="session")
 def results_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("results")
@@ -91,7 +54,7 @@ def frontal_sets(sources: dict[str, Path], results_dir: Path) -> dict[str, Resul
     sets = {}
     for name, path in sources.items():
         ds = pydicom.dcmread(path)
-        sets[name] = _write_set(results_dir, f"{name}_frontal", ds, path, make_result(ds))
+        sets[name] = write_result_set(results_dir, f"{name}_frontal", ds, path, make_result(ds))
     return sets
 
 
@@ -100,7 +63,7 @@ def lateral_sets(sources: dict[str, Path], results_dir: Path) -> dict[str, Resul
     sets = {}
     for name, path in sources.items():
         ds = pydicom.dcmread(path)
-        sets[name] = _write_set(results_dir, f"{name}_lateral", ds, path,
+        sets[name] = write_result_set(results_dir, f"{name}_lateral", ds, path,
                                 make_result(ds, projection=Projection.LATERAL))
     return sets
 
@@ -110,14 +73,6 @@ def write_set(results_dir: Path):
     """Build and write one extra set (custom result or settings) for a test."""
     def _write(name: str, source_path: Path, result: ChestResult,
                settings: ResultSettings | None = None) -> ResultSet:
-        return _write_set(results_dir, name, pydicom.dcmread(source_path), source_path, result, settings)
+        source = pydicom.dcmread(source_path)
+        return write_result_set(results_dir, name, source, source_path, result, settings)
     return _write
-
-
-def run_tool(args: list[str], timeout: float = 120) -> str:
-    """Run a validator and return stdout+stderr (they print findings on either)."""
-    tool = shutil.which(args[0])
-    if tool is None:
-        pytest.fail(f"{args[0]} not installed (dicom3tools / pixelmed-apps, see .ci/run)")
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
-    return proc.stdout + proc.stderr

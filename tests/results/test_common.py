@@ -6,8 +6,8 @@ import dataclasses
 
 import pydicom
 import pytest
-from conftest import FIXED_NOW, ResultSet
 from factories import SPECS, make_result, make_source
+from result_sets import FIXED_NOW, ResultSet
 
 from node.results import ResultInputError, ResultSettings, build_result_objects
 from node.results import settings as result_settings

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import highdicom as hd
-from conftest import ResultSet, run_tool
+from result_sets import ResultSet, run_tool
 
 from node.results import ResultSettings
 from node.results.kos import OF_INTEREST

@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ResultSet
+from result_sets import ResultSet
 
 from node.results.seg import GGO_LABEL, LUNG_LABEL
 

@@ -8,7 +8,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from conftest import run_tool
+from result_sets import run_tool
 
 from node.results import build_result_objects
 from node.results.seg import GGO_SEGMENT, LUNG_SEGMENT

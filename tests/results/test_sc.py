@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from conftest import ResultSet
+from result_sets import ResultSet
 
 from node.results import ResultSettings, build_result_objects
 from node.results.sc import BANNER_RGB, heat_colormap, render_overlay

@@ -7,7 +7,7 @@ import dataclasses
 import highdicom as hd
 import numpy as np
 import pytest
-from conftest import ResultSet, run_tool
+from result_sets import ResultSet, run_tool
 
 from node.results import ResultInputError, ResultSettings, build_result_objects, codes
 from node.results.seg import GGO_SEGMENT, LUNG_SEGMENT

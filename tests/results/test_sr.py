@@ -7,7 +7,7 @@ import dataclasses
 import highdicom as hd
 import numpy as np
 import pytest
-from conftest import ResultSet
+from result_sets import ResultSet
 
 from node.results import codes
 from node.results.seg import GGO_SEGMENT, LUNG_SEGMENT
@@ -172,3 +172,36 @@ def test_empty_lung_mask_still_gives_valid_objects(frontal_sets: dict[str, Resul
     seg = hd.seg.segread(out.paths["SEG"])
     assert [d.SegmentNumber for d in seg.SegmentSequence] == [LUNG_SEGMENT]
     assert out.read("OT").BurnedInAnnotation == "YES"
+
+
+def test_covid_group_names_the_lung_model_that_cut_its_input(
+    frontal_sets: dict[str, ResultSet], write_set
+) -> None:
+    """A covid bundle with its own lung model: the SR says which, and the probability's region is its mask."""
+    from pipelines.results import ModelInfo
+
+    rs = frontal_sets["dx_mono2_raw_ps"]
+    own = ModelInfo(name="lungs-unet-v7", version="1.0.0", task="lungs", architecture="unet")
+    h, w = rs.result.image_shape
+    box = np.zeros((h, w), dtype=bool)
+    box[h // 4: h // 2, w // 4: w // 2] = True  # a mask unlike the pipeline's two lung ellipses
+    covid = dataclasses.replace(rs.result.covid, input_mask=box, input_lung_model=own)
+    out = write_set("ownlungs", rs.source_path, dataclasses.replace(rs.result, covid=covid))
+    sr, groups = _groups(out)
+    (group,) = _by_id(groups, TRACKING_COVID)
+    def texts_of(items) -> list[str]:  # type: ignore[no-untyped-def]
+        found = []
+        for item in items:
+            if item.ValueType == "TEXT":
+                found.append(str(item.TextValue))
+            found += texts_of(item.get("ContentSequence", []))
+        return found
+
+    texts = texts_of(group)
+    assert "input_lungs=lungs-unet-v7 1.0.0" in texts
+    (scoord,) = group.get_measurements(name=codes.PROBABILITY)[0].referenced_coordinates
+    points = np.asarray(scoord.GraphicData, dtype=np.float64).reshape(-1, 2)
+    assert points[:, 0].min() == pytest.approx(w // 4, abs=1)
+    assert points[:, 0].max() == pytest.approx(w // 2, abs=1)
+    assert points[:, 1].min() == pytest.approx(h // 4, abs=1)
+    assert points[:, 1].max() == pytest.approx(h // 2, abs=1)

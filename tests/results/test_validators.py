@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import PIXELMED, ResultSet, run_tool
+from result_sets import PIXELMED, ResultSet, run_tool
 
 # pixelmed (2022 build) checks Procedure Reported against the values listed in CID 100, ignoring
 # that TID 1500 row 4 uses it as a *baseline* (extensible) context group (PS3.16 TID 1500, and the
