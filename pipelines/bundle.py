@@ -6,6 +6,8 @@ Layout (see pipelines/BUNDLES.md)::
     <models_dir>/<bundle-name>/configs/inference.json  {"network_def": ...} for MONAI tooling
     <models_dir>/<bundle-name>/models/model.pt         state_dict (torch.save), or an ultralytics checkpoint
     <models_dir>/<bundle-name>/docs/README.md          the model card
+    <models_dir>/<covid-bundle>/input_lungs/           optional: the lungs bundle whose masks cut a
+                                                       lungs-only COVID model's input in training
 
 ``network_def`` is instantiated by ``monai.bundle.ConfigParser``. Because a bundle is data that may
 come from elsewhere, its ``_target_`` must name a callable under an allowed module prefix and it may
@@ -34,6 +36,10 @@ METADATA_FILE = Path("configs") / "metadata.json"
 INFERENCE_FILE = Path("configs") / "inference.json"
 WEIGHTS_FILE = Path("models") / "model.pt"
 CARD_FILE = Path("docs") / "README.md"
+# A lungs-only classifier is trained on crops cut with one lungs bundle's masks; carrying that bundle
+# inside the classifier's folder keeps the input at inference what it was in training when
+# models/lungs is replaced by a better lung model (the registry only looks one level down).
+INPUT_LUNGS_DIR = Path("input_lungs")
 ALLOWED_TARGET_PREFIXES = ("pipelines.networks.", "monai.networks.nets.", "torchvision.models.")
 _DTYPES = ("float32", "float16", "bfloat16")
 
@@ -138,10 +144,18 @@ class LoadedBundle:
     metadata: BundleMetadata
     network: Any
     device: str
+    # The lungs bundle in ``input_lungs/`` (covid bundles that carry one), loaded and checked too.
+    input_lungs: LoadedBundle | None = None
 
     @property
     def info(self) -> ModelInfo:
         return self.metadata.info
+
+
+def input_lungs_dir(bundle_dir: Path | str) -> Path | None:
+    """``<bundle>/input_lungs`` when the bundle carries the lungs bundle it was trained with."""
+    nested = Path(bundle_dir) / INPUT_LUNGS_DIR
+    return nested if (nested / METADATA_FILE).is_file() else None
 
 
 def sha256_file(path: Path) -> str:
@@ -267,8 +281,11 @@ def load_bundle(
         network = _load_yolo(weights, device, state_dir)
     else:
         network = _load_torch(bundle_dir, metadata, weights, device)
+    nested = input_lungs_dir(bundle_dir) if metadata.task == "covid" else None
+    input_lungs = load_bundle(nested, "lungs", device=device) if nested is not None else None
     log.info("loaded bundle %s %s (%s) on %s", metadata.name, metadata.version, metadata.task, device)
-    return LoadedBundle(path=bundle_dir, metadata=metadata, network=network, device=device)
+    return LoadedBundle(path=bundle_dir, metadata=metadata, network=network, device=device,
+                        input_lungs=input_lungs)
 
 
 def instantiate_network(metadata: BundleMetadata) -> Any:

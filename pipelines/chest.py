@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-from pipelines.bundle import BundleRegistry
+from pipelines.bundle import BundleRegistry, LoadedBundle
 from pipelines.errors import BundleError
 from pipelines.results import ChestResult, CovidResult, GgoResult, LungResult, Projection, SourceImage
 from pipelines.runtime import chunks, resolve_device
@@ -31,6 +31,13 @@ T = TypeVar("T")
 
 LATERAL_REASON = "lateral projection: the lung, COVID-19 and GGO models read frontal (PA/AP) images only"
 STAGES = ("projection", "lungs", "covid", "ggo_detection", "ggo_segmentation")
+
+
+def _same_model(a: LoadedBundle, b: LoadedBundle) -> bool:
+    """Same weights, input and threshold: the masks would be identical, so one pass serves both."""
+    return (a.metadata.weights.get("sha256") == b.metadata.weights.get("sha256")
+            and a.metadata.input == b.metadata.input
+            and a.metadata.operating_threshold == b.metadata.operating_threshold)
 
 
 @dataclass
@@ -65,6 +72,11 @@ class ChestPipeline:
         self.ggo_segmentation = ggo_segmentation
         self.device = device
         self.batch_size = batch_size
+        # The COVID model's own lung model (the one it was trained with) cuts its input, unless it is
+        # the pipeline's lung model: then the lungs stage's masks serve both. Decided once, here.
+        own = covid.input_lungs
+        self._covid_lungs = (own if covid.needs_lungs and own is not None
+                             and not _same_model(own.bundle, lungs.bundle) else None)
         # Grad-CAM hooks and the logits hook keep per-call state on the networks: one call at a time
         # (the node's worker threads share one pipeline; torch already uses every core per call).
         self._lock = threading.Lock()
@@ -142,6 +154,8 @@ class ChestPipeline:
 
     def _covid(self, timer: _Timer, images: list[SourceImage], lungs: list[LungResult],
                results: list[ChestResult]) -> None:
+        if self._covid_lungs is not None:
+            lungs = timer.run("covid", self._covid_lungs.predict, images)
         usable = [i for i, lung in enumerate(lungs) if lung.area_px > 0 or not self.covid.needs_lungs]
         for i in set(range(len(images))) - set(usable):
             results[i].warnings.append("covid: skipped, lungs-only input needs a lung mask; none found")

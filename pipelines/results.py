@@ -103,6 +103,10 @@ class CovidResult:
     input_mode: str  # "whole_image" or "lungs_only"
     heatmap: np.ndarray  # float32 in [0, 1], source grid (Grad-CAM)
     model: ModelInfo
+    # Lungs-only input: the lung mask that cut it (source grid), and the lung model that made it when
+    # that is the covid bundle's own (input_lungs/) rather than the pipeline's lungs model.
+    input_mask: np.ndarray | None = None
+    input_lung_model: ModelInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,8 @@ class ChestResult:
             found.append(self.lungs.model)
         if self.covid is not None:
             found.append(self.covid.model)
+            if self.covid.input_lung_model is not None:
+                found.append(self.covid.input_lung_model)
         if self.ggo is not None:
             found += [self.ggo.detection_model, self.ggo.segmentation_model]
         return {m.name: m for m in found}

@@ -299,8 +299,12 @@ def evaluate_bundle(
     device: str = "cpu",
     lung_bundle: Path | str | None = None,
 ) -> dict[str, Any]:
-    """Load a bundle the way the pipeline does and evaluate it on ``split`` of a manifest."""
-    from pipelines.bundle import load_bundle, read_metadata
+    """Load a bundle the way the pipeline does and evaluate it on ``split`` of a manifest.
+
+    A lungs-only covid bundle gets its input masks from ``lung_bundle`` when given, else from the
+    lungs bundle it carries (``input_lungs/``), as in the pipeline.
+    """
+    from pipelines.bundle import input_lungs_dir, load_bundle, read_metadata
     from training.tasks import TASK_SPECS
 
     bundle_dir = Path(bundle_dir)
@@ -324,6 +328,7 @@ def evaluate_bundle(
         "threshold_method": meta.threshold_method,
     }
     if spec.kind == "classification":
+        lung_bundle = lung_bundle or input_lungs_dir(bundle_dir)  # the bundle's own lung model first
         masks = predict_lung_masks(Path(lung_bundle), rows, cache) if lung_bundle else {}
         report = evaluate_classification(
             meta.task,

@@ -188,7 +188,7 @@ def export_torch_bundle(
     manifest_sha: str,
     cache: ArrayCache,
     *,
-    best_epoch: int,
+    best_epoch: int | list[int],
     lung_masks: dict[str, np.ndarray],
     loss_fn: Any,
     selection: Any,
@@ -302,6 +302,28 @@ def _save(cfg: RunConfig, spec: TaskSpec, metadata: Any, weights: Any) -> Path:
     from pipelines.bundle import save_bundle
 
     card = model_card(cfg, spec, {**metadata.to_json(), "input": metadata.input.to_dict()})
-    bundle_dir = save_bundle(cfg.run_dir / "bundles" / cfg.name, metadata, weights, card)
+    target = cfg.run_dir / "bundles" / cfg.name
+    if spec.task == "covid" and cfg.lung_bundle and metadata.input.mode == "lungs_only":
+        copy_input_lungs(Path(cfg.lung_bundle), target)
+    bundle_dir = save_bundle(target, metadata, weights, card)
     log.info("exported %s", bundle_dir)
     return bundle_dir
+
+
+def copy_input_lungs(lung_bundle: Path, covid_bundle: Path) -> Path:
+    """Put the lungs bundle whose masks cut the training input into ``<covid_bundle>/input_lungs``.
+
+    Written before the covid bundle's own metadata, so that a bundle the registry can see always has
+    it. Its weights keep their sha256, which load_bundle checks like any bundle's.
+    """
+    import shutil
+
+    from pipelines.bundle import INPUT_LUNGS_DIR, read_metadata
+
+    if read_metadata(lung_bundle).task != "lungs":
+        raise ValueError(f"{lung_bundle}: not a lungs bundle")
+    target = covid_bundle / INPUT_LUNGS_DIR
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(lung_bundle, target, ignore=shutil.ignore_patterns(INPUT_LUNGS_DIR.name))
+    return target

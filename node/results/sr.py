@@ -100,8 +100,7 @@ def _covid_group(covid: CovidResult, result: ChestResult, src_ref: pydicom.Datas
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=TRACKING_COVID),
         finding_type=codes.COVID_19,
-        algorithm_id=_algorithm(covid.model, [f"input_mode={covid.input_mode}",
-                                              f"operating_threshold={_num(covid.threshold)}"]),
+        algorithm_id=_algorithm(covid.model, _covid_parameters(covid)),
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(
             name=codes.COVID_19, value=codes.PRESENT if covid.positive else codes.ABSENT)],
         measurements=[
@@ -124,11 +123,19 @@ def _regions(outlines: list[np.ndarray], src_ref: pydicom.Dataset) -> list[hd.sr
                                             source_image=source_image) for o in outlines]
 
 
+def _covid_parameters(covid: CovidResult) -> list[str]:
+    parameters = [f"input_mode={covid.input_mode}", f"operating_threshold={_num(covid.threshold)}"]
+    if covid.input_lung_model is not None:  # the covid bundle's own lung model cut its input
+        parameters.append(f"input_lungs={covid.input_lung_model.name} {covid.input_lung_model.version}")
+    return parameters
+
+
 def _covid_input_region(result: ChestResult) -> list[np.ndarray]:
     """What the classifier saw: the lungs (lungs-only input) or the whole image."""
     covid, lungs = result.covid, result.lungs
-    if covid is not None and covid.input_mode == "lungs_only" and lungs is not None:
-        outlines = mask_outlines(lungs.mask)
+    if covid is not None and covid.input_mode == "lungs_only":
+        mask = covid.input_mask if covid.input_mask is not None else lungs.mask if lungs is not None else None
+        outlines = mask_outlines(mask) if mask is not None else []
         if outlines:
             return outlines
     return [image_outline(*result.image_shape)]

@@ -209,3 +209,97 @@ def test_gradcam_heatmap_lands_on_the_evidence_in_source_pixels(tmp_path: Path) 
     centre = ((heat * yy).sum() / heat.sum(), (heat * xx).sum() / heat.sum())
     assert centre == pytest.approx((119.5, 374.5), abs=3.0)
     assert heat[~lungs].max() < 0.05  # nothing outside the lungs-only crop (and the lungs)
+
+
+def test_ensemble_bundle_averages_member_probabilities_and_heatmaps(tmp_path: Path) -> None:
+    """A mean_ensemble bundle: built from network_def, P = mean of the members' P, one Grad-CAM each."""
+    import torch
+
+    from pipelines import networks
+    from pipelines.bundle import BundleMetadata, load_bundle, save_bundle
+    from pipelines.preprocess import InputSpec, prepare_input
+    from pipelines.results import SourceImage
+    from pipelines.runtime import positive_probability
+    from pipelines.tasks.covid import CovidClassifier
+
+    torch.manual_seed(0)
+    members = [networks.build_network("resnet18", width=4) for _ in range(3)]
+    for i, m in enumerate(members):  # spread the members so that their mean differs from each one
+        with torch.no_grad():
+            m.fc.bias.fill_(float(i) - 1.0)
+    ensemble = networks.MeanEnsemble(members)
+    member_def = networks.network_def("resnet18", width=4)
+    metadata = BundleMetadata(
+        name="covid-ensemble", version="1", task="covid", architecture="resnet18",
+        network_def={"_target_": "pipelines.networks.mean_ensemble", "members": [member_def] * 3},
+        input=InputSpec(size=64), labels=["negative", "covid19"], operating_threshold=0.5,
+        target_layer="layer4")
+    bundle = load_bundle(save_bundle(tmp_path / "b", metadata, ensemble.state_dict(), "# c"), "covid")
+    assert isinstance(bundle.network, networks.MeanEnsemble) and len(bundle.network.members) == 3
+    rng = np.random.default_rng(1)
+    images = [SourceImage(pixels=rng.uniform(0, 1, (80, 100)).astype(np.float32), path=f"i{i}")
+              for i in range(2)]
+    results = CovidClassifier(bundle).predict(images, [None, None])
+    x = torch.from_numpy(np.stack([prepare_input(im.pixels, metadata.input).array for im in images]))
+    with torch.inference_mode():
+        member_p = torch.stack([positive_probability(m(x)) for m in bundle.network.members])
+        whole_p = positive_probability(bundle.network(x))
+    assert torch.allclose(whole_p, member_p.mean(dim=0), atol=1e-5)
+    assert not torch.allclose(member_p[0], member_p[2], atol=1e-3)
+    for result, p in zip(results, member_p.mean(dim=0).tolist(), strict=True):
+        assert result.probability == pytest.approx(p, abs=1e-5)
+        assert result.heatmap.shape == (80, 100)
+        assert 0.0 <= result.heatmap.min() and result.heatmap.max() <= 1.0
+        assert result.heatmap.max() > 0.0
+
+
+def test_ensemble_of_two_logit_members_averages_softmax() -> None:
+    import torch
+
+    from pipelines.networks import MeanEnsemble
+    from pipelines.runtime import positive_probability
+
+    a = torch.tensor([[0.0, 2.0], [1.0, -1.0]])
+    b = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
+    expected = (torch.softmax(a, 1)[:, 1] + torch.softmax(b, 1)[:, 1]) / 2
+    assert torch.allclose(positive_probability(MeanEnsemble.combine([a, b])), expected, atol=1e-6)
+
+
+def test_covid_bundle_cuts_its_input_with_the_lung_model_it_carries(
+    tmp_path: Path, state_dir: Path, chest_png: Path, random_models: Path
+) -> None:
+    """models/<covid>/input_lungs, when present, replaces the pipeline's lung mask for the COVID input."""
+    import shutil
+
+    import torch
+
+    from pipelines.bundle import BundleError, load_bundle, read_metadata, save_bundle
+    from pipelines.chest import ChestPipeline
+
+    models = tmp_path / "models"
+    shutil.copytree(random_models, models)
+    image = load_image(chest_png)
+    plain = ChestPipeline.from_models_dir(models, device="cpu", state_dir=state_dir).analyze(image)
+    assert plain.covid is not None and plain.lungs.area_px > 0
+
+    # The same lung model inside the covid bundle: the same input, the same score.
+    shutil.copytree(models / "random-lungs", models / "random-covid" / "input_lungs")
+    same = ChestPipeline.from_models_dir(models, device="cpu", state_dir=state_dir)
+    assert same.covid.input_lungs is not None
+    assert same.analyze(image).covid.probability == pytest.approx(plain.covid.probability, abs=1e-6)
+
+    # A carried lung model that finds no lungs: COVID is skipped although the pipeline's lungs are there.
+    lungs_dir = models / "random-covid" / "input_lungs"
+    meta = read_metadata(lungs_dir)
+    state = torch.load(lungs_dir / "models" / "model.pt", weights_only=True)
+    last_bias = [k for k in state if k.endswith("bias")][-1]
+    state[last_bias] = torch.full_like(state[last_bias], -50.0)
+    save_bundle(lungs_dir, meta, state, "# lungs that never fire")
+    own = ChestPipeline.from_models_dir(models, device="cpu", state_dir=state_dir).analyze(image)
+    assert own.lungs.area_px == plain.lungs.area_px > 0  # the reported lung mask is the pipeline's
+    assert own.covid is None and any(w.startswith("covid: skipped") for w in own.warnings)
+
+    # The carried bundle's weights are sha256-checked like any bundle's.
+    (lungs_dir / "models" / "model.pt").write_bytes(b"tampered")
+    with pytest.raises(BundleError, match="sha256"):
+        load_bundle(models / "random-covid", "covid")

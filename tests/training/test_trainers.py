@@ -225,3 +225,16 @@ def test_segmentation_threshold_and_masks_are_on_the_source_grid(tiny_models: di
     for pred, truth in pairs:
         assert pred.shape == truth.shape and pred.dtype == np.bool_
     assert shutil.which("git")
+
+
+def test_lungs_only_covid_bundle_carries_the_lung_model_it_was_trained_with(
+    tiny_models: dict[str, Path],
+) -> None:
+    from pipelines.bundle import input_lungs_dir, load_bundle, read_metadata
+
+    bundle = tiny_models["covid_lungs_only"]
+    nested = input_lungs_dir(bundle)
+    assert nested is not None
+    assert read_metadata(nested).weights["sha256"] == read_metadata(tiny_models["lungs"]).weights["sha256"]
+    assert load_bundle(bundle, "covid").input_lungs is not None
+    assert input_lungs_dir(tiny_models["covid"]) is None  # whole-image input needs no lung model

@@ -7,7 +7,9 @@
 
 Every bundle is loaded the way the pipeline loads it and scored through the pipeline's own
 preprocessing (``training.evaluate.classification_scores``) with lung masks from the lungs bundle, so
-every figure comes from running the model. For each split it reports:
+every figure comes from running the model. A bundle that carries its lungs bundle (``input_lungs/``)
+is scored with that one's masks, as the pipeline does; ``--lung-bundle`` is for bundles without one.
+For each split it reports:
 
 - ``within_ieee8023_auc``: ieee8023 COVID-19 vs ieee8023 other findings (one collection: the
   collection cannot carry the label), bootstrap 95% CI;
@@ -117,14 +119,14 @@ def split_report(
 
 
 def score_bundle(bundle_dir: Path, rows: list, lung_bundle: Path, cache_dir: Path, lungs_removed: bool):
-    from pipelines.bundle import load_bundle, read_metadata
+    from pipelines.bundle import input_lungs_dir, load_bundle, read_metadata
     from training.cache import ArrayCache
     from training.evaluate import classification_scores, predict_lung_masks
 
     meta = read_metadata(bundle_dir)
     bundle = load_bundle(bundle_dir, "covid")
     cache = ArrayCache(cache_dir)
-    masks = predict_lung_masks(lung_bundle, rows, cache)
+    masks = predict_lung_masks(input_lungs_dir(bundle_dir) or lung_bundle, rows, cache)
     usable = [r for r in rows if r.image_path in masks]
     in_spec = meta.input.to_dict()
     s = classification_scores(bundle.network, usable, cache, in_spec, lung_masks=masks)

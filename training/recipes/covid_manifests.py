@@ -17,6 +17,11 @@ first) of the frontal ieee8023 + NIH ChestX-ray14 images with a COVID-19 label, 
   unseen-source normal check for epoch/candidate selection) and test (the unseen-source normal
   check reported in the card).
 
+- ``covid_unseen_kermany.csv``: the 160 Kermany pediatric images (normal, bacterial and viral
+  pneumonia; all COVID-negative), every row in "test". No covid run trains or selects on them (a
+  "child = negative" shortcut would otherwise be on offer); they are a second collection the covid
+  models never saw, for ``covid_pipeline_check --manifest`` (specificity on an unseen hospital).
+
 Why: in these sources COVID-positive images come from other hospitals than the negatives, and a model
 learns the source (data README, "What a naive model learns").
 """
@@ -75,8 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     assign_splits(openist, fractions=(0.0, 0.5, 0.5), seed=cfg.data.split_seed, stratum=COVID.stratum,
                   extra_links=o_links)
     multisource = [copy.copy(r) for r in rows] + openist
+    kermany = [r for r in scan_dataset("shared_kermany_v7", resolve_data_path(cfg, "kermany_pediatric_v7"))
+               if COVID.accepts(r)]
+    for r in kermany:
+        r.split = "test"
     for name, variant in (("covid_mixed.csv", rows), ("covid_within.csv", within),
-                          ("covid_multisource.csv", multisource)):
+                          ("covid_multisource.csv", multisource), ("covid_unseen_kermany.csv", kermany)):
         check_leakage(variant)
         leaks = near_duplicate_leaks(variant)
         if leaks:

@@ -60,8 +60,9 @@ def main() -> int:
 
     import torch
 
-    from pipelines.bundle import read_metadata, save_bundle
+    from pipelines.bundle import input_lungs_dir, read_metadata, save_bundle
     from training.evaluate import evaluate_bundle
+    from training.export import copy_input_lungs
     from training.manifest import read_manifest, write_manifest
 
     meta = read_metadata(args.run_bundle)
@@ -72,6 +73,9 @@ def main() -> int:
         shutil.copytree(args.run_bundle, args.target)
     else:
         state = torch.load(args.run_bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
+        nested = input_lungs_dir(args.run_bundle)
+        if nested is not None:  # the covid model's own lung model travels with it, unchanged
+            copy_input_lungs(nested, args.target)
         save_bundle(args.target, meta, state, card, dtype=args.dtype)
     rows = read_manifest(args.manifest)
     lb = args.lung_bundle
