@@ -74,6 +74,9 @@ class TrainConfig:
     # over images with an EMPTY truth (normal lungs): a graded penalty for over-calling normals.
     seg_metric: str = "dice"
     seg_fp_weight: float = 3.0
+    # Classification only: weight of the class-conditional source adversary (training/adversary.py), a
+    # head that guesses a NEGATIVE image's collection through gradient reversal; 0 = off.
+    source_adversary: float = 0.0
 
 
 @dataclass
@@ -118,6 +121,8 @@ class RunConfig:
             )
         if self.train.seg_loss not in ("dice_bce", "batch_dice_bce", "pos_dice_bce"):
             raise ConfigError(f"{self.source_file}: [train] seg_loss {self.train.seg_loss!r} unknown")
+        if self.train.source_adversary < 0:
+            raise ConfigError(f"{self.source_file}: [train] source_adversary must be >= 0")
         if self.train.seg_metric not in ("dice", "dice_fp"):
             raise ConfigError(f"{self.source_file}: [train] seg_metric {self.train.seg_metric!r} unknown")
         if self.threshold.method not in ("youden", "sensitivity", "fixed"):

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from training.distributed import DistContext, EpochSampler
 from training.errors import ConfigError, TrainingError
 from training.manifest import ManifestRow
 from training.tasks import TaskSpec
+
+if TYPE_CHECKING:
+    from training.adversary import SourceAdversary
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +266,11 @@ def train_torch_task(
     model: nn.Module = net
     if ctx.distributed:
         model = nn.parallel.DistributedDataParallel(net)
+    adversary = _source_adversary(cfg, spec, ctx, net, train_rows)
+    if adversary is not None:
+        from training.adversary import WithIndex
+
+        train_data = WithIndex(train_data)
     if spec.kind == "classification":
         positives = sum(spec.label_of(r) for r in train_rows)
         negatives = len(train_rows) - positives
@@ -274,7 +282,8 @@ def train_torch_task(
         loss_fn = SegLoss(
             batch=cfg.train.seg_loss == "batch_dice_bce", positives_only=cfg.train.seg_loss == "pos_dice_bce"
         )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    parameters = [*model.parameters(), *(adversary.parameters() if adversary is not None else ())]
+    optimizer = torch.optim.AdamW(parameters, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.train.epochs))
     start_epoch, best_metric, best_epoch = 0, -math.inf, -1
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
@@ -283,6 +292,8 @@ def train_torch_task(
         if state["manifest_sha256"] != manifest_sha:
             raise TrainingError(f"{last_path}: checkpoint was made with another manifest; refusing to resume")
         net.load_state_dict(state["model"])
+        if adversary is not None:
+            adversary.load_state_dict(state["adversary"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best_metric, best_epoch = state["epoch"] + 1, state["best_metric"], state["best_epoch"]
@@ -306,13 +317,15 @@ def train_torch_task(
             disable=not ctx.is_main,
             leave=False,
         )
-        for step, (x, y) in enumerate(bar):
+        for step, batch in enumerate(bar):
             if cfg.train.max_batches_per_epoch and step >= cfg.train.max_batches_per_epoch:
                 break
-            x, y = x.to(ctx.device), y.to(ctx.device)
+            x, y = batch[0].to(ctx.device), batch[1].to(ctx.device)
             optimizer.zero_grad(set_to_none=True)
             out = model(x)
             loss = loss_fn(out.reshape(-1), y) if spec.kind == "classification" else loss_fn(out, y)
+            if adversary is not None:
+                loss = loss + adversary.loss(batch[2], (epoch + step / len(loader)) / cfg.train.epochs)
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(y)
@@ -331,6 +344,7 @@ def train_torch_task(
             torch.save(
                 {
                     "model": net.state_dict(),
+                    "adversary": adversary.state_dict() if adversary is not None else None,
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "epoch": epoch,
@@ -375,6 +389,8 @@ def train_torch_task(
         raise TrainingError(
             f"{run_dir}: no epoch was trained (epochs={cfg.train.epochs}, resumed at {start_epoch})"
         )
+    if adversary is not None:
+        adversary.detach()
     net.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["model"])
     net.eval()
     return export_torch_bundle(
@@ -391,6 +407,23 @@ def train_torch_task(
         loss_fn=loss_fn,
         selection=select,
     )
+
+
+def _source_adversary(
+    cfg: RunConfig, spec: TaskSpec, ctx: DistContext, net: nn.Module, train_rows: Sequence[ManifestRow]
+) -> SourceAdversary | None:
+    """The training-only source adversary of [train] source_adversary, or None when it is off."""
+    if cfg.train.source_adversary <= 0:
+        return None
+    if spec.kind != "classification" or spec.label_of is None:
+        raise ConfigError(f"{cfg.source_file}: [train] source_adversary is for classification tasks only")
+    if ctx.distributed:
+        raise ConfigError(f"{cfg.source_file}: [train] source_adversary runs in a single process only")
+    from training.adversary import SourceAdversary, negative_sources
+
+    groups, names = negative_sources(train_rows, [spec.label_of(r) for r in train_rows])
+    log.info("source adversary over the negatives of %s (weight %s)", names, cfg.train.source_adversary)
+    return SourceAdversary(net, groups, len(names), cfg.train.source_adversary).to(ctx.device)
 
 
 def load_init_weights(net: nn.Module, cfg: RunConfig) -> None:
