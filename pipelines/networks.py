@@ -145,12 +145,13 @@ def unet(
 
 
 class MeanEnsemble(nn.Module):
-    """Several classifiers of one task whose probabilities are averaged.
+    """Several networks of one task (classifiers or segmenters) whose probabilities are averaged.
 
     Why: on small, noisy splits one network's ranking moves by several AUC points with its seed
     (session-2 covid candidates); the mean of independently seeded members is steadier and no member
     has to be picked on a small validation split. The output is still logits under the convention
-    above, so everything that reads a classifier reads an ensemble unchanged: one logit gives
+    above, so everything that reads a network of the task reads an ensemble unchanged. The class
+    axis is dim 1 of each member's output ((B, C) or (B, C, H, W)): one channel gives
     ``logit(mean(sigmoid))``, several give ``log(mean(softmax))`` (log-probabilities are logits of a
     softmax). ``members`` is a ModuleList, so Grad-CAM can run per member (``members.<i>.<layer>``).
     """
@@ -163,11 +164,11 @@ class MeanEnsemble(nn.Module):
 
     @staticmethod
     def combine(member_logits: list[torch.Tensor]) -> torch.Tensor:
-        stacked = torch.stack([t.float() for t in member_logits])
-        if stacked.ndim == 2 or stacked.shape[-1] == 1:
+        stacked = torch.stack([t.float() for t in member_logits])  # (members, B, C, ...)
+        if stacked.ndim == 2 or stacked.shape[2] == 1:
             p = torch.sigmoid(stacked).mean(dim=0).clamp(1e-7, 1 - 1e-7)
             return torch.log(p) - torch.log1p(-p)
-        return torch.log(torch.softmax(stacked, dim=-1).mean(dim=0).clamp_min(1e-12))
+        return torch.log(torch.softmax(stacked, dim=2).mean(dim=0).clamp_min(1e-12))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.combine([member(x) for member in self.members])

@@ -265,6 +265,21 @@ def test_ensemble_of_two_logit_members_averages_softmax() -> None:
     assert torch.allclose(positive_probability(MeanEnsemble.combine([a, b])), expected, atol=1e-6)
 
 
+def test_ensemble_of_segmenters_averages_each_pixel() -> None:
+    """(B, 1, H, W) logits: the mean is per pixel, not over a spatial axis."""
+    import torch
+
+    from pipelines.networks import MeanEnsemble
+    from pipelines.runtime import foreground_probability
+
+    a = torch.tensor([[[[0.0, 2.0, -3.0], [1.0, -1.0, 0.5]]]])
+    b = torch.tensor([[[[4.0, -2.0, -1.0], [0.0, 3.0, 0.5]]]])
+    combined = MeanEnsemble.combine([a, b])
+    assert combined.shape == a.shape
+    expected = (torch.sigmoid(a) + torch.sigmoid(b)) / 2
+    assert torch.allclose(foreground_probability(combined), expected[:, 0], atol=1e-6)
+
+
 def test_covid_bundle_cuts_its_input_with_the_lung_model_it_carries(
     tmp_path: Path, state_dir: Path, chest_png: Path, random_models: Path
 ) -> None:
