@@ -108,6 +108,9 @@ def main() -> int:
                 audit["per_dataset"][ds] = rep
     md = json.loads((args.target / "configs" / "metadata.json").read_text())
     md["bias_audit"] = audit
+    run_md = json.loads((args.run_bundle / "configs" / "metadata.json").read_text())
+    if "ensemble" in run_md:  # written by training/recipes/ensemble.py; not a BundleMetadata field
+        md["ensemble"] = run_md["ensemble"]
     if args.extra_json:
         md.update(json.loads(args.extra_json.read_text()))
     (args.target / "configs" / "metadata.json").write_text(json.dumps(md, indent=2, default=float) + "\n")
