@@ -14,6 +14,14 @@ extent < 1 %. ``--exclude-seen`` is meant for the held-out list (it drops patien
 
 Use it on the VALIDATION split to choose, on the held-out list (``ggo_manifest --heldout``) and the
 test split only to report.
+
+``--within-boxes`` (session 4, candidate G): the mask is cut to the union of the GGO detector's boxes
+(``--det-bundle``, its operating threshold), i.e. GGO is reported only where both GGO models agree.
+Rule, committed before G was measured: the pipeline adopts G iff, on the VALIDATION split of
+``runs/manifests/ggo_neg100_ieee.csv`` (14 GeneralBlockchain GGO images + 33 normals), (a) the mean
+Dice on the 14 GGO images is >= 0.428 (the ungated mask's 0.458 - 0.03, the GGO card's rule) and
+(b) the median extent on the 33 normals is <= 5 % and below the ungated mask's, both measured in the
+same run with the shipped lungs, GGO segmentation and GGO detection bundles.
 """
 
 from __future__ import annotations
@@ -45,11 +53,12 @@ def summarise(values: list[float]) -> dict:
 
 
 def collect(manifests: list[Path], split: str, ggo_bundle: Path, lung_bundle: Path,
-            exclude: set[str] | None = None) -> list[dict]:
-    """Per image: dataset, covid, lung mask, GGO probability map (source grid), truth (or None)."""
+            exclude: set[str] | None = None, det_bundle: Path | None = None) -> list[dict]:
+    """Per image: dataset, covid, lung mask, GGO probability map (source grid), truth (or None), and
+    the union of the detector's boxes when ``det_bundle`` is given."""
     from pipelines.bundle import load_bundle
     from pipelines.image import load_image
-    from pipelines.tasks.ggo import GgoSegmenter
+    from pipelines.tasks.ggo import GgoDetector, GgoSegmenter, boxes_mask
     from training.cache import ArrayCache, load_source
     from training.evaluate import predict_lung_masks
     from training.manifest import read_manifest
@@ -58,6 +67,7 @@ def collect(manifests: list[Path], split: str, ggo_bundle: Path, lung_bundle: Pa
     rows = [r for r in rows if r.patient_id not in (exclude or set())]
     lungs = predict_lung_masks(lung_bundle, rows, ArrayCache(REPO / "runs" / "cache"))
     seg = GgoSegmenter(load_bundle(ggo_bundle, "ggo_segmentation"))
+    det = GgoDetector(load_bundle(det_bundle, "ggo_detection")) if det_bundle else None
     out = []
     for r in rows:
         lung = lungs.get(r.image_path)
@@ -66,13 +76,16 @@ def collect(manifests: list[Path], split: str, ggo_bundle: Path, lung_bundle: Pa
         src = load_image(r.image_path)
         _, prob = seg.predict([src], [lung])[0]
         truth = load_source(r).ggo_mask if r.ggo_mask else None
+        boxes = boxes_mask(prob.shape, det.predict([src])[0]) if det else None
         out.append({"path": r.image_path, "dataset": r.dataset, "covid": r.covid, "lung": lung,
-                    "prob": prob, "truth": truth if truth is not None and truth.any() else None})
+                    "prob": prob, "truth": truth if truth is not None and truth.any() else None,
+                    "boxes": boxes})
     return out
 
 
-def report(items: list[dict], threshold: float, min_extent: float = 0.0) -> dict:
-    """Figures at one mask threshold; ``min_extent`` > 0: an extent below it is reported as 0 (gate)."""
+def report(items: list[dict], threshold: float, min_extent: float = 0.0, within_boxes: bool = False) -> dict:
+    """Figures at one mask threshold; ``min_extent`` > 0: an extent below it is reported as 0 (gate);
+    ``within_boxes``: the mask is cut to the detector's boxes first."""
     from pipelines.tasks.ggo import ggo_extent_percent
     from training.metrics import dice_iou
 
@@ -80,6 +93,8 @@ def report(items: list[dict], threshold: float, min_extent: float = 0.0) -> dict
     dice: dict[str, list[float]] = defaultdict(list)
     for it in items:
         mask = it["prob"] >= threshold
+        if within_boxes:
+            mask = mask & it["boxes"]
         e = ggo_extent_percent(mask, it["lung"]) or 0.0
         if e < min_extent:
             mask, e = np.zeros_like(mask), 0.0
@@ -89,7 +104,8 @@ def report(items: list[dict], threshold: float, min_extent: float = 0.0) -> dict
         extent[group].append(e)
         if it["truth"] is None and it["covid"] != "1":
             extent["all normals"].append(e)
-    res: dict = {"threshold": threshold, "min_extent_pct": min_extent, "extent_pct": {}, "dice": {}}
+    res: dict = {"threshold": threshold, "min_extent_pct": min_extent, "within_boxes": within_boxes,
+                 "extent_pct": {}, "dice": {}}
     for g, v in sorted(extent.items()):
         res["extent_pct"][g] = summarise(v)
     for g, v in sorted(dice.items()):
@@ -108,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exclude-seen", type=Path, action="append", default=[],
                     help="drop patients in this manifest's train/validation splits (seen by an earlier "
                          "model, e.g. the start weights of a fine-tuned one); repeatable")
+    ap.add_argument("--within-boxes", action="store_true",
+                    help="also report every setting with the mask cut to the detector's boxes")
+    ap.add_argument("--det-bundle", type=Path, default=REPO / "models" / "ggo_detection")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
 
@@ -116,11 +135,13 @@ def main(argv: list[str] | None = None) -> int:
 
     exclude = {r.patient_id for m in args.exclude_seen for r in read_manifest(m)
                if r.split in ("train", "validation")}
-    items = collect(args.manifests, args.split, args.ggo_bundle, args.lung_bundle, exclude)
+    items = collect(args.manifests, args.split, args.ggo_bundle, args.lung_bundle, exclude,
+                    args.det_bundle if args.within_boxes else None)
     own = float(read_metadata(args.ggo_bundle).operating_threshold)
     thresholds = [float(t) for t in args.thresholds.split(",") if t] or [own]
     gates = [float(g) for g in args.min_extents.split(",") if g]
-    results = [report(items, t, g) for t in thresholds for g in gates]
+    results = [report(items, t, g, boxed) for boxed in ([False, True] if args.within_boxes else [False])
+               for t in thresholds for g in gates]
     text = json.dumps({"ggo_bundle": str(args.ggo_bundle), "lung_bundle": str(args.lung_bundle),
                        "manifests": [str(m) for m in args.manifests], "split": args.split,
                        "exclude_seen": [str(m) for m in args.exclude_seen],
