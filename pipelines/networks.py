@@ -33,13 +33,18 @@ _VGG_CFG: dict[int, list[int | str]] = {
 DEFAULT_TARGET_LAYERS: dict[str, str] = {
     "vgg16": "features.29",
     "vgg19": "features.35",
+    "vgg16_bn": "features.42",
+    "vgg19_bn": "features.51",
     "densenet121": "class_layers.relu",
     "resnet18": "layer4",
     "resnet34": "layer4",
     "resnet50": "layer4",
 }
 
-ARCHITECTURES = ("vgg16", "vgg19", "densenet121", "resnet18", "resnet34", "resnet50", "unet", "yolo")
+ARCHITECTURES = (
+    "vgg16", "vgg19", "vgg16_bn", "vgg19_bn", "densenet121", "resnet18", "resnet34", "resnet50", "unet",
+    "yolo",
+)
 
 
 class VGGClassifier(nn.Module):
@@ -62,9 +67,20 @@ class VGGClassifier(nn.Module):
 
 
 def vgg(
-    depth: int = 16, in_channels: int = 1, num_classes: int = 1, width: int = 64, dropout: float = 0.5
+    depth: int = 16,
+    in_channels: int = 1,
+    num_classes: int = 1,
+    width: int = 64,
+    dropout: float = 0.5,
+    batch_norm: bool = False,
 ) -> VGGClassifier:
-    """VGG16 or VGG19 (``depth``); ``width`` scales every layer (64 = the original widths)."""
+    """VGG16 or VGG19 (``depth``); ``width`` scales every layer (64 = the original widths).
+
+    ``batch_norm`` gives torchvision's ``vgg16_bn`` / ``vgg19_bn`` layout (a BatchNorm after every
+    convolution): the paper's VGGs started from ImageNet weights, which cannot be downloaded here, and
+    the plain VGG16 did not train from random initialisation on our data (session 1); batch norm is
+    the usual way to train a VGG from scratch.
+    """
     if depth not in _VGG_CFG:
         raise ValueError(f"VGG depth must be 16 or 19, got {depth}")
     if width < 1:
@@ -76,7 +92,10 @@ def vgg(
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         else:
             out = max(1, int(item) * width // 64)
-            layers += [nn.Conv2d(channels, out, kernel_size=3, padding=1), nn.ReLU(inplace=False)]
+            layers.append(nn.Conv2d(channels, out, kernel_size=3, padding=1))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(out))
+            layers.append(nn.ReLU(inplace=False))
             channels = out
     net = VGGClassifier(nn.Sequential(*layers), channels, num_classes, dropout)
     for m in net.modules():  # torchvision's VGG initialisation
@@ -184,6 +203,9 @@ def network_def(architecture: str, **kwargs: Any) -> dict[str, Any]:
     """The bundle ``network_def`` for an architecture name, e.g. ``network_def("vgg16", num_classes=1)``."""
     if architecture in ("vgg16", "vgg19"):
         return {"_target_": "pipelines.networks.vgg", "depth": int(architecture[3:]), **kwargs}
+    if architecture in ("vgg16_bn", "vgg19_bn"):
+        depth = int(architecture[3:5])
+        return {"_target_": "pipelines.networks.vgg", "depth": depth, "batch_norm": True, **kwargs}
     if architecture == "densenet121":
         return {"_target_": "pipelines.networks.densenet121", **kwargs}
     if architecture in ("resnet18", "resnet34", "resnet50"):
