@@ -88,7 +88,19 @@ def test_empty_lung_mask_skips_lungs_only_stages_with_a_warning(pipeline, chest_
     assert result.ggo is not None and result.ggo.extent_percent is None  # whole-image GGO model still ran
 
 
-@pytest.mark.parametrize("architecture", ["vgg19", "densenet121", "resnet18"])
+def test_vgg_grad_cam_targets_are_the_last_relu() -> None:
+    import torch
+
+    from pipelines import networks
+
+    for architecture in ("vgg16", "vgg19", "vgg16_bn", "vgg19_bn"):
+        net = networks.build_network(architecture, width=4)
+        relus = [name for name, m in net.named_modules() if isinstance(m, torch.nn.ReLU)]
+        assert networks.DEFAULT_TARGET_LAYERS[architecture] == relus[-1], architecture
+        assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == architecture.endswith("_bn")
+
+
+@pytest.mark.parametrize("architecture", ["vgg19", "vgg16_bn", "densenet121", "resnet18"])
 def test_covid_backbones_and_gradcam_on_the_source_grid(tmp_path: Path, architecture: str) -> None:
     import torch
 
