@@ -11,7 +11,8 @@ to hide the collection of positives would ask them to hide the label. The outcom
 not as two collections.
 
 The head lives only during training: it reads the input of the network's last ``nn.Linear``
-through a forward hook, so the exported bundle is the plain classifier.
+through a forward hook, so the exported bundle is the plain classifier. The ``train_loss`` column of
+``metrics.csv`` includes the adversary's weighted cross-entropy; the validation figures do not.
 """
 
 from __future__ import annotations
