@@ -83,8 +83,6 @@ def build_ensemble(
     member_bundles: dict[str, Path] | None = None,
 ) -> Path:
     """Load the member bundles, average them, and export the ensemble bundle under runs/<name>."""
-    from torch import nn
-
     from pipelines.bundle import load_bundle
     from pipelines.networks import MeanEnsemble
     from training.cache import ArrayCache
@@ -93,7 +91,7 @@ def build_ensemble(
     from training.export import export_torch_bundle
     from training.tasks import TASK_SPECS
     from training.trainers import covid
-    from training.trainers.loop import SegLoss, input_spec_dict, lung_masks_for, validation_metric
+    from training.trainers.loop import build_loss, default_selection, input_spec_dict, lung_masks_for
 
     spec = TASK_SPECS[cfgs[0].task]
     members = [load_bundle(_member_bundle(c, member_bundles), spec.task) for c in cfgs]
@@ -121,12 +119,11 @@ def build_ensemble(
     in_spec = input_spec_dict(cfg, spec)
     cache = ArrayCache(cfg.data.cache_dir or cfg.run_dir.parent / "cache")
     lung_masks = lung_masks_for(cfg, spec, rows, in_spec)
-    if spec.task == "covid":
-        selection = covid.select
-    else:
-        def selection(pred, _rows):  # noqa: ANN001, ANN202 - the trainer's default rule
-            return validation_metric(pred, spec, cfg.train.seg_metric, cfg.train.seg_fp_weight)
-    loss_fn = nn.BCEWithLogitsLoss() if spec.kind == "classification" else SegLoss()
+    # The members' own trainer's loss and epoch rule (covid brings its own), so the ensemble's
+    # validation figures are computed exactly as each member's were.
+    selection = covid.select if spec.task == "covid" else default_selection(cfg, spec)
+    device = next(net.parameters()).device.type
+    loss_fn = build_loss(cfg, spec, [r for r in rows if r.split == "train"], device)
     bundle = export_torch_bundle(
         cfg, spec, net, definition, in_spec, rows, manifest_sha, cache,
         best_epoch=[int(b.metadata.metrics.get("best_epoch", -1)) for b in members],

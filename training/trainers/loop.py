@@ -255,10 +255,7 @@ def train_torch_task(
 
     train_data, val_data = dataset(train_rows, cfg.train.augment), dataset(val_rows, False)
 
-    def default_selection(pred: Predictions, _rows: Sequence[ManifestRow]) -> tuple[str, float]:
-        return validation_metric(pred, spec, cfg.train.seg_metric, cfg.train.seg_fp_weight)
-
-    select: Selection = selection or default_selection
+    select: Selection = selection or default_selection(cfg, spec)
     net, definition = build_model(cfg, spec, in_spec["channels"])
     if cfg.model.init_weights:
         load_init_weights(net, cfg)
@@ -271,17 +268,7 @@ def train_torch_task(
         from training.adversary import WithIndex
 
         train_data = WithIndex(train_data)
-    if spec.kind == "classification":
-        positives = sum(spec.label_of(r) for r in train_rows)
-        negatives = len(train_rows) - positives
-        pos_weight = None
-        if cfg.train.class_weighting and cfg.train.sampling == "shuffle" and positives and negatives:
-            pos_weight = torch.tensor([negatives / positives], device=ctx.device)
-        loss_fn: nn.Module = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    else:
-        loss_fn = SegLoss(
-            batch=cfg.train.seg_loss == "batch_dice_bce", positives_only=cfg.train.seg_loss == "pos_dice_bce"
-        )
+    loss_fn = build_loss(cfg, spec, train_rows, ctx.device)
     parameters = [*model.parameters(), *(adversary.parameters() if adversary is not None else ())]
     optimizer = torch.optim.AdamW(parameters, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.train.epochs))
@@ -407,6 +394,29 @@ def train_torch_task(
         loss_fn=loss_fn,
         selection=select,
     )
+
+
+def build_loss(cfg: RunConfig, spec: TaskSpec, train_rows: Sequence[ManifestRow], device: str) -> nn.Module:
+    """The run's loss: BCE (pos_weight only for unweighted sampling) or the configured segmentation loss."""
+    if spec.kind == "classification":
+        positives = sum(spec.label_of(r) for r in train_rows)
+        negatives = len(train_rows) - positives
+        pos_weight = None
+        if cfg.train.class_weighting and cfg.train.sampling == "shuffle" and positives and negatives:
+            pos_weight = torch.tensor([negatives / positives], device=device)
+        return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    return SegLoss(
+        batch=cfg.train.seg_loss == "batch_dice_bce", positives_only=cfg.train.seg_loss == "pos_dice_bce"
+    )
+
+
+def default_selection(cfg: RunConfig, spec: TaskSpec) -> Selection:
+    """The epoch choice when a trainer brings no rule of its own: :func:`validation_metric`."""
+
+    def select(pred: Predictions, _rows: Sequence[ManifestRow]) -> tuple[str, float]:
+        return validation_metric(pred, spec, cfg.train.seg_metric, cfg.train.seg_fp_weight)
+
+    return select
 
 
 def _source_adversary(
