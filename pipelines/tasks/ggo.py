@@ -24,17 +24,6 @@ MAX_BOXES = 50
 NMS_IOU = 0.5
 
 
-def boxes_mask(shape: tuple[int, int], boxes: Sequence[Box]) -> np.ndarray:
-    """Boolean union of boxes on a source grid (pixel centres inside a box; x1/y1 exclusive)."""
-    mask = np.zeros(shape, dtype=bool)
-    h, w = shape
-    for b in boxes:
-        y0, y1 = max(0, int(np.ceil(b.y0 - 0.5))), min(h, int(np.ceil(b.y1 - 0.5)))
-        x0, x1 = max(0, int(np.ceil(b.x0 - 0.5))), min(w, int(np.ceil(b.x1 - 0.5)))
-        mask[y0:y1, x0:x1] = True
-    return mask
-
-
 def ggo_extent_percent(ggo_mask: np.ndarray, lung_mask: np.ndarray) -> float | None:
     lung_px = int(lung_mask.sum())
     if lung_px == 0:

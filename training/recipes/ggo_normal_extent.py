@@ -30,9 +30,14 @@ import argparse
 import json
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pipelines.results import Box
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,13 +57,24 @@ def summarise(values: list[float]) -> dict:
     }
 
 
+def boxes_mask(shape: tuple[int, int], boxes: Sequence[Box]) -> np.ndarray:
+    """Boolean union of boxes on a source grid: pixels whose centre lies inside a box (x1/y1 exclusive)."""
+    mask = np.zeros(shape, dtype=bool)
+    h, w = shape
+    for b in boxes:
+        y0, y1 = max(0, int(np.ceil(b.y0 - 0.5))), min(h, int(np.ceil(b.y1 - 0.5)))
+        x0, x1 = max(0, int(np.ceil(b.x0 - 0.5))), min(w, int(np.ceil(b.x1 - 0.5)))
+        mask[y0:y1, x0:x1] = True
+    return mask
+
+
 def collect(manifests: list[Path], split: str, ggo_bundle: Path, lung_bundle: Path,
             exclude: set[str] | None = None, det_bundle: Path | None = None) -> list[dict]:
     """Per image: dataset, covid, lung mask, GGO probability map (source grid), truth (or None), and
     the union of the detector's boxes when ``det_bundle`` is given."""
     from pipelines.bundle import load_bundle
     from pipelines.image import load_image
-    from pipelines.tasks.ggo import GgoDetector, GgoSegmenter, boxes_mask
+    from pipelines.tasks.ggo import GgoDetector, GgoSegmenter
     from training.cache import ArrayCache, load_source
     from training.evaluate import predict_lung_masks
     from training.manifest import read_manifest

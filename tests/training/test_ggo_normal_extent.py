@@ -1,0 +1,30 @@
+"""training.recipes.ggo_normal_extent: the box gate of candidate G (mask cut to the detector's boxes)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipelines.results import Box
+from training.recipes.ggo_normal_extent import boxes_mask, report
+
+
+def test_boxes_cover_the_pixels_whose_centres_they_hold_clipped_to_the_image() -> None:
+    # Pixel (r, c) has its centre at (c + 0.5, r + 0.5); x1/y1 are exclusive.
+    mask = boxes_mask((6, 8), [Box(1.0, 2.0, 3.0, 4.0, 0.9), Box(6.4, -3.0, 20.0, 1.0, 0.3)])
+    expected = np.zeros((6, 8), dtype=bool)
+    expected[2:4, 1:3] = True
+    expected[0:1, 6:8] = True
+    assert np.array_equal(mask, expected)
+    assert not boxes_mask((4, 4), []).any()
+
+
+def test_the_gate_reports_both_settings_and_only_gated_ggo_inside_boxes() -> None:
+    lung = np.zeros((10, 10), dtype=bool)
+    lung[1:9, 1:9] = True
+    prob = np.zeros((10, 10), dtype=np.float32)
+    prob[2:6, 2:6] = 0.9  # 16 px of "GGO", 4 of them inside the box
+    boxes = boxes_mask((10, 10), [Box(4.0, 4.0, 8.0, 8.0, 0.5)])
+    items = [{"dataset": "openist", "covid": "0", "lung": lung, "prob": prob, "truth": None, "boxes": boxes}]
+    plain = report(items, 0.5)["extent_pct"]["all normals"]["median"]
+    gated = report(items, 0.5, within_boxes=True)["extent_pct"]["all normals"]["median"]
+    assert plain == round(100 * 16 / 64, 2) and gated == round(100 * 4 / 64, 2)
