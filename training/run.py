@@ -32,7 +32,13 @@ def train_from_config(cfg: RunConfig, *, resume: bool = False, device: str | Non
     ctx = distributed.init(device)
     try:
         module = importlib.import_module(TRAINERS[cfg.task])
-        return module.train(cfg, ctx, resume=resume)
+        bundle = module.train(cfg, ctx, resume=resume)
+        # Rank 0 evaluates and exports after the last epoch while the other ranks are done. Tearing the
+        # gloo group down on one rank while another still holds it aborted that rank now and then
+        # ("terminate called without an active exception", test_ddp): every rank leaves together.
+        # Only on success: after an exception the other ranks may be inside another collective.
+        ctx.barrier()
+        return bundle
     finally:
         distributed.shutdown(ctx)
 
