@@ -15,6 +15,7 @@ lighter backbones. YOLO detectors are ultralytics models built from a yaml (see 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -155,12 +156,42 @@ def unet(
     strides: tuple[int, ...] | list[int] = (2, 2, 2, 2),
     num_res_units: int = 2,
     dropout: float = 0.0,
+    aux_heads: int = 0,
 ) -> nn.Module:
-    """MONAI 2-D UNet (lungs, GGO segmentation); the data README's lung U-Net is the default."""
+    """MONAI 2-D UNet (lungs, GGO segmentation); the data README's lung U-Net is the default.
+
+    ``aux_heads``: extra output channels trained on masks of other conventions (see
+    ``[data] aux_mask_datasets`` in training); the network then serves only the first
+    ``out_channels`` in evaluation mode, so pipelines read it like any other U-Net.
+    """
     from monai.networks.nets import UNet
 
-    return UNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels, channels=tuple(channels),
-                strides=tuple(strides), num_res_units=num_res_units, dropout=dropout)
+    kwargs = dict(spatial_dims=2, in_channels=in_channels, channels=tuple(channels), strides=tuple(strides),
+                  num_res_units=num_res_units, dropout=dropout)
+    if aux_heads:
+        return _aux_heads_unet_class()(served=out_channels, out_channels=out_channels + aux_heads, **kwargs)
+    return UNet(out_channels=out_channels, **kwargs)
+
+
+@functools.cache
+def _aux_heads_unet_class() -> type:
+    """Built on first use: MONAI is imported lazily in this module."""
+    from monai.networks.nets import UNet
+
+    class AuxHeadsUNet(UNet):
+        """A UNet whose last ``out_channels - served`` channels exist for training only (like MONAI's
+        DynUNet deep supervision): train mode returns them all, eval mode the first ``served``. The
+        state_dict is a plain UNet's with ``out_channels`` outputs."""
+
+        def __init__(self, *, served: int, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.served = served
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = super().forward(x)
+            return out if self.training else out[:, : self.served]
+
+    return AuxHeadsUNet
 
 
 class MeanEnsemble(nn.Module):

@@ -34,6 +34,12 @@ class DataConfig:
     near_duplicates: bool = True  # link near-identical pictures (thumbnail r > 0.97) before splitting
     max_images: int = 0  # 0 = all; a seeded subsample per split for smoke runs
     cache_dir: str = ""  # default: <output_dir>/../cache
+    # Segmentation only: datasets whose masks follow ANOTHER convention than the task's (e.g. OpenIST's
+    # heart-excluded lungs next to V7's retro-cardiac-included ones). Each gets its own extra output
+    # channel, trained on its rows only and dropped from the shipped network's output, so the shared
+    # layers learn from more images while the served mask keeps one convention. Their rows are all
+    # training rows: they are never validated or tested, and the other rows are split as without them.
+    aux_mask_datasets: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -125,6 +131,8 @@ class RunConfig:
             raise ConfigError(f"{self.source_file}: [train] source_adversary must be >= 0")
         if self.train.seg_metric not in ("dice", "dice_fp"):
             raise ConfigError(f"{self.source_file}: [train] seg_metric {self.train.seg_metric!r} unknown")
+        if self.data.aux_mask_datasets and self.task not in ("lungs", "ggo_segmentation"):
+            raise ConfigError(f"{self.source_file}: [data] aux_mask_datasets is for segmentation tasks only")
         if self.threshold.method not in ("youden", "sensitivity", "fixed"):
             raise ConfigError(f"{self.source_file}: [threshold] method {self.threshold.method!r} unknown")
 

@@ -91,19 +91,24 @@ def prepare_rows(cfg: RunConfig, spec: TaskSpec, ctx: DistContext) -> tuple[list
         rows = [r for r in collect_rows(cfg) if spec.accepts(r)]
         if not rows:
             raise ConfigError(f"{cfg.source_file}: no image in the data fits task {spec.task}")
-        if not all(r.split for r in rows):
+        aux = set(cfg.data.aux_mask_datasets)
+        for r in rows:
+            if r.dataset in aux:
+                r.split = "train"  # another mask convention: never validated or tested
+        split_these = [r for r in rows if r.dataset not in aux]
+        if not all(r.split for r in split_these):
             links: list[tuple[int, int]] = []
             if cfg.data.near_duplicates:
-                if len(rows) > LARGE_FOR_NEAR_DUPLICATES:
+                if len(split_these) > LARGE_FOR_NEAR_DUPLICATES:
                     log.warning(
                         "near-duplicate linking decodes %d images and compares all pairs (N^2); "
                         "set [data] near_duplicates = false for very large sets",
-                        len(rows),
+                        len(split_these),
                     )
-                links = [(a, b) for a, b, _ in near_duplicate_pairs(thumbnails(rows))]
+                links = [(a, b) for a, b, _ in near_duplicate_pairs(thumbnails(split_these))]
                 log.info("%d near-duplicate pair(s) linked before splitting", len(links))
             assign_splits(
-                rows,
+                split_these,
                 fractions=cfg.data.split_fractions,
                 seed=cfg.data.split_seed,
                 stratum=spec.stratum,
@@ -236,7 +241,17 @@ class ClassificationData(Dataset):
         return x, torch.tensor(float(self.spec.label_of(row)))
 
 
+UNLABELLED = -1.0  # target value of an output channel that a row has no mask for
+
+
 class SegmentationData(Dataset):
+    """(image, target) pairs; the target has one channel per output head.
+
+    ``aux_datasets`` (``[data] aux_mask_datasets``): a row of ``aux_datasets[i]`` has its mask in
+    channel ``i + 1`` and :data:`UNLABELLED` in every other channel; any other row has its mask in
+    channel 0. Without aux datasets the target is the usual single channel.
+    """
+
     def __init__(
         self,
         rows: Sequence[ManifestRow],
@@ -246,8 +261,10 @@ class SegmentationData(Dataset):
         *,
         augment: bool,
         seed: int,
+        aux_datasets: Sequence[str] = (),
     ) -> None:
         self.rows, self.spec, self.cache, self.input_spec = list(rows), spec, cache, input_spec
+        self.aux_datasets = list(aux_datasets)
         size = int(input_spec.get("size", 256))
         self.transform = _augmentation(["image", "mask"], seed, size) if augment else None
 
@@ -261,4 +278,10 @@ class SegmentationData(Dataset):
         if self.transform is not None:
             out = self.transform({"image": x, "mask": y})
             x, y = torch.as_tensor(out["image"]).float(), (torch.as_tensor(out["mask"]) > 0.5).float()
-        return x, y
+        if not self.aux_datasets:
+            return x, y
+        row = self.rows[i]
+        head = self.aux_datasets.index(row.dataset) + 1 if row.dataset in self.aux_datasets else 0
+        target = torch.full((1 + len(self.aux_datasets), *y.shape[1:]), UNLABELLED)
+        target[head] = y[0]
+        return x, target

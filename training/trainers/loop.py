@@ -73,6 +73,8 @@ def build_model(cfg: RunConfig, spec: TaskSpec, channels: int) -> tuple[nn.Modul
         params.update(in_channels=channels, num_classes=1)
     else:
         params.update(in_channels=channels, out_channels=1)
+        if cfg.data.aux_mask_datasets:
+            params["aux_heads"] = len(cfg.data.aux_mask_datasets)
     try:
         definition = network_def(cfg.model.architecture, **params)
         net = build_network(cfg.model.architecture, **params)
@@ -102,6 +104,29 @@ class SegLoss(nn.Module):
             dice = self.dice(logits[has], target[has]) if bool(has.any()) else logits.sum() * 0.0
             return dice + self.bce(logits, target)
         return self.dice(logits, target) + self.bce(logits, target)
+
+
+class HeadsSegLoss(nn.Module):
+    """``loss`` per output channel over the rows labelled in it (``[data] aux_mask_datasets``).
+
+    A target channel filled with :data:`training.data.UNLABELLED` is no label: that row adds nothing
+    to that channel. Each channel's loss is weighted by its share of the batch, so a batch of one
+    convention only weighs as much as a batch of the other. An evaluation-mode network that serves
+    only channel 0 is scored on channel 0 alone.
+    """
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        total = logits.sum() * 0.0
+        for c in range(min(logits.shape[1], target.shape[1])):
+            labelled = target[:, c].flatten(1).amin(dim=1) >= 0
+            if bool(labelled.any()):
+                share = labelled.float().mean()
+                total = total + share * self.loss(logits[labelled, c : c + 1], target[labelled, c : c + 1])
+        return total
 
 
 @dataclass
@@ -251,7 +276,10 @@ def train_torch_task(
                 rs, spec, cache, in_spec, augment=augment, seed=cfg.seed + ctx.rank, lung_masks=lung_masks,
                 acquisition=cfg.train.augment_acquisition,
             )
-        return SegmentationData(rs, spec, cache, in_spec, augment=augment, seed=cfg.seed + ctx.rank)
+        return SegmentationData(
+            rs, spec, cache, in_spec, augment=augment, seed=cfg.seed + ctx.rank,
+            aux_datasets=cfg.data.aux_mask_datasets,
+        )
 
     train_data, val_data = dataset(train_rows, cfg.train.augment), dataset(val_rows, False)
 
@@ -405,9 +433,10 @@ def build_loss(cfg: RunConfig, spec: TaskSpec, train_rows: Sequence[ManifestRow]
         if cfg.train.class_weighting and cfg.train.sampling == "shuffle" and positives and negatives:
             pos_weight = torch.tensor([negatives / positives], device=device)
         return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    return SegLoss(
+    loss = SegLoss(
         batch=cfg.train.seg_loss == "batch_dice_bce", positives_only=cfg.train.seg_loss == "pos_dice_bce"
     )
+    return HeadsSegLoss(loss) if cfg.data.aux_mask_datasets else loss
 
 
 def default_selection(cfg: RunConfig, spec: TaskSpec) -> Selection:
