@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +123,69 @@ def test_a_shipped_lungs_bundle_and_a_new_seed_average_per_pixel(
     with torch.inference_mode():
         expected = sum(foreground_probability(m.network(x)) for m in members) / 2
         assert torch.allclose(foreground_probability(loaded.network(x)), expected, atol=1e-5)
+
+
+def test_a_mean_ensemble_bundle_supplies_several_members_and_grows_by_one_seed(
+    tiny_models: dict[str, Path], shared_data: Path, training_root: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--member-bundle A,B=ENSEMBLE``: a shipped two-member ensemble plus a third seed, no retraining."""
+    import torch
+
+    from pipelines.bundle import load_bundle
+    from pipelines.networks import MeanEnsemble
+    from pipelines.runtime import foreground_probability
+    from training.recipes.ensemble import main
+
+    manifest = tiny_models["lungs"].parent.parent / "manifest.csv"
+    out = training_root / "ensemble_grow"
+    a, b, c = (_member(tmp_path, manifest, s, out, shared_data, task="lungs") for s in (41, 42, 43))
+    rc = main([str(a), str(b), "--name", "tiny-two", "--version", "0.0.4", "--train", "--min-members", "2"])
+    assert rc == 0
+    two = Path(json.loads(capsys.readouterr().out)["bundle"])
+    for s in (41, 42):  # the two-member bundle must be the only source of members 41 and 42 below
+        shutil.rmtree(out / f"tiny-lungs-member-{s}" / "bundles")
+    rc = main([str(a), str(b), str(c), "--name", "tiny-three", "--version", "0.0.5", "--train",
+               "--member-bundle", f"{a},{b}={two}"])
+    assert rc == 0
+    three = Path(json.loads(capsys.readouterr().out)["bundle"])
+    assert not (out / "tiny-lungs-member-41" / "bundles").exists()
+    raw = json.loads((three / "configs" / "metadata.json").read_text())
+    assert [m.get("member_of_ensemble_bundle") for m in raw["ensemble"]["members"]] == [0, 1, None]
+    assert [m["seed"] for m in raw["ensemble"]["members"]] == [41, 42, 43]
+    net, old = load_bundle(three, "lungs").network, load_bundle(two, "lungs").network
+    assert isinstance(net, MeanEnsemble) and len(net.members) == 3
+    new = load_bundle(out / "tiny-lungs-member-43" / "bundles" / "tiny-lungs-member-43", "lungs").network
+    x = torch.rand(2, 1, 64, 64)
+    with torch.inference_mode():
+        parts = [foreground_probability(m(x)) for m in (*old.members, new)]
+        assert torch.allclose(foreground_probability(net(x)), sum(parts) / 3, atol=1e-5)
+
+
+def test_mixed_recipes_are_allowed_only_on_the_same_validation_and_test_images(
+    tiny_models: dict[str, Path], shared_data: Path, training_root: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from training.config import load_config
+    from training.errors import TrainingError
+    from training.manifest import read_manifest, write_manifest
+    from training.recipes.ensemble import check_members, main
+
+    manifest = tiny_models["lungs"].parent.parent / "manifest.csv"
+    out = training_root / "ensemble_mixed"
+    a = _member(tmp_path, manifest, 51, out, shared_data, task="lungs")
+    b = _member(tmp_path, manifest, 52, out, shared_data, task="lungs", train__lr=5e-4)
+    with pytest.raises(TrainingError, match=r"\[train\] differs"):
+        check_members([load_config(a), load_config(b)])
+    check_members([load_config(a), load_config(b)], mixed_recipes=True)
+    args = ["--version", "0.0.6", "--train", "--min-members", "2", "--mixed-recipes"]
+    assert main([str(a), str(b), "--name", "tiny-mixed", *args]) == 0
+    assert json.loads(capsys.readouterr().out)["members"] == ["tiny-lungs-member-51", "tiny-lungs-member-52"]
+
+    rows = read_manifest(manifest)
+    moved = next(r for r in rows if r.split == "validation")
+    moved.split = "train"  # one validation image fewer: the ensemble could not be judged as its members
+    other = write_manifest(rows, tmp_path / "other.csv")
+    c = _member(tmp_path, other, 53, out, shared_data, task="lungs")
+    with pytest.raises(TrainingError, match="validation/test images differ"):
+        main([str(a), str(c), "--name", "tiny-mixed-bad", *args])

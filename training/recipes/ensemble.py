@@ -6,10 +6,17 @@
 Each config is an ordinary ``cxr-node train`` run (the members may be trained in parallel beforehand;
 ``--train`` trains, one after the other, every member whose bundle is missing). A member's bundle is
 ``runs/<name>/bundles/<name>`` unless ``--member-bundle`` names another folder (e.g. a shipped bundle in
-``models/``: its sha-checked weights are used as they are). The members must share task, data, input,
-model, train and threshold settings (and lungs bundle): they differ only by seed. Every member's
+``models/``: its sha-checked weights are used as they are). ``--member-bundle A.toml,B.toml=DIR`` takes
+the members of a mean-ensemble bundle (e.g. a shipped one whose member runs are gone) for configs A and B,
+in order, so a shipped ensemble can grow by one seed. The members must share task, data, input, model,
+train and threshold settings (and lungs bundle): they differ only by seed. Every member's
 ``manifest_sha256`` must equal the ensemble's split manifest (the first member's run manifest, or the
 one the config rebuilds), so all were trained and selected on the same split.
+
+``--mixed-recipes`` drops the "only the seed differs" rule for [data], [model] and [train] (e.g. a member
+trained with ``[data] aux_mask_datasets``): each member's manifest must then be its own config's, and
+every member must have exactly the ensemble's validation and test images, so the ensemble is still
+selected and tested on the images each member was.
 
 The ensemble's network is :class:`pipelines.networks.MeanEnsemble` (mean of the members' probabilities:
 per image for a classifier, per pixel for a segmenter; one Grad-CAM per member for COVID-19) and it is
@@ -38,6 +45,7 @@ import copy
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from training.config import RunConfig
@@ -52,21 +60,45 @@ COMBINATION = {
 }
 
 
-def _member_bundle(cfg: RunConfig, overrides: dict[str, Path] | None = None) -> Path:
+@dataclass(frozen=True)
+class MemberSource:
+    """Where a member's network comes from: a bundle, or member ``index`` of a mean-ensemble bundle."""
+
+    bundle: Path
+    index: int | None = None
+
+
+def _member_source(cfg: RunConfig, overrides: dict[str, MemberSource] | None = None) -> MemberSource:
     key = str(Path(cfg.source_file).resolve())
     if overrides and key in overrides:
         return overrides[key]
-    return cfg.run_dir / "bundles" / cfg.name
+    return MemberSource(cfg.run_dir / "bundles" / cfg.name)
 
 
-def check_members(cfgs: list[RunConfig]) -> None:
-    """Members may differ by name, version, seed and description only."""
+def parse_member_bundles(items: list[str]) -> dict[str, MemberSource]:
+    """``CONFIG=DIR`` (a bundle) or ``CONFIG1,CONFIG2,...=DIR`` (the members of a mean-ensemble bundle)."""
+    sources: dict[str, MemberSource] = {}
+    for item in items:
+        configs, sep, folder = item.partition("=")
+        if not sep or not configs or not folder:
+            raise ValueError(f"--member-bundle {item!r}: expected CONFIG=DIR or CONFIG,CONFIG,...=DIR")
+        names = configs.split(",")
+        for i, config in enumerate(names):
+            index = i if len(names) > 1 else None
+            sources[str(Path(config).resolve())] = MemberSource(Path(folder), index)
+    return sources
+
+
+def check_members(cfgs: list[RunConfig], mixed_recipes: bool = False) -> None:
+    """Members may differ by name, version, seed and description only ([data], [model] and [train]
+    too with ``mixed_recipes``; their evaluated images are checked in :func:`build_ensemble`)."""
     first = cfgs[0]
+    parts = ("input", "threshold") if mixed_recipes else ("data", "model", "input", "train", "threshold")
     for cfg in cfgs[1:]:
         for name in MATCHING_FIELDS:
             if getattr(cfg, name) != getattr(first, name):
                 raise TrainingError(f"{cfg.source_file}: {name} differs from {first.source_file}")
-        for part in ("data", "model", "input", "train", "threshold"):
+        for part in parts:
             if getattr(cfg, part) != getattr(first, part):
                 raise TrainingError(f"{cfg.source_file}: [{part}] differs from {first.source_file}")
     if first.task == "ggo_detection":
@@ -75,12 +107,17 @@ def check_members(cfgs: list[RunConfig]) -> None:
         raise TrainingError("ensemble members must have distinct seeds")
 
 
+def _evaluated_images(rows: list) -> list[tuple[str, str]]:
+    return sorted((r.image_path, r.split) for r in rows if r.split in ("validation", "test"))
+
+
 def build_ensemble(
     cfgs: list[RunConfig],
     name: str,
     version: str,
     description: str,
-    member_bundles: dict[str, Path] | None = None,
+    member_bundles: dict[str, MemberSource] | None = None,
+    mixed_recipes: bool = False,
 ) -> Path:
     """Load the member bundles, average them, and export the ensemble bundle under runs/<name>."""
     from pipelines.bundle import load_bundle
@@ -94,13 +131,26 @@ def build_ensemble(
     from training.trainers.loop import build_loss, default_selection, input_spec_dict, lung_masks_for
 
     spec = TASK_SPECS[cfgs[0].task]
-    members = [load_bundle(_member_bundle(c, member_bundles), spec.task) for c in cfgs]
-    for bundle in members:
-        for p in bundle.network.parameters():
+    sources = [_member_source(c, member_bundles) for c in cfgs]
+    loaded = {src.bundle: load_bundle(src.bundle, spec.task) for src in sources}
+    members = [loaded[src.bundle] for src in sources]
+    networks, definitions, epochs = [], [], []
+    for src, b in zip(sources, members, strict=True):
+        for p in b.network.parameters():
             p.requires_grad_(False)
-    net = MeanEnsemble([b.network for b in members]).eval()
-    definition = {"_target_": "pipelines.networks.mean_ensemble",
-                  "members": [b.metadata.network_def for b in members]}
+        best = b.metadata.metrics.get("best_epoch", -1)
+        if src.index is None:
+            networks.append(b.network)
+            definitions.append(b.metadata.network_def)
+            epochs.append(int(best))
+            continue
+        if not isinstance(b.network, MeanEnsemble) or src.index >= len(b.network.members):
+            raise TrainingError(f"{src.bundle}: has no ensemble member {src.index}")
+        networks.append(b.network.members[src.index])
+        definitions.append(b.metadata.network_def["members"][src.index])
+        epochs.append(int(best[src.index]) if isinstance(best, list) else -1)
+    net = MeanEnsemble(networks).eval()
+    definition = {"_target_": "pipelines.networks.mean_ensemble", "members": definitions}
     cfg = copy.deepcopy(cfgs[0])
     cfg.name, cfg.version, cfg.description = name, version, description
     cfg.seed = 0
@@ -114,8 +164,15 @@ def build_ensemble(
             break
     rows, _path, manifest_sha = prepare_rows(cfg, spec, ctx)
     for b, c in zip(members, cfgs, strict=True):
-        if b.metadata.manifest_sha256 != manifest_sha:
-            raise TrainingError(f"{c.name}: trained on another manifest than {manifest_sha[:12]}")
+        if not mixed_recipes:
+            if b.metadata.manifest_sha256 != manifest_sha:
+                raise TrainingError(f"{c.name}: trained on another manifest than {manifest_sha[:12]}")
+            continue
+        own_rows, _own_path, own_sha = prepare_rows(c, spec, ctx)
+        if b.metadata.manifest_sha256 != own_sha:
+            raise TrainingError(f"{c.name}: its bundle was trained on another manifest than its config's")
+        if _evaluated_images(own_rows) != _evaluated_images(rows):
+            raise TrainingError(f"{c.name}: its validation/test images differ from {cfg.name}'s")
     in_spec = input_spec_dict(cfg, spec)
     cache = ArrayCache(cfg.data.cache_dir or cfg.run_dir.parent / "cache")
     lung_masks = lung_masks_for(cfg, spec, rows, in_spec)
@@ -126,7 +183,7 @@ def build_ensemble(
     loss_fn = build_loss(cfg, spec, [r for r in rows if r.split == "train"], device)
     bundle = export_torch_bundle(
         cfg, spec, net, definition, in_spec, rows, manifest_sha, cache,
-        best_epoch=[int(b.metadata.metrics.get("best_epoch", -1)) for b in members],
+        best_epoch=epochs,
         lung_masks=lung_masks, loss_fn=loss_fn, selection=selection,
     )
     meta_path = bundle / "configs" / "metadata.json"
@@ -135,10 +192,12 @@ def build_ensemble(
         "combination": COMBINATION[spec.kind],
         "members": [
             {"name": b.metadata.name, "version": b.metadata.version, "seed": c.seed, "config": c.source_file,
-             "best_epoch": b.metadata.metrics.get("best_epoch"),
-             "validation_selection_value": b.metadata.metrics.get("selection_value"),
-             "weights_sha256": b.metadata.weights.get("sha256")}
-            for b, c in zip(members, cfgs, strict=True)
+             "best_epoch": epoch,
+             "validation_selection_value": None if src.index is not None
+             else b.metadata.metrics.get("selection_value"),
+             "weights_sha256": b.metadata.weights.get("sha256"),
+             **({} if src.index is None else {"member_of_ensemble_bundle": src.index})}
+            for b, c, src, epoch in zip(members, cfgs, sources, epochs, strict=True)
         ],
     }
     meta_path.write_text(json.dumps(meta, indent=2, default=float) + "\n", encoding="utf-8")
@@ -152,7 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", required=True)
     parser.add_argument("--description", default="", help="default: the first member's, marked 'mean of N'")
     parser.add_argument("--member-bundle", action="append", default=[], metavar="CONFIG=DIR",
-                        help="take this member's bundle from DIR (e.g. a shipped bundle) instead of its run")
+                        help="take this member's bundle from DIR (e.g. a shipped bundle) instead of its run; "
+                             "CONFIG1,CONFIG2=DIR: the members of the mean-ensemble bundle DIR, in order")
+    parser.add_argument("--mixed-recipes", action="store_true",
+                        help="members may differ in [data], [model] and [train] "
+                             "(they must have the same validation and test images)")
     parser.add_argument("--train", action="store_true", help="train members whose bundle is missing")
     parser.add_argument("--min-members", type=int, default=3)
     args = parser.parse_args(argv)
@@ -162,19 +225,17 @@ def main(argv: list[str] | None = None) -> int:
     from training.run import train_from_config
 
     cfgs = [load_config(p) for p in args.configs]
-    check_members(cfgs)
-    overrides: dict[str, Path] = {}
-    for item in args.member_bundle:
-        config, sep, folder = item.partition("=")
-        if not sep:
-            parser.error(f"--member-bundle {item!r}: expected CONFIG=DIR")
-        overrides[str(Path(config).resolve())] = Path(folder)
+    check_members(cfgs, args.mixed_recipes)
+    try:
+        overrides = parse_member_bundles(args.member_bundle)
+    except ValueError as exc:
+        parser.error(str(exc))
     ready = []
     for cfg in cfgs:
-        if not (_member_bundle(cfg, overrides) / "configs" / "metadata.json").is_file():
+        if not (_member_source(cfg, overrides).bundle / "configs" / "metadata.json").is_file():
             if not args.train:
                 logging.warning("%s: no bundle at %s; left out (use --train)", cfg.name,
-                                _member_bundle(cfg, overrides))
+                                _member_source(cfg, overrides).bundle)
                 continue
             train_from_config(cfg)
         ready.append(cfg)
@@ -182,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"only {len(ready)} member bundle(s) ready; need {args.min_members}", file=sys.stderr)
         return 2
     description = args.description or f"{ready[0].description} (mean of {len(ready)} seeded runs)"
-    bundle = build_ensemble(ready, args.name, args.version, description, overrides)
+    bundle = build_ensemble(ready, args.name, args.version, description, overrides, args.mixed_recipes)
     meta = json.loads((bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
     m = meta["metrics"]
     print(json.dumps({"bundle": str(bundle), "members": [c.name for c in ready],
