@@ -24,6 +24,14 @@ def _member(
     return path
 
 
+def _lungs_member(
+    tiny_models: dict[str, Path], tmp: Path, seed: int, out: Path, shared_data: Path, **extra: object
+) -> Path:
+    """A tiny lungs member config on the tiny lungs run's split."""
+    manifest = tiny_models["lungs"].parent.parent / "manifest.csv"
+    return _member(tmp, manifest, seed, out, shared_data, task="lungs", **extra)
+
+
 def test_ensemble_of_trained_members_exports_a_bundle_the_pipeline_runs(
     tiny_models: dict[str, Path], shared_data: Path, training_root: Path, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -137,9 +145,8 @@ def test_a_mean_ensemble_bundle_supplies_several_members_and_grows_by_one_seed(
     from pipelines.runtime import foreground_probability
     from training.recipes.ensemble import main
 
-    manifest = tiny_models["lungs"].parent.parent / "manifest.csv"
     out = training_root / "ensemble_grow"
-    a, b, c = (_member(tmp_path, manifest, s, out, shared_data, task="lungs") for s in (41, 42, 43))
+    a, b, c = (_lungs_member(tiny_models, tmp_path, s, out, shared_data) for s in (41, 42, 43))
     rc = main([str(a), str(b), "--name", "tiny-two", "--version", "0.0.4", "--train", "--min-members", "2"])
     assert rc == 0
     two = Path(json.loads(capsys.readouterr().out)["bundle"])
@@ -171,10 +178,10 @@ def test_mixed_recipes_are_allowed_only_on_the_same_validation_and_test_images(
     from training.manifest import read_manifest, write_manifest
     from training.recipes.ensemble import check_members, main
 
-    manifest = tiny_models["lungs"].parent.parent / "manifest.csv"
     out = training_root / "ensemble_mixed"
-    a = _member(tmp_path, manifest, 51, out, shared_data, task="lungs")
-    b = _member(tmp_path, manifest, 52, out, shared_data, task="lungs", train__lr=5e-4)
+    a = _lungs_member(tiny_models, tmp_path, 51, out, shared_data)
+    b = _lungs_member(tiny_models, tmp_path, 52, out, shared_data, train__lr=5e-4)
+    manifest = tiny_models["lungs"].parent.parent / "manifest.csv"
     with pytest.raises(TrainingError, match=r"\[train\] differs"):
         check_members([load_config(a), load_config(b)])
     check_members([load_config(a), load_config(b)], mixed_recipes=True)
