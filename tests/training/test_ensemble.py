@@ -185,6 +185,11 @@ def test_mixed_recipes_are_allowed_only_on_the_same_validation_and_test_images(
     with pytest.raises(TrainingError, match=r"\[train\] differs"):
         check_members([load_config(a), load_config(b)])
     check_members([load_config(a), load_config(b)], mixed_recipes=True)
+    (tmp_path / "other").mkdir()  # the same seed as a, another recipe (only checked, never trained)
+    same_seed = _lungs_member(tiny_models, tmp_path / "other", 51, out, shared_data, train__lr=2e-4)
+    check_members([load_config(a), load_config(same_seed)], mixed_recipes=True)
+    with pytest.raises(TrainingError, match="distinct seeds"):
+        check_members([load_config(a), load_config(a)], mixed_recipes=True)
     args = ["--version", "0.0.6", "--train", "--min-members", "2", "--mixed-recipes"]
     assert main([str(a), str(b), "--name", "tiny-mixed", *args]) == 0
     assert json.loads(capsys.readouterr().out)["members"] == ["tiny-lungs-member-51", "tiny-lungs-member-52"]

@@ -45,7 +45,7 @@ import copy
 import json
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from training.config import RunConfig
@@ -103,8 +103,11 @@ def check_members(cfgs: list[RunConfig], mixed_recipes: bool = False) -> None:
                 raise TrainingError(f"{cfg.source_file}: [{part}] differs from {first.source_file}")
     if first.task == "ggo_detection":
         raise TrainingError(f"{first.source_file}: YOLO detectors are not averaged by this recipe")
-    if len({c.seed for c in cfgs}) != len(cfgs):
-        raise TrainingError("ensemble members must have distinct seeds")
+    # Two runs of one recipe with one seed are one model twice; runs of different recipes may share a seed.
+    runs = {json.dumps([c.seed, *(asdict(getattr(c, part)) for part in ("data", "model", "train"))],
+                       sort_keys=True, default=str) for c in cfgs}
+    if len(runs) != len(cfgs):
+        raise TrainingError("ensemble members must have distinct seeds (or, with mixed recipes, recipes)")
 
 
 def _evaluated_images(rows: list) -> list[tuple[str, str]]:
