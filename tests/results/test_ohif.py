@@ -44,10 +44,12 @@ def test_ohif_shows_seg_sr_and_sc(frontal_sets: dict[str, ResultSet], lateral_se
                               text=True, timeout=900, check=False)
         tail = (proc.stdout + proc.stderr)[-3000:]
         # The harness clicks with fixed 3-5 s timeouts; on a loaded machine a click can time out
-        # ("driver_error=locator.click"). That is the harness, not our objects: run it once more.
-        if proc.returncode != 1 or "driver_error=" not in tail:
+        # ("driver_error=locator.click"). Debian's Orthanc 1.10.1 (the test PACS) has also crashed once
+        # (SIGSEGV) under OHIF's concurrent DICOMweb requests, serving objects it served in every other
+        # run. Neither is about our objects: run it once more (an object that fails twice still fails).
+        if proc.returncode != 1 or not ("driver_error=" in tail or "Segmentation fault" in tail):
             break
-        print(f"ohif_check attempt {attempt}: driver error, retrying: {tail[-600:]}")
+        print(f"ohif_check attempt {attempt}: harness or Orthanc failure, retrying: {tail[-600:]}")
     if proc.returncode == 2 and not shutil.which(CHROMIUM):
         pytest.skip(f"Chromium could not be installed: {tail}")
     assert proc.returncode == 0, tail
