@@ -135,7 +135,8 @@ def build_ensemble(
 
     spec = TASK_SPECS[cfgs[0].task]
     sources = [_member_source(c, member_bundles) for c in cfgs]
-    loaded = {src.bundle: load_bundle(src.bundle, spec.task) for src in sources}
+    bundles = dict.fromkeys(src.bundle for src in sources)  # the members of an ensemble bundle share it
+    loaded = {bundle: load_bundle(bundle, spec.task) for bundle in bundles}
     members = [loaded[src.bundle] for src in sources]
     networks, definitions, epochs = [], [], []
     for src, b in zip(sources, members, strict=True):
