@@ -201,3 +201,15 @@ def test_mixed_recipes_are_allowed_only_on_the_same_validation_and_test_images(
     c = _member(tmp_path, other, 53, out, shared_data, task="lungs")
     with pytest.raises(TrainingError, match="validation/test images differ"):
         main([str(a), str(c), "--name", "tiny-mixed-bad", *args])
+
+
+def test_member_bundle_arguments_name_a_bundle_or_the_members_of_an_ensemble_bundle(tmp_path: Path) -> None:
+    from training.recipes.ensemble import MemberSource, parse_member_bundles
+
+    a, b, c = (str(tmp_path / f"{n}.toml") for n in "abc")
+    sources = parse_member_bundles([f"{a},{b}=models/lungs", f"{c}=runs/x"])
+    assert sources == {a: MemberSource(Path("models/lungs"), 0), b: MemberSource(Path("models/lungs"), 1),
+                       c: MemberSource(Path("runs/x"), None)}
+    for bad in (a, f"{a}=", f"={a}"):
+        with pytest.raises(ValueError, match="expected CONFIG=DIR"):
+            parse_member_bundles([bad])
