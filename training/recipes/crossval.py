@@ -1,0 +1,335 @@
+"""K-fold cross-validation of one classification recipe over the non-test images of its manifest.
+
+    .venv/bin/python -m training.recipes.crossval CONFIG [--folds 5] [--fold-seed 0] \
+        [--only K ...] [--aggregate] [--set SECTION.KEY=VALUE ...]
+
+Why: a recipe judged on one validation split is judged on few images. The covid validation split holds
+17 ieee8023 non-COVID images, so one run's within-collection AUC moves by about +-0.05 between seeds
+and epochs, and no candidate could be told from another (issue 6, sessions 2-5). Cross-validation
+scores every non-test image once, with a model that never trained on it or chose its epoch on it:
+about five times the images behind each figure.
+
+What it does, all under ``<output_dir>/crossval/<run name>/``:
+
+- **Pool**: every row of CONFIG's manifest that is not in its test split. The test split is never read,
+  so it stays untouched for the model that is finally shipped.
+- **Folds**: patient-level (rows linked by patient, file bytes, picture or near-identical thumbnail stay
+  together), stratified by dataset x label, seeded (``folds.csv``).
+- **Fold k's run** (nested): fold k is its ``test`` split (scored out of fold), fold k+1 its
+  ``validation`` split (epoch and threshold), the other folds its ``train`` split. A dataset that has
+  no train rows in CONFIG's manifest (e.g. OpenIST, the normal collection no covid run trains on) stays
+  out of training in every fold: its rows are only ever validation or out-of-fold images. Each run is
+  an ordinary ``cxr-node train`` run of CONFIG with only the name and manifest changed
+  (``<name>-fold<k>``); a fold whose bundle exists is not re-trained, so folds may be run by several
+  processes at once (``--only``).
+- **Out of fold**: each fold's bundle scores its own fold through the pipeline's preprocessing
+  (``oof_fold<k>.csv``: image, patient, dataset, label, score).
+- **Report** (``--aggregate``, once every fold is scored): ``report.json`` / ``report.md``: the pooled
+  out-of-fold figures with bootstrap 95% CIs, and per fold. For covid these are the figures of
+  ``training.recipes.covid_compare`` (within-ieee8023 AUC, ieee8023 COVID-19 vs OpenIST normals AUC,
+  their mean = the trainer's selection score, ieee8023 + NIH AUC, source index, per source).
+
+The pooled figures estimate the RECIPE (a single run of it on 60 % of the pool), not any one bundle:
+members see less data than a run on the full train split. The folds' bundles are ordinary bundles; the
+pooled threshold (Youden on the pooled out-of-fold scores) is reported, not written into them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import logging
+import random
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.config import RunConfig, load_config
+from training.errors import ConfigError
+from training.manifest import ManifestRow, write_manifest
+
+log = logging.getLogger(__name__)
+
+CLASSIFICATION_TASKS = ("covid", "projection")
+OOF_COLUMNS = ("image_path", "patient_id", "dataset", "label", "score")
+
+
+def cv_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.output_dir) / "crossval" / cfg.name
+
+
+def assign_folds(
+    rows: Sequence[ManifestRow],
+    n_folds: int,
+    seed: int,
+    stratum: Any,
+    extra_links: Sequence[tuple[int, int]] = (),
+) -> list[int]:
+    """Fold index per row: linked rows share a fold; every dataset x stratum is spread evenly.
+
+    Groups are shuffled with ``random.Random(seed)`` inside each stratum and each goes to the fold
+    with the fewest images of that stratum so far (lowest index on ties), so the same rows and seed
+    always give the same folds.
+    """
+    from training.splits import linked_groups
+
+    if n_folds < 3:
+        raise ConfigError(f"need 3 or more folds (train, validation, out of fold), got {n_folds}")
+    strata: dict[tuple[str, str], list[list[int]]] = defaultdict(list)
+    for g in linked_groups(rows, extra_links):
+        members = [rows[i] for i in g]
+        strata[(members[0].dataset, stratum(members))].append(g)
+    rng = random.Random(seed)
+    fold_of = [-1] * len(rows)
+    for key in sorted(strata):
+        groups = strata[key]
+        rng.shuffle(groups)
+        counts = [0] * n_folds
+        for g in groups:
+            k = min(range(n_folds), key=lambda j: (counts[j], j))
+            counts[k] += len(g)
+            for i in g:
+                fold_of[i] = k
+    return fold_of
+
+
+def fold_rows(
+    rows: Sequence[ManifestRow], fold_of: Sequence[int], k: int, n_folds: int, never_trained: set[str]
+) -> list[ManifestRow]:
+    """Fold k's manifest rows: fold k = test, fold k+1 = validation, the rest train.
+
+    Rows of ``never_trained`` datasets that would be training rows are left out.
+    """
+    val = (k + 1) % n_folds
+    out: list[ManifestRow] = []
+    for row, f in zip(rows, fold_of, strict=True):
+        split = "test" if f == k else "validation" if f == val else "train"
+        if split == "train" and row.dataset in never_trained:
+            continue
+        r = copy.copy(row)
+        r.split = split
+        out.append(r)
+    return out
+
+
+def pool_rows(cfg: RunConfig) -> tuple[list[ManifestRow], set[str]]:
+    """The non-test rows of the recipe's manifest, and the datasets it never trains on."""
+    from training.data import collect_rows
+    from training.tasks import TASK_SPECS
+
+    if not cfg.data.manifest:
+        raise ConfigError(f"{cfg.source_file}: cross-validation needs a [data] manifest with its splits")
+    spec = TASK_SPECS[cfg.task]
+    rows = [r for r in collect_rows(cfg) if spec.accepts(r)]
+    if not rows or not all(r.split for r in rows):
+        raise ConfigError(f"{cfg.data.manifest}: every row needs a split (train/validation/test)")
+    trained = {r.dataset for r in rows if r.split == "train"}
+    never = {r.dataset for r in rows} - trained
+    return [r for r in rows if r.split != "test"], never
+
+
+def write_folds(cfg: RunConfig, n_folds: int, seed: int) -> tuple[list[ManifestRow], list[int], set[str]]:
+    """Pool, fold assignment and never-trained datasets; ``folds.csv`` written once, then re-read."""
+    from training.splits import near_duplicate_pairs, thumbnails
+    from training.tasks import TASK_SPECS
+
+    pool, never = pool_rows(cfg)
+    path = cv_dir(cfg) / "folds.csv"
+    if path.is_file():
+        saved = {rec["image_path"]: int(rec["fold"]) for rec in csv.DictReader(path.open(encoding="utf-8"))}
+        if set(saved) != {r.image_path for r in pool} or max(saved.values()) + 1 != n_folds:
+            raise ConfigError(f"{path} was written for another pool or fold count: remove it to start over")
+        return pool, [saved[r.image_path] for r in pool], never
+    links = [(a, b) for a, b, _ in near_duplicate_pairs(thumbnails(pool))] if cfg.data.near_duplicates else []
+    fold_of = assign_folds(pool, n_folds, seed, TASK_SPECS[cfg.task].stratum, links)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image_path", "dataset", "patient_id", "fold"])
+        for r, f in zip(pool, fold_of, strict=True):
+            w.writerow([r.image_path, r.dataset, r.patient_id, f])
+    return pool, fold_of, never
+
+
+def fold_config(config: Path, k: int, manifest: Path, overrides: dict[str, Any]) -> RunConfig:
+    """CONFIG as it is, but for the run's name and manifest (its runs live in the CV folder and share
+    the recipe's image cache)."""
+    base = load_config(config, overrides=overrides)
+    return load_config(
+        config,
+        overrides={
+            **overrides,
+            "run.name": f"{base.name}-fold{k}",
+            "run.output_dir": str(cv_dir(base)),
+            "data.manifest": str(manifest.resolve()),
+            "data.cache_dir": str(base.data.cache_dir or Path(base.output_dir) / "cache"),
+        },
+    )
+
+
+def score_rows(
+    cfg: RunConfig, bundle_dir: Path, rows: Sequence[ManifestRow]
+) -> tuple[list[ManifestRow], np.ndarray]:
+    """P(positive) of ``rows`` from the bundle, through the pipeline's preprocessing."""
+    from pipelines.bundle import input_lungs_dir, load_bundle, read_metadata
+    from training.cache import ArrayCache
+    from training.evaluate import classification_scores, predict_lung_masks
+
+    meta = read_metadata(bundle_dir)
+    bundle = load_bundle(bundle_dir, cfg.task)
+    cache = ArrayCache(cfg.data.cache_dir or Path(cfg.output_dir) / "cache")
+    in_spec = meta.input.to_dict()
+    masks: dict[str, np.ndarray] = {}
+    if in_spec["mode"] == "lungs_only":
+        lungs = input_lungs_dir(bundle_dir) or (Path(cfg.lung_bundle) if cfg.lung_bundle else None)
+        if lungs is not None:
+            masks = predict_lung_masks(lungs, list(rows), cache)
+    usable = [r for r in rows if in_spec["mode"] != "lungs_only" or r.image_path in masks or r.lung_mask]
+    return usable, np.asarray(classification_scores(bundle.network, usable, cache, in_spec, lung_masks=masks))
+
+
+def run_fold(config: Path, k: int, n_folds: int, seed: int, overrides: dict[str, Any]) -> Path:
+    """Train fold k (unless its bundle exists) and write its out-of-fold scores."""
+    from training.run import train_from_config
+    from training.tasks import TASK_SPECS
+
+    base = load_config(config, overrides=overrides)
+    pool, fold_of, never = write_folds(base, n_folds, seed)
+    manifest = cv_dir(base) / f"fold{k}.csv"
+    rows = fold_rows(pool, fold_of, k, n_folds, never)
+    if not manifest.is_file():
+        write_manifest(rows, manifest)
+    cfg = fold_config(config, k, manifest, overrides)
+    bundle = cfg.run_dir / "bundles" / cfg.name
+    if not (bundle / "configs" / "metadata.json").is_file():
+        log.info("fold %d/%d: training %s", k, n_folds, cfg.name)
+        trained = train_from_config(cfg)
+        if trained is None:
+            raise ConfigError(f"fold {k}: the run exported no bundle")
+        bundle = trained
+    spec = TASK_SPECS[cfg.task]
+    oof = [r for r in rows if r.split == "test"]
+    usable, scores = score_rows(cfg, bundle, oof)
+    out = cv_dir(base) / f"oof_fold{k}.csv"
+    with out.open("w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(OOF_COLUMNS)
+        for r, s in zip(usable, scores, strict=True):
+            w.writerow([r.image_path, r.patient_id, r.dataset, spec.label_of(r), f"{float(s):.6f}"])
+    log.info("fold %d: %d of %d out-of-fold images scored -> %s", k, len(usable), len(oof), out)
+    return out
+
+
+def read_oof(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.open(encoding="utf-8")))
+
+
+def aggregate(cfg: RunConfig, n_folds: int, n_boot: int) -> dict[str, Any]:
+    """Pooled and per-fold out-of-fold figures (every fold must have been scored)."""
+    from training.metrics import choose_threshold
+    from training.recipes.covid_compare import auc_ci, split_report
+
+    root = cv_dir(cfg)
+    missing = [k for k in range(n_folds) if not (root / f"oof_fold{k}.csv").is_file()]
+    if missing:
+        raise ConfigError(f"folds {missing} have no out-of-fold scores yet in {root}")
+    records = [(k, rec) for k in range(n_folds) for rec in read_oof(root / f"oof_fold{k}.csv")]
+    y = np.array([int(rec["label"]) for _, rec in records])
+    s = np.array([float(rec["score"]) for _, rec in records])
+    ds = np.array([rec["dataset"] for _, rec in records])
+    fold = np.array([k for k, _ in records])
+    threshold = choose_threshold(y, s, method="youden")
+    report: dict[str, Any] = {
+        "config": str(cfg.source_file),
+        "folds": n_folds,
+        "images": int(y.size),
+        "positives": int(y.sum()),
+        "pooled_threshold_youden": threshold,
+    }
+    if cfg.task == "covid":
+        report["pooled"] = split_report(y, s, ds, threshold, n_boot)
+        report["per_fold"] = {
+            str(k): split_report(y[fold == k], s[fold == k], ds[fold == k], threshold, n_boot)
+            for k in range(n_folds)
+        }
+    else:
+        report["pooled"] = {"auc": auc_ci(y, s, n_boot)}
+        report["per_fold"] = {
+            str(k): {"auc": auc_ci(y[fold == k], s[fold == k], n_boot)} for k in range(n_folds)
+        }
+    return report
+
+
+def _fmt(e: dict | None) -> str:
+    if not e:
+        return "n/a"
+    return f"{e['auc']:.3f} [{e['ci95'][0]:.3f}, {e['ci95'][1]:.3f}] ({e['positives']}/{e['n']})"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"# Cross-validation of `{report['config']}` ({report['folds']} folds, out-of-fold)",
+        "",
+        f"{report['images']} images, {report['positives']} positive; pooled Youden threshold "
+        f"{report['pooled_threshold_youden']:.3f}. AUC [bootstrap 95% CI] (positives/images).",
+        "",
+    ]
+    keys = [k for k, v in report["pooled"].items() if isinstance(v, dict) and "auc" in v]
+    lines += ["| figure | pooled | " + " | ".join(f"fold {k}" for k in report["per_fold"]) + " |"]
+    lines += ["|---|---|" + "---|" * len(report["per_fold"])]
+    for key in keys:
+        cells = [_fmt(report["pooled"].get(key))] + [_fmt(f.get(key)) for f in report["per_fold"].values()]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    if "selection_score" in report["pooled"]:
+        sel = [report["pooled"]["selection_score"]]
+        sel += [f.get("selection_score") for f in report["per_fold"].values()]
+        lines.append("| selection_score (mean of within-ieee8023 and vs OpenIST) | "
+                     + " | ".join("n/a" if v is None else f"{v:.3f}" for v in sel) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from training.run import parse_overrides
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("config", type=Path)
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--fold-seed", type=int, default=0, help="seed of the fold assignment")
+    ap.add_argument("--only", type=int, action="append", default=[], help="run only fold K (repeatable)")
+    ap.add_argument("--aggregate", action="store_true", help="only pool the scored folds into the report")
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        overrides = parse_overrides(args.set)
+        cfg = load_config(args.config, overrides=overrides)
+        if cfg.task not in CLASSIFICATION_TASKS:
+            raise ConfigError(f"cross-validation is for the tasks {CLASSIFICATION_TASKS}, not {cfg.task}")
+        if not args.aggregate:
+            for k in args.only or range(args.folds):
+                if not 0 <= k < args.folds:
+                    raise ConfigError(f"--only {k}: folds are 0..{args.folds - 1}")
+                run_fold(args.config, k, args.folds, args.fold_seed, overrides)
+            if args.only:
+                return 0
+        report = aggregate(cfg, args.folds, args.n_boot)
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    root = cv_dir(cfg)
+    (root / "report.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
+    md = markdown(report)
+    (root / "report.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
