@@ -130,3 +130,43 @@ def test_tiny_cross_validation_scores_every_pool_image_once_and_never_reads_test
     # Another fold count on the same folder is refused rather than mixed with the saved folds.
     assert main([str(config), "--folds", "4"]) == 2
     assert "another pool or fold count" in capsys.readouterr().err
+
+
+def test_paired_difference_compares_two_recipes_on_the_same_out_of_fold_images(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    import numpy as np
+    from tiny_runs import tiny_config
+
+    from training.config import config_from_dict
+    from training.recipes.crossval import OOF_COLUMNS, cv_dir, paired_difference
+
+    rng = np.random.default_rng(0)
+    images = [(f"/i/{d}{i}.png", d, y) for d, n in (("ieee8023", 40), ("openist", 20))
+              for i, y in enumerate([1, 0] * (n // 2) if d == "ieee8023" else [0] * n)]
+    good = {p: y + rng.normal(0, 0.7) for p, _, y in images}  # separates the classes
+    noise = {p: rng.normal() for p, _, _ in images}  # does not
+
+    def recipe(name: str, scores: dict[str, float]) -> object:
+        cfg = config_from_dict(tiny_config("covid", tmp_path, shared_data, run__name=name), where=name)
+        root = cv_dir(cfg)
+        root.mkdir(parents=True)
+        for k in range(3):
+            with (root / f"oof_fold{k}.csv").open("w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(OOF_COLUMNS)
+                for i, (p, d, y) in enumerate(images):
+                    if i % 3 == k:
+                        w.writerow([p, "pat" + p, d, y, scores[p]])
+        return cfg
+
+    a, b, same = recipe("a", good), recipe("b", noise), recipe("c", good)
+    diff = paired_difference(a, b, 3, n_boot=200)
+    assert diff["images"] == 60
+    assert diff["within_ieee8023_auc"]["difference"] > 0.2
+    assert diff["within_ieee8023_auc"]["ci95"][0] > 0  # a clear gain is told from zero
+    zero = paired_difference(a, same, 3, n_boot=50)
+    assert zero["selection_score"] == {"difference": 0.0, "ci95": [0.0, 0.0]}
+    (cv_dir(same) / "oof_fold2.csv").unlink()
+    with pytest.raises(ConfigError, match=r"folds \[2\]"):
+        paired_difference(a, same, 3, n_boot=10)

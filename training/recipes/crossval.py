@@ -235,11 +235,7 @@ def aggregate(cfg: RunConfig, n_folds: int, n_boot: int) -> dict[str, Any]:
     from training.metrics import choose_threshold
     from training.recipes.covid_compare import auc_ci, split_report
 
-    root = cv_dir(cfg)
-    missing = [k for k in range(n_folds) if not (root / f"oof_fold{k}.csv").is_file()]
-    if missing:
-        raise ConfigError(f"folds {missing} have no out-of-fold scores yet in {root}")
-    records = [(k, rec) for k in range(n_folds) for rec in read_oof(root / f"oof_fold{k}.csv")]
+    records = [(k, rec) for k, recs in read_oof_folds(cfg, n_folds).items() for rec in recs]
     y = np.array([int(rec["label"]) for _, rec in records])
     s = np.array([float(rec["score"]) for _, rec in records])
     ds = np.array([rec["dataset"] for _, rec in records])
@@ -264,6 +260,61 @@ def aggregate(cfg: RunConfig, n_folds: int, n_boot: int) -> dict[str, Any]:
             str(k): {"auc": auc_ci(y[fold == k], s[fold == k], n_boot)} for k in range(n_folds)
         }
     return report
+
+
+def paired_difference(
+    cfg: RunConfig, other: RunConfig, n_folds: int, n_boot: int, seed: int = 0
+) -> dict[str, Any]:
+    """This recipe's pooled out-of-fold AUCs minus ``other``'s on the same images, with a paired
+    bootstrap 95% CI (one resample of the images, both recipes' scores kept with their image).
+
+    The two must have been cross-validated on the same folds (same pool and fold seed).
+    """
+    from training.metrics import roc_auc
+
+    def load(c: RunConfig) -> dict[str, dict[str, str]]:
+        folds = read_oof_folds(c, n_folds)
+        return {rec["image_path"]: rec for recs in folds.values() for rec in recs}
+
+    mine, theirs = load(cfg), load(other)
+    if set(mine) != set(theirs):
+        raise ConfigError(f"{cv_dir(cfg)} and {cv_dir(other)} scored different images: not the same folds")
+    paths = sorted(mine)
+    y = np.array([int(mine[p]["label"]) for p in paths])
+    ds = np.array([mine[p]["dataset"] for p in paths])
+    a = np.array([float(mine[p]["score"]) for p in paths])
+    b = np.array([float(theirs[p]["score"]) for p in paths])
+
+    def figures(idx: np.ndarray) -> dict[str, float] | None:
+        yy, dd = y[idx], ds[idx]
+        within = dd == "ieee8023"
+        vs_open = (within & (yy == 1)) | ((dd == "openist") & (yy == 0))
+        out: dict[str, float] = {}
+        for name, m in (("within_ieee8023_auc", within), ("covid_vs_openist_auc", vs_open)):
+            if not m.any() or len(set(yy[m].tolist())) < 2:
+                return None
+            out[name] = roc_auc(yy[m], a[idx][m]) - roc_auc(yy[m], b[idx][m])
+        out["selection_score"] = 0.5 * (out["within_ieee8023_auc"] + out["covid_vs_openist_auc"])
+        return out
+
+    point = figures(np.arange(y.size))
+    if point is None:
+        raise ConfigError("the pooled images lack ieee8023 or OpenIST images of both classes")
+    rng = np.random.default_rng(seed)
+    draws = [f for f in (figures(rng.integers(0, y.size, y.size)) for _ in range(n_boot)) if f is not None]
+    out: dict[str, Any] = {"minus": str(other.source_file), "images": int(y.size)}
+    for key, value in point.items():
+        lo, hi = np.quantile([d[key] for d in draws], [0.025, 0.975])
+        out[key] = {"difference": value, "ci95": [float(lo), float(hi)]}
+    return out
+
+
+def read_oof_folds(cfg: RunConfig, n_folds: int) -> dict[int, list[dict[str, str]]]:
+    root = cv_dir(cfg)
+    missing = [k for k in range(n_folds) if not (root / f"oof_fold{k}.csv").is_file()]
+    if missing:
+        raise ConfigError(f"folds {missing} have no out-of-fold scores yet in {root}")
+    return {k: read_oof(root / f"oof_fold{k}.csv") for k in range(n_folds)}
 
 
 def _fmt(e: dict | None) -> str:
@@ -291,6 +342,13 @@ def markdown(report: dict[str, Any]) -> str:
         sel += [f.get("selection_score") for f in report["per_fold"].values()]
         lines.append("| selection_score (mean of within-ieee8023 and vs OpenIST) | "
                      + " | ".join("n/a" if v is None else f"{v:.3f}" for v in sel) + " |")
+    paired = report.get("paired")
+    if paired:
+        lines += ["", f"Minus `{paired['minus']}` on the same {paired['images']} images "
+                  "(paired bootstrap 95% CI):", ""]
+        for key, e in paired.items():
+            if isinstance(e, dict):
+                lines.append(f"- {key}: {e['difference']:+.3f} [{e['ci95'][0]:+.3f}, {e['ci95'][1]:+.3f}]")
     return "\n".join(lines) + "\n"
 
 
@@ -304,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", type=int, action="append", default=[], help="run only fold K (repeatable)")
     ap.add_argument("--aggregate", action="store_true", help="only pool the scored folds into the report")
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--against", type=Path, help="another covid recipe cross-validated on the same folds: "
+                    "report this one's AUCs minus that one's, with a paired bootstrap CI")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -320,6 +380,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.only:
                 return 0
         report = aggregate(cfg, args.folds, args.n_boot)
+        if args.against:
+            if cfg.task != "covid":
+                raise ConfigError("--against compares covid figures")
+            report["paired"] = paired_difference(cfg, load_config(args.against), args.folds, args.n_boot)
     except (ConfigError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
