@@ -121,6 +121,7 @@ def test_tiny_cross_validation_scores_every_pool_image_once_and_never_reads_test
     pooled = report["pooled"]
     assert 0.0 <= pooled["within_ieee8023_auc"]["auc"] <= 1.0
     assert pooled["covid_vs_openist_auc"]["n"] == 12 + len(held)
+    assert set(report["fold_mean"]) == {k for k, v in pooled.items() if isinstance(v, dict) and "auc" in v}
     assert "within_ieee8023_auc" in capsys.readouterr().out
 
     # A second call trains nothing (bundles exist) and reproduces the same scores.
@@ -165,8 +166,9 @@ def test_paired_difference_compares_two_recipes_on_the_same_out_of_fold_images(
     assert diff["images"] == 60
     assert diff["within_ieee8023_auc"]["difference"] > 0.2
     assert diff["within_ieee8023_auc"]["ci95"][0] > 0  # a clear gain is told from zero
+    assert diff["within_ieee8023_auc"]["fold_mean_difference"] > 0.2
     zero = paired_difference(a, same, 3, n_boot=50)
-    assert zero["selection_score"] == {"difference": 0.0, "ci95": [0.0, 0.0]}
+    assert zero["selection_score"] == {"difference": 0.0, "ci95": [0.0, 0.0], "fold_mean_difference": 0.0}
     (cv_dir(same) / "oof_fold2.csv").unlink()
     with pytest.raises(ConfigError, match=r"folds \[2\]"):
         paired_difference(a, same, 3, n_boot=10)

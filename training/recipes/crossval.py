@@ -25,7 +25,9 @@ What it does, all under ``<output_dir>/crossval/<run name>/``:
 - **Out of fold**: each fold's bundle scores its own fold through the pipeline's preprocessing
   (``oof_fold<k>.csv``: image, patient, dataset, label, score).
 - **Report** (``--aggregate``, once every fold is scored): ``report.json`` / ``report.md``: the pooled
-  out-of-fold figures with bootstrap 95% CIs, and per fold. For covid these are the figures of
+  out-of-fold figures with bootstrap 95% CIs, per fold, and the mean of the folds' AUCs. Pooled AUCs rank
+  five models' scores on one scale, so they are lower when the fold models are calibrated differently;
+  the fold mean measures each model's ranking alone. For covid these are the figures of
   ``training.recipes.covid_compare`` (within-ieee8023 AUC, ieee8023 COVID-19 vs OpenIST normals AUC,
   their mean = the trainer's selection score, ieee8023 + NIH AUC, source index, per source).
 
@@ -259,6 +261,13 @@ def aggregate(cfg: RunConfig, n_folds: int, n_boot: int) -> dict[str, Any]:
         report["per_fold"] = {
             str(k): {"auc": auc_ci(y[fold == k], s[fold == k], n_boot)} for k in range(n_folds)
         }
+    # Pooling puts five models' scores on one scale, so it also charges them for disagreeing on that
+    # scale (calibration); the mean of the folds' AUCs is the usual estimate of one model's ranking.
+    report["fold_mean"] = {}
+    for key, entry in report["pooled"].items():
+        if isinstance(entry, dict) and "auc" in entry:
+            values = [f[key]["auc"] for f in report["per_fold"].values() if f.get(key)]
+            report["fold_mean"][key] = float(np.mean(values)) if len(values) == n_folds else None
     return report
 
 
@@ -274,7 +283,7 @@ def paired_difference(
 
     def load(c: RunConfig) -> dict[str, dict[str, str]]:
         folds = read_oof_folds(c, n_folds)
-        return {rec["image_path"]: rec for recs in folds.values() for rec in recs}
+        return {rec["image_path"]: {**rec, "fold": str(k)} for k, recs in folds.items() for rec in recs}
 
     mine, theirs = load(cfg), load(other)
     if set(mine) != set(theirs):
@@ -282,6 +291,7 @@ def paired_difference(
     paths = sorted(mine)
     y = np.array([int(mine[p]["label"]) for p in paths])
     ds = np.array([mine[p]["dataset"] for p in paths])
+    fold = np.array([int(mine[p]["fold"]) for p in paths])
     a = np.array([float(mine[p]["score"]) for p in paths])
     b = np.array([float(theirs[p]["score"]) for p in paths])
 
@@ -302,10 +312,12 @@ def paired_difference(
         raise ConfigError("the pooled images lack ieee8023 or OpenIST images of both classes")
     rng = np.random.default_rng(seed)
     draws = [f for f in (figures(rng.integers(0, y.size, y.size)) for _ in range(n_boot)) if f is not None]
+    per_fold = [figures(np.flatnonzero(fold == k)) for k in range(n_folds)]
     out: dict[str, Any] = {"minus": str(other.source_file), "images": int(y.size)}
     for key, value in point.items():
         lo, hi = np.quantile([d[key] for d in draws], [0.025, 0.975])
-        out[key] = {"difference": value, "ci95": [float(lo), float(hi)]}
+        mean = None if None in per_fold else float(np.mean([f[key] for f in per_fold]))  # type: ignore[index]
+        out[key] = {"difference": value, "ci95": [float(lo), float(hi)], "fold_mean_difference": mean}
     return out
 
 
@@ -332,14 +344,17 @@ def markdown(report: dict[str, Any]) -> str:
         "",
     ]
     keys = [k for k, v in report["pooled"].items() if isinstance(v, dict) and "auc" in v]
-    lines += ["| figure | pooled | " + " | ".join(f"fold {k}" for k in report["per_fold"]) + " |"]
-    lines += ["|---|---|" + "---|" * len(report["per_fold"])]
+    folds = report["per_fold"]
+    lines += ["| figure | pooled | mean of folds | " + " | ".join(f"fold {k}" for k in folds) + " |"]
+    lines += ["|---|---|---|" + "---|" * len(folds)]
     for key in keys:
-        cells = [_fmt(report["pooled"].get(key))] + [_fmt(f.get(key)) for f in report["per_fold"].values()]
+        mean = report["fold_mean"].get(key)
+        cells = [_fmt(report["pooled"].get(key)), "n/a" if mean is None else f"{mean:.3f}"]
+        cells += [_fmt(f.get(key)) for f in folds.values()]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     if "selection_score" in report["pooled"]:
-        sel = [report["pooled"]["selection_score"]]
-        sel += [f.get("selection_score") for f in report["per_fold"].values()]
+        per = [f.get("selection_score") for f in folds.values()]
+        sel = [report["pooled"]["selection_score"], None if None in per else float(np.mean(per)), *per]
         lines.append("| selection_score (mean of within-ieee8023 and vs OpenIST) | "
                      + " | ".join("n/a" if v is None else f"{v:.3f}" for v in sel) + " |")
     paired = report.get("paired")
@@ -348,7 +363,10 @@ def markdown(report: dict[str, Any]) -> str:
                   "(paired bootstrap 95% CI):", ""]
         for key, e in paired.items():
             if isinstance(e, dict):
-                lines.append(f"- {key}: {e['difference']:+.3f} [{e['ci95'][0]:+.3f}, {e['ci95'][1]:+.3f}]")
+                mean = e.get("fold_mean_difference")
+                lo, hi = e["ci95"]
+                lines.append(f"- {key}: pooled {e['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+                             + ("" if mean is None else f"; mean of the folds' differences {mean:+.3f}"))
     return "\n".join(lines) + "\n"
 
 
