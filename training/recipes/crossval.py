@@ -34,6 +34,25 @@ What it does, all under ``<output_dir>/crossval/<run name>/``:
 The pooled figures estimate the RECIPE (a single run of it on 60 % of the pool), not any one bundle:
 members see less data than a run on the full train split. The folds' bundles are ordinary bundles; the
 pooled threshold (Youden on the pooled out-of-fold scores) is reported, not written into them.
+
+Session-6 covid findings and the rule for the next covid candidate. Cross-validated so far (5 folds,
+fold seed 0): the 2.0.0 recipe C (``covid_ms_equalize_w32.toml``), the same cut with lungs 1.3.0 masks
+(``covid_ms_equalize_w32_l13.toml``: the ship rule in its header; not shipped) and the session-2 candidate
+B (``covid_ms_equalize.toml``, w16 / 128 px), which ranked better than C: mean of the folds' within-ieee8023
+AUC 0.701 vs 0.636; paired pooled selection-score difference +0.114 [+0.070, +0.163]. B was cross-validated
+after its session-2 test figures had been read, so, to choose without that knowledge, the rule below ranks
+ALL FIVE session-2 candidates (A ``covid_ms_zscore``, B, C, D ``covid_ms_equalize_lr``, E
+``covid_ms_equalize_lr_classbal``) on cross-validation alone. It was written and committed before A, D and E
+were cross-validated:
+
+- the candidate recipe is the one with the highest mean of the folds' selection scores (the trainer's
+  mean of within-ieee8023 AUC and ieee8023 COVID-19 vs OpenIST AUC);
+- it ships as covid 2.1.0 only if (1) it is not C, (2) its paired pooled selection-score difference to C
+  has a 95% CI above 0 and its mean per-fold within-ieee8023 difference to C is above 0, and (3) the
+  shipped model is the mean ensemble of its five fold models (none re-trained or dropped), threshold by
+  Youden on the pooled out-of-fold scores. Its test figures are read only after that decision. (Exporting
+  a fold ensemble is not written yet: ``training.recipes.ensemble`` requires members that share their
+  validation split.)
 """
 
 from __future__ import annotations
