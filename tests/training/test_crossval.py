@@ -128,6 +128,21 @@ def test_tiny_cross_validation_scores_every_pool_image_once_and_never_reads_test
     assert main([str(config), "--folds", "3", "--n-boot", "20"]) == 0
     again = [rec for k in range(3) for rec in csv.DictReader((root / f"oof_fold{k}.csv").open())]
     assert again == scored
+    # The mean of the fold models as one bundle: pooled out-of-fold threshold, held-out test figures.
+    from pipelines.bundle import load_bundle, read_metadata
+    from pipelines.networks import MeanEnsemble
+
+    export = ["--export-ensemble", "tiny-cv-ens", "0.0.3"]
+    assert main([str(config), "--folds", "3", "--n-boot", "20", *export]) == 0
+    bundle = Path(capsys.readouterr().out.split("bundle: ")[1].split()[0])
+    meta = read_metadata(bundle)
+    assert meta.operating_threshold == pytest.approx(report["pooled_threshold_youden"])
+    assert isinstance(load_bundle(bundle, "covid").network, MeanEnsemble)
+    raw = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert [m["fold"] for m in raw["ensemble"]["members"]] == [0, 1, 2]
+    assert raw["crossval"]["pooled"]["within_ieee8023_auc"]["auc"] == pooled["within_ieee8023_auc"]["auc"]
+    assert raw["metrics"]["test"]["n"] == len(test)  # the recipe's test split, untouched by every member
+
     # Another fold count on the same folder is refused rather than mixed with the saved folds.
     assert main([str(config), "--folds", "4"]) == 2
     assert "another pool or fold count" in capsys.readouterr().err

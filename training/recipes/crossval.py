@@ -72,7 +72,7 @@ from typing import Any
 import numpy as np
 
 from training.config import RunConfig, load_config
-from training.errors import ConfigError
+from training.errors import ConfigError, TrainingError
 from training.manifest import ManifestRow, write_manifest
 
 log = logging.getLogger(__name__)
@@ -348,6 +348,85 @@ def read_oof_folds(cfg: RunConfig, n_folds: int) -> dict[int, list[dict[str, str
     return {k: read_oof(root / f"oof_fold{k}.csv") for k in range(n_folds)}
 
 
+def export_fold_ensemble(
+    config: Path, n_folds: int, name: str, version: str, overrides: dict[str, Any]
+) -> Path:
+    """The mean of the K fold models as one bundle (``runs/<name>``), on the recipe's own split.
+
+    No member trained on, or chose its epoch on, the recipe's test split (the pool excludes it; checked
+    here again), so the bundle's test figures are held out for every member. Its threshold is the
+    Youden threshold of the pooled out-of-fold scores (``[threshold] method = "fixed"``). Its
+    validation figures are NOT held out: each validation image was a training image of three members;
+    ``metadata.json`` says so next to the cross-validation figures that replace them as the estimate.
+    """
+    from pipelines.bundle import load_bundle
+    from pipelines.networks import MeanEnsemble
+    from training.cache import ArrayCache
+    from training.data import prepare_rows
+    from training.distributed import DistContext
+    from training.export import export_torch_bundle
+    from training.tasks import TASK_SPECS
+    from training.trainers import covid
+    from training.trainers.loop import build_loss, default_selection, input_spec_dict, lung_masks_for
+
+    base = load_config(config, overrides=overrides)
+    report = aggregate(base, n_folds, base.evaluation.n_bootstrap)
+    threshold = float(report["pooled_threshold_youden"])
+    cfg = load_config(config, overrides={
+        **overrides, "run.name": name, "run.version": version,
+        "threshold.method": "fixed", "threshold.value": threshold,
+    })
+    spec = TASK_SPECS[cfg.task]
+    rows, _path, manifest_sha = prepare_rows(cfg, spec, DistContext())
+    test_images = {r.image_path for r in rows if r.split == "test"}
+    members, fold_names = [], []
+    for k in range(n_folds):
+        fc = fold_config(config, k, cv_dir(base) / f"fold{k}.csv", overrides)
+        with (cv_dir(base) / f"fold{k}.csv").open(encoding="utf-8") as fh:
+            if test_images & {rec["image_path"] for rec in csv.DictReader(fh)}:
+                raise ConfigError(f"fold {k}'s manifest holds test images of {cfg.data.manifest}")
+        members.append(load_bundle(fc.run_dir / "bundles" / fc.name, cfg.task))
+        fold_names.append(fc.name)
+    for b in members:
+        for p in b.network.parameters():
+            p.requires_grad_(False)
+    net = MeanEnsemble([b.network for b in members]).eval()
+    definition = {
+        "_target_": "pipelines.networks.mean_ensemble",
+        "members": [b.metadata.network_def for b in members],
+    }
+    in_spec = input_spec_dict(cfg, spec)
+    cache = ArrayCache(cfg.data.cache_dir or cfg.run_dir.parent / "cache")
+    lung_masks = lung_masks_for(cfg, spec, rows, in_spec)
+    selection = covid.select if spec.task == "covid" else default_selection(cfg, spec)
+    loss_fn = build_loss(cfg, spec, [r for r in rows if r.split == "train"], "cpu")
+    epochs = [int(b.metadata.metrics.get("best_epoch", -1)) for b in members]
+    bundle = export_torch_bundle(
+        cfg, spec, net, definition, in_spec, rows, manifest_sha, cache,
+        best_epoch=epochs, lung_masks=lung_masks, loss_fn=loss_fn, selection=selection,
+    )
+    meta_path = bundle / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta["ensemble"] = {
+        "combination": "mean of the fold models' P(positive); Grad-CAM: mean of the members' maps",
+        "members": [
+            {"name": n, "fold": k, "best_epoch": e, "weights_sha256": b.metadata.weights.get("sha256")}
+            for k, (n, e, b) in enumerate(zip(fold_names, epochs, members, strict=True))
+        ],
+    }
+    meta["crossval"] = {
+        "folds": n_folds,
+        "config": str(config),
+        "threshold": f"Youden on the pooled out-of-fold scores of the {n_folds} fold models: {threshold:.4f}",
+        "validation_metrics_in_sample": "every validation image was a training image of some members: the "
+        "out-of-fold figures below, not metrics.validation, estimate the recipe",
+        "pooled": report["pooled"],
+        "fold_mean": report["fold_mean"],
+    }
+    meta_path.write_text(json.dumps(meta, indent=2, default=float) + "\n", encoding="utf-8")
+    return bundle
+
+
 def _fmt(e: dict | None) -> str:
     if not e:
         return "n/a"
@@ -399,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", type=int, action="append", default=[], help="run only fold K (repeatable)")
     ap.add_argument("--aggregate", action="store_true", help="only pool the scored folds into the report")
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--export-ensemble", nargs=2, metavar=("NAME", "VERSION"),
+                    help="after the report: export the mean of the fold models as one bundle (runs/NAME)")
     ap.add_argument("--against", type=Path, help="another covid recipe cross-validated on the same folds: "
                     "report this one's AUCs minus that one's, with a paired bootstrap CI")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
@@ -425,6 +506,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     root = cv_dir(cfg)
+    if args.export_ensemble:
+        try:
+            bundle = export_fold_ensemble(args.config, args.folds, *args.export_ensemble, overrides)
+        except (TrainingError, ValueError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"bundle: {bundle}")
     (root / "report.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
     md = markdown(report)
     (root / "report.md").write_text(md)
