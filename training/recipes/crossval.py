@@ -53,6 +53,12 @@ were cross-validated:
   Youden on the pooled out-of-fold scores. Its test figures are read only after that decision. (Exporting
   a fold ensemble is not written yet: ``training.recipes.ensemble`` requires members that share their
   validation split.)
+
+OUTCOME (session 6; mean of the folds' selection scores): A 0.805, B 0.791, l13 0.743, C 0.734, E 0.728,
+D 0.723. A (``covid_ms_zscore.toml``: ResNet18 width 16, 128 px, z-score in the lungs) is chosen; against C
+its paired pooled selection difference is +0.138 [+0.093, +0.188] and its mean per-fold within-ieee8023
+difference +0.065. It ships as covid 2.1.0, the mean of its five fold models. ``--export-ensemble`` was
+written while A's folds trained; it implements condition (3) as worded and makes no choice of its own.
 """
 
 from __future__ import annotations
