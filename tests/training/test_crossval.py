@@ -137,6 +137,8 @@ def test_tiny_cross_validation_scores_every_pool_image_once_and_never_reads_test
     bundle = Path(capsys.readouterr().out.split("bundle: ")[1].split()[0])
     meta = read_metadata(bundle)
     assert meta.operating_threshold == pytest.approx(report["pooled_threshold_youden"])
+    assert "pooled out-of-fold" in meta.threshold_method
+    assert "pooled out-of-fold" in (bundle / "docs" / "README.md").read_text()
     assert isinstance(load_bundle(bundle, "covid").network, MeanEnsemble)
     raw = json.loads((bundle / "configs" / "metadata.json").read_text())
     assert [m["fold"] for m in raw["ensemble"]["members"]] == [0, 1, 2]

@@ -413,6 +413,10 @@ def export_fold_ensemble(
     )
     meta_path = bundle / "configs" / "metadata.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    method = f"Youden on the pooled out-of-fold scores of the {n_folds} fold models (cross-validation)"
+    card_path = bundle / "docs" / "README.md"  # the card names the method the exporter was given
+    card_path.write_text(card_path.read_text(encoding="utf-8").replace(meta["threshold_method"], method))
+    meta["threshold_method"] = method
     meta["ensemble"] = {
         "combination": "mean of the fold models' P(positive); Grad-CAM: mean of the members' maps",
         "members": [

@@ -109,8 +109,9 @@ def main() -> int:
     md = json.loads((args.target / "configs" / "metadata.json").read_text())
     md["bias_audit"] = audit
     run_md = json.loads((args.run_bundle / "configs" / "metadata.json").read_text())
-    if "ensemble" in run_md:  # written by training/recipes/ensemble.py; not a BundleMetadata field
-        md["ensemble"] = run_md["ensemble"]
+    for key in ("ensemble", "crossval"):  # written by recipes/ensemble.py, recipes/crossval.py; not fields
+        if key in run_md:
+            md[key] = run_md[key]
     if args.extra_json:
         md.update(json.loads(args.extra_json.read_text()))
     (args.target / "configs" / "metadata.json").write_text(json.dumps(md, indent=2, default=float) + "\n")
