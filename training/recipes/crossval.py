@@ -50,15 +50,16 @@ were cross-validated:
 - it ships as covid 2.1.0 only if (1) it is not C, (2) its paired pooled selection-score difference to C
   has a 95% CI above 0 and its mean per-fold within-ieee8023 difference to C is above 0, and (3) the
   shipped model is the mean ensemble of its five fold models (none re-trained or dropped), threshold by
-  Youden on the pooled out-of-fold scores. Its test figures are read only after that decision. (Exporting
-  a fold ensemble is not written yet: ``training.recipes.ensemble`` requires members that share their
-  validation split.)
+  Youden on the pooled out-of-fold scores. Its test figures are read only after that decision. (When this
+  was written, no code exported a fold ensemble: ``training.recipes.ensemble`` requires members that share
+  their validation split. ``--export-ensemble`` does it now.)
 
 OUTCOME (session 6; mean of the folds' selection scores): A 0.805, B 0.791, l13 0.743, C 0.734, E 0.728,
 D 0.723. A (``covid_ms_zscore.toml``: ResNet18 width 16, 128 px, z-score in the lungs) is chosen; against C
 its paired pooled selection difference is +0.138 [+0.093, +0.188] and its mean per-fold within-ieee8023
 difference +0.065. It ships as covid 2.1.0, the mean of its five fold models. ``--export-ensemble`` was
-written while A's folds trained; it implements condition (3) as worded and makes no choice of its own.
+written while A's folds trained (A's report came in before it was finished); it implements condition (3)
+as worded and makes no choice of its own.
 """
 
 from __future__ import annotations
