@@ -170,7 +170,7 @@ def write_folds(cfg: RunConfig, n_folds: int, seed: int) -> tuple[list[ManifestR
     pool, never = pool_rows(cfg)
     path = cv_dir(cfg) / "folds.csv"
     if path.is_file():
-        saved = {rec["image_path"]: int(rec["fold"]) for rec in csv.DictReader(path.open(encoding="utf-8"))}
+        saved = {rec["image_path"]: int(rec["fold"]) for rec in read_records(path)}
         if set(saved) != {r.image_path for r in pool} or max(saved.values()) + 1 != n_folds:
             raise ConfigError(f"{path} was written for another pool or fold count: remove it to start over")
         return pool, [saved[r.image_path] for r in pool], never
@@ -254,8 +254,9 @@ def run_fold(config: Path, k: int, n_folds: int, seed: int, overrides: dict[str,
     return out
 
 
-def read_oof(path: Path) -> list[dict[str, str]]:
-    return list(csv.DictReader(path.open(encoding="utf-8")))
+def read_records(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))
 
 
 def aggregate(cfg: RunConfig, n_folds: int, n_boot: int) -> dict[str, Any]:
@@ -305,7 +306,7 @@ def paired_difference(
 
     The two must have been cross-validated on the same folds (same pool and fold seed).
     """
-    from training.metrics import roc_auc
+    from training.trainers.covid import selection_aucs
 
     def load(c: RunConfig) -> dict[str, dict[str, str]]:
         folds = read_oof_folds(c, n_folds)
@@ -321,17 +322,15 @@ def paired_difference(
     a = np.array([float(mine[p]["score"]) for p in paths])
     b = np.array([float(theirs[p]["score"]) for p in paths])
 
+    names = {"within": "within_ieee8023_auc", "vs_heldout_normals": "covid_vs_openist_auc",
+             "mean": "selection_score"}
+
     def figures(idx: np.ndarray) -> dict[str, float] | None:
-        yy, dd = y[idx], ds[idx]
-        within = dd == "ieee8023"
-        vs_open = (within & (yy == 1)) | ((dd == "openist") & (yy == 0))
-        out: dict[str, float] = {}
-        for name, m in (("within_ieee8023_auc", within), ("covid_vs_openist_auc", vs_open)):
-            if not m.any() or len(set(yy[m].tolist())) < 2:
-                return None
-            out[name] = roc_auc(yy[m], a[idx][m]) - roc_auc(yy[m], b[idx][m])
-        out["selection_score"] = 0.5 * (out["within_ieee8023_auc"] + out["covid_vs_openist_auc"])
-        return out
+        mine_aucs = selection_aucs(a[idx], y[idx], ds[idx])
+        if mine_aucs["mean"] is None:  # a resample without ieee8023 or OpenIST images of both classes
+            return None
+        theirs_aucs = selection_aucs(b[idx], y[idx], ds[idx])
+        return {names[k]: float(mine_aucs[k]) - float(theirs_aucs[k]) for k in names}  # type: ignore[arg-type]
 
     point = figures(np.arange(y.size))
     if point is None:
@@ -352,11 +351,11 @@ def read_oof_folds(cfg: RunConfig, n_folds: int) -> dict[int, list[dict[str, str
     missing = [k for k in range(n_folds) if not (root / f"oof_fold{k}.csv").is_file()]
     if missing:
         raise ConfigError(f"folds {missing} have no out-of-fold scores yet in {root}")
-    return {k: read_oof(root / f"oof_fold{k}.csv") for k in range(n_folds)}
+    return {k: read_records(root / f"oof_fold{k}.csv") for k in range(n_folds)}
 
 
 def export_fold_ensemble(
-    config: Path, n_folds: int, name: str, version: str, overrides: dict[str, Any]
+    config: Path, report: dict[str, Any], name: str, version: str, overrides: dict[str, Any]
 ) -> Path:
     """The mean of the K fold models as one bundle (``runs/<name>``), on the recipe's own split.
 
@@ -367,17 +366,13 @@ def export_fold_ensemble(
     ``metadata.json`` says so next to the cross-validation figures that replace them as the estimate.
     """
     from pipelines.bundle import load_bundle
-    from pipelines.networks import MeanEnsemble
-    from training.cache import ArrayCache
     from training.data import prepare_rows
     from training.distributed import DistContext
-    from training.export import export_torch_bundle
+    from training.recipes.ensemble import export_mean_ensemble
     from training.tasks import TASK_SPECS
-    from training.trainers import covid
-    from training.trainers.loop import build_loss, default_selection, input_spec_dict, lung_masks_for
 
     base = load_config(config, overrides=overrides)
-    report = aggregate(base, n_folds, base.evaluation.n_bootstrap)
+    n_folds = int(report["folds"])
     threshold = float(report["pooled_threshold_youden"])
     cfg = load_config(config, overrides={
         **overrides, "run.name": name, "run.version": version,
@@ -394,23 +389,10 @@ def export_fold_ensemble(
                 raise ConfigError(f"fold {k}'s manifest holds test images of {cfg.data.manifest}")
         members.append(load_bundle(fc.run_dir / "bundles" / fc.name, cfg.task))
         fold_names.append(fc.name)
-    for b in members:
-        for p in b.network.parameters():
-            p.requires_grad_(False)
-    net = MeanEnsemble([b.network for b in members]).eval()
-    definition = {
-        "_target_": "pipelines.networks.mean_ensemble",
-        "members": [b.metadata.network_def for b in members],
-    }
-    in_spec = input_spec_dict(cfg, spec)
-    cache = ArrayCache(cfg.data.cache_dir or cfg.run_dir.parent / "cache")
-    lung_masks = lung_masks_for(cfg, spec, rows, in_spec)
-    selection = covid.select if spec.task == "covid" else default_selection(cfg, spec)
-    loss_fn = build_loss(cfg, spec, [r for r in rows if r.split == "train"], "cpu")
     epochs = [int(b.metadata.metrics.get("best_epoch", -1)) for b in members]
-    bundle = export_torch_bundle(
-        cfg, spec, net, definition, in_spec, rows, manifest_sha, cache,
-        best_epoch=epochs, lung_masks=lung_masks, loss_fn=loss_fn, selection=selection,
+    bundle = export_mean_ensemble(
+        cfg, [b.network for b in members], [b.metadata.network_def for b in members], epochs, rows,
+        manifest_sha,
     )
     meta_path = bundle / "configs" / "metadata.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -519,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     root = cv_dir(cfg)
     if args.export_ensemble:
         try:
-            bundle = export_fold_ensemble(args.config, args.folds, *args.export_ensemble, overrides)
+            bundle = export_fold_ensemble(args.config, report, *args.export_ensemble, overrides)
         except (TrainingError, ValueError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -114,6 +114,45 @@ def _evaluated_images(rows: list) -> list[tuple[str, str]]:
     return sorted((r.image_path, r.split) for r in rows if r.split in ("validation", "test"))
 
 
+def export_mean_ensemble(
+    cfg: RunConfig,
+    networks: list,
+    definitions: list[dict],
+    epochs: list[int],
+    rows: list,
+    manifest_sha: str,
+) -> Path:
+    """Average trained networks (frozen) into one MeanEnsemble and export it as ``cfg``'s run bundle.
+
+    Shared by seeded ensembles (below) and cross-validation fold ensembles (``recipes/crossval.py``).
+    The members' own trainer's loss and epoch rule are used (covid brings its own), so the ensemble's
+    validation figures are computed exactly as each member's were.
+    """
+    from pipelines.networks import MeanEnsemble
+    from training.cache import ArrayCache
+    from training.export import export_torch_bundle
+    from training.tasks import TASK_SPECS
+    from training.trainers import covid
+    from training.trainers.loop import build_loss, default_selection, input_spec_dict, lung_masks_for
+
+    spec = TASK_SPECS[cfg.task]
+    for network in networks:
+        for p in network.parameters():
+            p.requires_grad_(False)
+    net = MeanEnsemble(networks).eval()
+    definition = {"_target_": "pipelines.networks.mean_ensemble", "members": definitions}
+    in_spec = input_spec_dict(cfg, spec)
+    cache = ArrayCache(cfg.data.cache_dir or cfg.run_dir.parent / "cache")
+    lung_masks = lung_masks_for(cfg, spec, rows, in_spec)
+    selection = covid.select if spec.task == "covid" else default_selection(cfg, spec)
+    device = next(net.parameters()).device.type
+    loss_fn = build_loss(cfg, spec, [r for r in rows if r.split == "train"], device)
+    return export_torch_bundle(
+        cfg, spec, net, definition, in_spec, rows, manifest_sha, cache,
+        best_epoch=epochs, lung_masks=lung_masks, loss_fn=loss_fn, selection=selection,
+    )
+
+
 def build_ensemble(
     cfgs: list[RunConfig],
     name: str,
@@ -125,13 +164,9 @@ def build_ensemble(
     """Load the member bundles, average them, and export the ensemble bundle under runs/<name>."""
     from pipelines.bundle import load_bundle
     from pipelines.networks import MeanEnsemble
-    from training.cache import ArrayCache
     from training.data import prepare_rows
     from training.distributed import DistContext
-    from training.export import export_torch_bundle
     from training.tasks import TASK_SPECS
-    from training.trainers import covid
-    from training.trainers.loop import build_loss, default_selection, input_spec_dict, lung_masks_for
 
     spec = TASK_SPECS[cfgs[0].task]
     sources = [_member_source(c, member_bundles) for c in cfgs]
@@ -140,8 +175,6 @@ def build_ensemble(
     members = [loaded[src.bundle] for src in sources]
     networks, definitions, epochs = [], [], []
     for src, b in zip(sources, members, strict=True):
-        for p in b.network.parameters():
-            p.requires_grad_(False)
         best = b.metadata.metrics.get("best_epoch", -1)
         if src.index is None:
             networks.append(b.network)
@@ -153,8 +186,6 @@ def build_ensemble(
         networks.append(b.network.members[src.index])
         definitions.append(b.metadata.network_def["members"][src.index])
         epochs.append(int(best[src.index]) if isinstance(best, list) else -1)
-    net = MeanEnsemble(networks).eval()
-    definition = {"_target_": "pipelines.networks.mean_ensemble", "members": definitions}
     cfg = copy.deepcopy(cfgs[0])
     cfg.name, cfg.version, cfg.description = name, version, description
     cfg.seed = 0
@@ -177,19 +208,7 @@ def build_ensemble(
             raise TrainingError(f"{c.name}: its bundle was trained on another manifest than its config's")
         if _evaluated_images(own_rows) != _evaluated_images(rows):
             raise TrainingError(f"{c.name}: its validation/test images differ from {cfg.name}'s")
-    in_spec = input_spec_dict(cfg, spec)
-    cache = ArrayCache(cfg.data.cache_dir or cfg.run_dir.parent / "cache")
-    lung_masks = lung_masks_for(cfg, spec, rows, in_spec)
-    # The members' own trainer's loss and epoch rule (covid brings its own), so the ensemble's
-    # validation figures are computed exactly as each member's were.
-    selection = covid.select if spec.task == "covid" else default_selection(cfg, spec)
-    device = next(net.parameters()).device.type
-    loss_fn = build_loss(cfg, spec, [r for r in rows if r.split == "train"], device)
-    bundle = export_torch_bundle(
-        cfg, spec, net, definition, in_spec, rows, manifest_sha, cache,
-        best_epoch=epochs,
-        lung_masks=lung_masks, loss_fn=loss_fn, selection=selection,
-    )
+    bundle = export_mean_ensemble(cfg, networks, definitions, epochs, rows, manifest_sha)
     meta_path = bundle / "configs" / "metadata.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     meta["ensemble"] = {
