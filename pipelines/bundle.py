@@ -69,6 +69,9 @@ class BundleMetadata:
     intended_use: str = "Research use only; not for diagnosis."
     authors: str = "cxr-node"
     license: str = "research use only"
+    # Youngest patient (years, from the DICOM header) the model is meant for; the pipeline withholds the
+    # model's output for a younger patient and says why (pipelines/population.py). 0 = no limit.
+    min_patient_age_years: float = 0.0
     # Filled by save_bundle: {"file": "models/model.pt", "sha256": ..., "dtype": ...}.
     weights: dict[str, str] = field(default_factory=dict)
 
@@ -80,6 +83,9 @@ class BundleMetadata:
         if not 0.0 <= float(self.operating_threshold) <= 1.0:
             raise BundleError(
                 f"bundle {self.name!r}: operating_threshold {self.operating_threshold} not in [0, 1]")
+        if not float(self.min_patient_age_years) >= 0.0:
+            raise BundleError(
+                f"bundle {self.name!r}: min_patient_age_years {self.min_patient_age_years} must be >= 0")
         if "_target_" not in self.network_def:
             raise BundleError(f"bundle {self.name!r}: network_def has no _target_")
 

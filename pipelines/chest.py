@@ -1,8 +1,10 @@
 """Task 5, the chest pipeline: projection -> lungs -> COVID-19 (+ Grad-CAM) -> GGO, one result per image.
 
 Every bundle is loaded once, when the pipeline is built (a worker builds one per process). A lateral
-image stops after projection (``analysed=False`` with the reason). Per-stage wall times are in
-``ChestResult.timings_ms``; in :meth:`ChestPipeline.analyze_batch` a stage runs once for the whole
+image stops after projection (``analysed=False`` with the reason). A covid bundle that names
+``min_patient_age_years`` gives no COVID-19 output for a patient whose DICOM header says younger
+(``pipelines.population``); a warning says why and every other finding stays. Per-stage wall times are
+in ``ChestResult.timings_ms``; in :meth:`ChestPipeline.analyze_batch` a stage runs once for the whole
 batch, and each image gets the batch's stage time divided by the number of images in that stage.
 """
 
@@ -18,6 +20,7 @@ from typing import ParamSpec, TypeVar
 
 from pipelines.bundle import BundleRegistry, LoadedBundle
 from pipelines.errors import BundleError
+from pipelines.population import below_minimum_age, describe_age
 from pipelines.results import ChestResult, CovidResult, GgoResult, LungResult, Projection, SourceImage
 from pipelines.runtime import chunks, resolve_device
 from pipelines.tasks.covid import CovidClassifier
@@ -154,6 +157,21 @@ class ChestPipeline:
 
     def _covid(self, timer: _Timer, images: list[SourceImage], lungs: list[LungResult],
                results: list[ChestResult]) -> None:
+        minimum = float(self.covid.bundle.metadata.min_patient_age_years)
+        eligible = []
+        for i, image in enumerate(images):
+            age = below_minimum_age(image.dataset, minimum)
+            if age is None:
+                eligible.append(i)
+            else:
+                results[i].warnings.append(
+                    f"covid: not assessed, the patient's age in the DICOM header ({describe_age(age)}) is "
+                    f"below the COVID-19 model's intended population (patients aged {minimum:g} years or "
+                    "more; see its model card)")
+        if not eligible:
+            return
+        images, lungs, results = ([images[i] for i in eligible], [lungs[i] for i in eligible],
+                                  [results[i] for i in eligible])
         if self._covid_lungs is not None:
             lungs = timer.run("covid", self._covid_lungs.predict, images)
         usable = [i for i, lung in enumerate(lungs) if lung.area_px > 0 or not self.covid.needs_lungs]

@@ -115,6 +115,9 @@ class RunConfig:
     # manual masks exist only for some classes, see trainers/loop.lung_masks_for). "" = manual masks
     # only (lungs_only mode then drops images without one; the shortcut check uses those it has).
     lung_bundle: str = ""
+    # Written into the bundle (BundleMetadata.min_patient_age_years): the node gives no output of this
+    # model for a patient whose DICOM header says younger. 0 = no limit.
+    min_patient_age_years: float = 0.0
     source_file: str = ""
 
     def __post_init__(self) -> None:
@@ -133,6 +136,8 @@ class RunConfig:
             raise ConfigError(f"{self.source_file}: [train] seg_metric {self.train.seg_metric!r} unknown")
         if self.data.aux_mask_datasets and self.task not in ("lungs", "ggo_segmentation"):
             raise ConfigError(f"{self.source_file}: [data] aux_mask_datasets is for segmentation tasks only")
+        if self.min_patient_age_years < 0:
+            raise ConfigError(f"{self.source_file}: [run] min_patient_age_years must be >= 0")
         if self.threshold.method not in ("youden", "sensitivity", "fixed"):
             raise ConfigError(f"{self.source_file}: [threshold] method {self.threshold.method!r} unknown")
 

@@ -294,6 +294,7 @@ def export_torch_bundle(
         training_data={**training_data_summary(rows, spec, manifest_sha), "config": cfg.to_dict()},
         git_commit=git_commit(),
         manifest_sha256=manifest_sha,
+        min_patient_age_years=float(cfg.min_patient_age_years),
     )
     return _save(cfg, spec, metadata, net.state_dict())
 

@@ -6,6 +6,7 @@ broken bundle fails here instead of hiding.
 
 from __future__ import annotations
 
+import copy
 import csv
 import os
 from pathlib import Path
@@ -75,3 +76,28 @@ def test_lung_masks_are_plausible_on_real_images(shipped, shared_data: Path, dic
     # A model that ignores its input (or a constant head) gives one probability for every image.
     probabilities = [r.covid.probability for r in results]
     assert max(probabilities) - min(probabilities) > 0.01, probabilities
+
+
+def test_shipped_covid_model_is_withheld_for_children(shipped, dicom_samples: Path) -> None:  # type: ignore[no-untyped-def]
+    """A real adult CR (Patient's Age 62) is assessed; the same pixels with a child's age are not."""
+    from pipelines.image import load_dicom
+
+    assert shipped.covid.bundle.metadata.min_patient_age_years == 18.0
+    adult = load_dicom(dicom_samples / "txv_siim_ptx_CR_chest_PA.dcm")
+    assert str(adult.dataset.PatientAge).startswith("62")
+    child_ds = copy.deepcopy(adult.dataset)
+    child_ds.PatientAge = "005Y"
+    child = load_dicom(child_ds)
+    unknown_ds = copy.deepcopy(adult.dataset)
+    del unknown_ds.PatientAge
+    unknown = load_dicom(unknown_ds)
+    adult_r, child_r, unknown_r = shipped.analyze_batch([adult, child, unknown])
+    assert adult_r.covid is not None and not adult_r.warnings
+    assert unknown_r.covid is not None  # no age in the header: analysed as before
+    assert unknown_r.covid.probability == pytest.approx(adult_r.covid.probability, abs=1e-5)
+    assert child_r.covid is None
+    assert any("not assessed" in w and "5 years" in w and "18 years" in w for w in child_r.warnings), \
+        child_r.warnings
+    # Every other finding is still reported for the child.
+    assert child_r.analysed and child_r.lungs is not None and child_r.lungs.area_px == adult_r.lungs.area_px
+    assert child_r.ggo is not None

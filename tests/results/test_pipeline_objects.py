@@ -58,3 +58,40 @@ def test_random_pipeline_result_written_and_read_back(dicom_samples: Path, tmp_p
         scoord = group.get_measurements()[0].referenced_coordinates[0]
         points = np.asarray(scoord.GraphicData).reshape(-1, 2)
         np.testing.assert_allclose(points, box_polyline(box), atol=1e-3)
+
+
+@pytest.mark.slow
+def test_child_gets_results_without_a_covid_finding(dicom_samples: Path, tmp_path: Path) -> None:
+    """A covid bundle for adults only: a child's image gets SEG, SR and SC, no COVID-19 group, and the why."""
+    import json
+
+    from pipelines.chest import ChestPipeline
+    from pipelines.image import load_dicom
+    from pipelines.testing import write_random_bundles
+
+    models = tmp_path / "models"
+    write_random_bundles(models, seed=4, state_dir=tmp_path / "state")
+    meta_path = models / "random-covid" / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["min_patient_age_years"] = 18
+    meta_path.write_text(json.dumps(meta))
+    pipeline = ChestPipeline.from_models_dir(models, device="cpu", state_dir=tmp_path / "state")
+    source = pydicom.dcmread(dicom_samples / "txv_siim_ptx_CR_chest_PA.dcm")
+    source.PatientAge = "007Y"
+    result = pipeline.analyze(load_dicom(source))
+    if not result.analysed:
+        pytest.skip("the random projection model called this image lateral")
+    assert result.covid is None and result.lungs is not None
+
+    objects = build_result_objects(source, result)
+    assert len(objects) == 3  # SEG, SR and the secondary capture, as for an adult
+    for obj in objects:
+        path = tmp_path / f"{obj.Modality}.dcm"
+        obj.save_as(path, enforce_file_format=True)
+        output = run_tool(["dciodvfy", "-new", str(path)])
+        assert not [ln for ln in output.splitlines() if ln.startswith("Error")], path.name
+    sr = next(o for o in objects if o.Modality == "SR")
+    groups = hd.sr.srread(tmp_path / "SR.dcm").content.get_image_measurement_groups()
+    assert not [g for g in groups if g.tracking_identifier == TRACKING_COVID]
+    notes = [str(e.value) for e in sr.iterall() if e.keyword == "TextValue"]
+    assert any("not assessed" in n and "7 years" in n for n in notes), notes

@@ -32,6 +32,10 @@ def test_overrides_and_errors(tmp_path: Path) -> None:
         config_from_dict({"run": {"task": "ct", "name": "x"}})
     with pytest.raises(ConfigError, match="sampling 'random'"):
         config_from_dict({"run": {"task": "covid", "name": "x"}, "train": {"sampling": "random"}})
+    with pytest.raises(ConfigError, match="min_patient_age_years"):
+        config_from_dict({"run": {"task": "covid", "name": "x", "min_patient_age_years": -2}})
+    shipped = load_config(CONFIGS / "default" / "covid_ms_zscore.toml")  # the shipped covid recipe
+    assert shipped.min_patient_age_years == 18
     (tmp_path / "bad.toml").write_text("[run\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(tmp_path / "bad.toml")

@@ -42,6 +42,8 @@ def test_classifier_metrics_and_covid_shortcut_check(tiny_models: dict[str, Path
     from pipelines.bundle import read_metadata
 
     covid = read_metadata(tiny_models["covid"])
+    assert covid.min_patient_age_years == 18.0  # [run] min_patient_age_years reaches the bundle
+    assert read_metadata(tiny_models["projection"]).min_patient_age_years == 0.0
     test = covid.metrics["test"]
     assert {
         "auc",

@@ -24,7 +24,8 @@ def tiny_config(task: str, out: Path, data_root: Path, **extra: Any) -> dict[str
         "ggo_detection": {"architecture": "yolo", "yolo_cfg": "yolo11n.yaml"},
     }[task]
     cfg: dict[str, Any] = {
-        "run": {"task": task, "name": f"tiny-{task}", "seed": 3, "output_dir": str(out), "version": "0.0.1"},
+        "run": {"task": task, "name": f"tiny-{task}", "seed": 3, "output_dir": str(out), "version": "0.0.1",
+                **({"min_patient_age_years": 18} if task == "covid" else {})},
         "data": {
             "root": str(data_root),
             "sources": [{"adapter": a, "path": p} for a, p in sources],
