@@ -69,6 +69,9 @@ class TrainConfig:
     patience: int = 0  # early stopping on the validation metric; 0 = off
     # classification: also blur / noise / down-up-sampling / gamma (acquisition cues), see data.py
     augment_acquisition: bool = False
+    # classification: also mirror left-right (p = 0.5). Off by default (anatomy is sided); for a lungs-only
+    # COVID-19 input, whose finding is bilateral, it doubles the pictures a small training set offers.
+    augment_hflip: bool = False
     # Segmentation only. seg_loss: "dice_bce" = soft Dice per image + BCE (default); "batch_dice_bce" =
     # soft Dice over the whole batch + BCE (an image with an empty mask then adds only false positives to
     # the batch's Dice instead of a per-image loss of ~1 for any foreground at all); "pos_dice_bce" =

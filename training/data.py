@@ -150,9 +150,9 @@ def sample_weights(rows: Sequence[ManifestRow], spec: TaskSpec, mode: str) -> li
     return [1.0 / counts[group(r)] for r in rows]
 
 
-def _augmentation(keys: list[str], seed: int, size: int):  # noqa: ANN202 - MONAI Compose
-    """Mild geometric + intensity augmentation; left-right flips are excluded (anatomy is sided)."""
-    from monai.transforms import Compose, RandAffined, RandScaleIntensityd, RandShiftIntensityd
+def _augmentation(keys: list[str], seed: int, size: int, hflip: bool = False):  # noqa: ANN202 - MONAI Compose
+    """Mild geometric + intensity augmentation; left-right flips only when asked (anatomy is sided)."""
+    from monai.transforms import Compose, RandAffined, RandFlipd, RandScaleIntensityd, RandShiftIntensityd
 
     modes = ["bilinear"] + ["nearest"] * (len(keys) - 1)
     chain = Compose(
@@ -168,6 +168,7 @@ def _augmentation(keys: list[str], seed: int, size: int):  # noqa: ANN202 - MONA
             ),
             RandScaleIntensityd(keys=["image"], factors=0.1, prob=0.5),
             RandShiftIntensityd(keys=["image"], offsets=0.1, prob=0.5),
+            *([RandFlipd(keys=keys, prob=0.5, spatial_axis=1)] if hflip else []),
         ]
     )
     chain.set_random_state(seed=seed)
@@ -215,10 +216,12 @@ class ClassificationData(Dataset):
         variant: str = "normal",
         lung_masks: dict[str, np.ndarray] | None = None,
         acquisition: bool = False,
+        hflip: bool = False,
     ) -> None:
         self.rows, self.spec, self.cache, self.input_spec = list(rows), spec, cache, input_spec
         self.variant, self.lung_masks = variant, lung_masks or {}
-        self.transform = _augmentation(["image"], seed, int(input_spec.get("size", 256))) if augment else None
+        size = int(input_spec.get("size", 256))
+        self.transform = _augmentation(["image"], seed, size, hflip=hflip) if augment else None
         self.acquisition = _acquisition_augmentation(seed + 1) if augment and acquisition else None
 
     def __len__(self) -> int:

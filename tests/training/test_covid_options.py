@@ -60,3 +60,19 @@ def test_selection_is_the_mean_of_within_and_heldout_aucs() -> None:
     assert aucs["mean"] == pytest.approx(0.875)
     none = selection_aucs(scores[:4], labels[:4], datasets[:4])
     assert none["mean"] is None and none["within"] == pytest.approx(0.75)
+
+
+def test_hflip_augmentation_mirrors_about_half_the_draws_and_is_off_by_default() -> None:
+    from training.config import TrainConfig
+    from training.data import _augmentation
+
+    assert TrainConfig().augment_hflip is False
+    image = torch.zeros((1, 32, 32))
+    image[0, :, :8] = 1.0  # bright left quarter: a mirrored draw has it on the right
+    flipped = 0
+    for seed in range(40):
+        out = torch.as_tensor(_augmentation(["image"], seed, 32, hflip=True)({"image": image})["image"])
+        flipped += int(out[0, :, 16:].sum() > out[0, :, :16].sum())
+        plain = torch.as_tensor(_augmentation(["image"], seed, 32)({"image": image})["image"])
+        assert plain[0, :, :16].sum() > plain[0, :, 16:].sum()  # never mirrored without hflip
+    assert 8 <= flipped <= 32, flipped

@@ -274,7 +274,7 @@ def train_torch_task(
         if spec.kind == "classification":
             return ClassificationData(
                 rs, spec, cache, in_spec, augment=augment, seed=cfg.seed + ctx.rank, lung_masks=lung_masks,
-                acquisition=cfg.train.augment_acquisition,
+                acquisition=cfg.train.augment_acquisition, hflip=cfg.train.augment_hflip,
             )
         return SegmentationData(
             rs, spec, cache, in_spec, augment=augment, seed=cfg.seed + ctx.rank,
