@@ -60,6 +60,13 @@ its paired pooled selection difference is +0.138 [+0.093, +0.188] and its mean p
 difference +0.065. It ships as covid 2.1.0, the mean of its five fold models. ``--export-ensemble`` was
 written while A's folds trained (A's report came in before it was finished); it implements condition (3)
 as worded and makes no choice of its own.
+
+Session 7: how much a recipe's figures move between two cross-validations of itself. A re-run of A (same
+folds and seeds, one torch thread per run instead of the default) gave a mean-of-folds selection score of
+0.785 (session 6: 0.805) and within-ieee8023 0.674 (0.701). Differences between recipes below about 0.03
+are therefore run-to-run noise, and the session-7 candidates had to beat A's re-run by 0.03. Neither did:
+A at 96 px (``covid_ms_zscore_96.toml``) 0.770, A with left-right mirroring (``covid_ms_zscore_hflip.toml``)
+0.793; outcomes in their headers.
 """
 
 from __future__ import annotations
