@@ -86,6 +86,11 @@ class TrainConfig:
     # Classification only: weight of the class-conditional source adversary (training/adversary.py), a
     # head that guesses a NEGATIVE image's collection through gradient reversal; 0 = off.
     source_adversary: float = 0.0
+    # Classification only: weight of the training-only "any finding" head (training/finding_head.py), fed
+    # by the images of finding_aux_datasets (datasets whose findings are complete: empty or "No Finding"
+    # = normal lungs); 0 = off.
+    finding_aux: float = 0.0
+    finding_aux_datasets: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -135,6 +140,10 @@ class RunConfig:
             raise ConfigError(f"{self.source_file}: [train] seg_loss {self.train.seg_loss!r} unknown")
         if self.train.source_adversary < 0:
             raise ConfigError(f"{self.source_file}: [train] source_adversary must be >= 0")
+        if self.train.finding_aux < 0:
+            raise ConfigError(f"{self.source_file}: [train] finding_aux must be >= 0")
+        if self.train.finding_aux > 0 and not self.train.finding_aux_datasets:
+            raise ConfigError(f"{self.source_file}: [train] finding_aux needs finding_aux_datasets")
         if self.train.seg_metric not in ("dice", "dice_fp"):
             raise ConfigError(f"{self.source_file}: [train] seg_metric {self.train.seg_metric!r} unknown")
         if self.data.aux_mask_datasets and self.task not in ("lungs", "ggo_segmentation"):

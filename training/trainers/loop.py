@@ -35,6 +35,7 @@ from training.tasks import TaskSpec
 
 if TYPE_CHECKING:
     from training.adversary import SourceAdversary
+    from training.finding_head import FindingHead
 
 log = logging.getLogger(__name__)
 
@@ -292,12 +293,17 @@ def train_torch_task(
     if ctx.distributed:
         model = nn.parallel.DistributedDataParallel(net)
     adversary = _source_adversary(cfg, spec, ctx, net, train_rows)
-    if adversary is not None:
+    finding_head = _finding_head(cfg, spec, ctx, net, train_rows)
+    if adversary is not None or finding_head is not None:
         from training.adversary import WithIndex
 
         train_data = WithIndex(train_data)
     loss_fn = build_loss(cfg, spec, train_rows, ctx.device)
-    parameters = [*model.parameters(), *(adversary.parameters() if adversary is not None else ())]
+    parameters = [
+        *model.parameters(),
+        *(adversary.parameters() if adversary is not None else ()),
+        *(finding_head.parameters() if finding_head is not None else ()),
+    ]
     optimizer = torch.optim.AdamW(parameters, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.train.epochs))
     start_epoch, best_metric, best_epoch = 0, -math.inf, -1
@@ -309,6 +315,8 @@ def train_torch_task(
         net.load_state_dict(state["model"])
         if adversary is not None:
             adversary.load_state_dict(state["adversary"])
+        if finding_head is not None:
+            finding_head.load_state_dict(state["finding_head"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best_metric, best_epoch = state["epoch"] + 1, state["best_metric"], state["best_epoch"]
@@ -341,6 +349,8 @@ def train_torch_task(
             loss = loss_fn(out.reshape(-1), y) if spec.kind == "classification" else loss_fn(out, y)
             if adversary is not None:
                 loss = loss + adversary.loss(batch[2], (epoch + step / len(loader)) / cfg.train.epochs)
+            if finding_head is not None:
+                loss = loss + finding_head.loss(batch[2])
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(y)
@@ -360,6 +370,7 @@ def train_torch_task(
                 {
                     "model": net.state_dict(),
                     "adversary": adversary.state_dict() if adversary is not None else None,
+                    "finding_head": finding_head.state_dict() if finding_head is not None else None,
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "epoch": epoch,
@@ -406,6 +417,8 @@ def train_torch_task(
         )
     if adversary is not None:
         adversary.detach()
+    if finding_head is not None:
+        finding_head.detach()
     net.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["model"])
     net.eval()
     return export_torch_bundle(
@@ -463,6 +476,27 @@ def _source_adversary(
     groups, names = negative_sources(train_rows, [spec.label_of(r) for r in train_rows])
     log.info("source adversary over the negatives of %s (weight %s)", names, cfg.train.source_adversary)
     return SourceAdversary(net, groups, len(names), cfg.train.source_adversary).to(ctx.device)
+
+
+def _finding_head(
+    cfg: RunConfig, spec: TaskSpec, ctx: DistContext, net: nn.Module, train_rows: Sequence[ManifestRow]
+) -> FindingHead | None:
+    """The training-only "any finding" head of [train] finding_aux, or None when it is off."""
+    if cfg.train.finding_aux <= 0:
+        return None
+    if spec.kind != "classification":
+        raise ConfigError(f"{cfg.source_file}: [train] finding_aux is for classification tasks only")
+    if ctx.distributed:
+        raise ConfigError(f"{cfg.source_file}: [train] finding_aux runs in a single process only")
+    from training.finding_head import FindingHead, finding_labels
+
+    labels = finding_labels(train_rows, cfg.train.finding_aux_datasets)
+    used = [y for y in labels if y >= 0]
+    log.info(
+        "finding head on %s: %d training images with findings, %d without (weight %s)",
+        cfg.train.finding_aux_datasets, sum(used), len(used) - sum(used), cfg.train.finding_aux,
+    )
+    return FindingHead(net, labels, cfg.train.finding_aux).to(ctx.device)
 
 
 def load_init_weights(net: nn.Module, cfg: RunConfig) -> None:
