@@ -26,6 +26,16 @@ For each split it reports:
   Wilson 95% CI, median and mean P(COVID-19);
 - ``source_index``: AUC of P(COVID-19) separating ieee8023 non-COVID from NIH (both negative;
   0.5 = the score ignores the collection).
+
+When the rows' findings are known (they are, from the manifest), also, report only:
+
+- ``covid_vs_ieee8023_no_finding_auc``: ieee8023 COVID-19 vs the collection's own "No Finding" pictures:
+  COVID-19 against normal-looking lungs from the SAME collection, the situation of a hospital that sends
+  both (session 8: 2.1.0's recipe is below chance here out of fold, while it ranks COVID-19 above the
+  normals of other collections);
+- ``nih_finding_vs_no_finding_auc``: inside NIH (all COVID-19 negative), images with a finding
+  ("Pneumonia", ...) vs "No Finding": whether the score sees abnormal lungs at all inside one collection;
+- ``within_ieee8023_by_finding``: COVID-19 vs each kind of ieee8023 negative (its first finding), n and AUC.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +64,35 @@ def auc_ci(y: np.ndarray, s: np.ndarray, n_boot: int, seed: int = 0) -> dict[str
     return {"auc": roc_auc(y, s), "ci95": [lo, hi], "n": int(y.size), "positives": int(y.sum())}
 
 
+def has_finding(findings: Sequence[str]) -> bool:
+    return any(f.strip() and f.strip().lower() != "no finding" for f in findings)
+
+
+def finding_figures(
+    y: np.ndarray, s: np.ndarray, ds: np.ndarray, findings: Sequence[Sequence[str]], n_boot: int
+) -> dict[str, Any]:
+    """The report-only figures that need the findings (see the module docstring)."""
+    if len(findings) != y.size:
+        raise ValueError(f"{len(findings)} findings for {y.size} scores")
+    abnormal = np.array([has_finding(f) for f in findings])
+    ieee, nih = ds == "ieee8023", ds == "nih_cxr14"
+    pos = ieee & (y == 1)
+    out: dict[str, Any] = {}
+    m = pos | (ieee & (y == 0) & ~abnormal)
+    out["covid_vs_ieee8023_no_finding_auc"] = auc_ci(y[m], s[m], n_boot)
+    out["nih_finding_vs_no_finding_auc"] = auc_ci(abnormal[nih].astype(int), s[nih], n_boot)
+    by: dict[str, Any] = {}
+    negatives = np.flatnonzero(ieee & (y == 0))
+    kinds = sorted({(findings[i][0] if findings[i] else "No Finding") for i in negatives})
+    for kind in kinds:
+        k = np.array([(findings[i][0] if findings[i] else "No Finding") == kind for i in range(y.size)])
+        sel = pos | (ieee & (y == 0) & k)
+        e = auc_ci(y[sel], s[sel], n_boot)
+        by[kind] = {"n": int((ieee & (y == 0) & k).sum()), "auc": e["auc"] if e else None}
+    out["within_ieee8023_by_finding"] = by
+    return out
+
+
 def split_report(
     y: np.ndarray,
     s: np.ndarray,
@@ -60,6 +100,7 @@ def split_report(
     threshold: float,
     n_boot: int,
     removed: np.ndarray | None = None,
+    findings: Sequence[Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     ieee = ds == "ieee8023"
@@ -89,6 +130,8 @@ def split_report(
         if neg.any() and nih.any()
         else None
     )
+    if findings is not None:
+        out.update(finding_figures(y, s, ds, findings, n_boot))
     per: dict[str, Any] = {}
     for name in sorted(set(ds.tolist())):
         k = ds == name
@@ -299,7 +342,9 @@ def main(argv: list[str] | None = None) -> int:
             ds = np.array([r.dataset for r in usable])
             entry["model"] = f"{meta.name} {meta.version}"
             entry["threshold"] = float(meta.operating_threshold)
-            entry[split] = split_report(y, s, ds, float(meta.operating_threshold), args.n_boot, removed)
+            entry[split] = split_report(
+                y, s, ds, float(meta.operating_threshold), args.n_boot, removed, [r.findings for r in usable]
+            )
             entry[split]["skipped_without_lung_mask"] = len(rows) - len(usable)
             logging.info("%s %s: score %s", name, split, entry[split]["selection_score"])
         results["bundles"][name] = entry

@@ -67,6 +67,13 @@ folds and seeds, one torch thread per run instead of the default) gave a mean-of
 are therefore run-to-run noise, and the session-7 candidates had to beat A's re-run by 0.03. Neither did:
 A at 96 px (``covid_ms_zscore_96.toml``) 0.770, A with left-right mirroring (``covid_ms_zscore_hflip.toml``)
 0.793; outcomes in their headers.
+
+Session 8: a third cross-validation of A gave 0.782 (within-ieee8023 0.654): three runs of one recipe span
+0.782-0.805 (within 0.654-0.701). The report now also carries, for covid, the figures that need the
+findings (``training.recipes.covid_compare.finding_figures``): A's COVID-19 scores rank the collection's own
+"No Finding" pictures at chance (0.450 pooled) and NIH "Pneumonia" barely above NIH "No Finding" (0.561),
+so inside one collection the score sees little of the lungs. The candidate A + a training-only "any finding"
+head (``covid_ms_zscore_findaux.toml``, rule in its header) scored 0.790 (within 0.677): not shipped.
 """
 
 from __future__ import annotations
@@ -285,9 +292,14 @@ def aggregate(cfg: RunConfig, n_folds: int, n_boot: int) -> dict[str, Any]:
         "pooled_threshold_youden": threshold,
     }
     if cfg.task == "covid":
-        report["pooled"] = split_report(y, s, ds, threshold, n_boot)
+        known = {r.image_path: r.findings for r in pool_rows(cfg)[0]}
+        findings = [known.get(rec["image_path"], []) for _, rec in records]
+        report["pooled"] = split_report(y, s, ds, threshold, n_boot, findings=findings)
         report["per_fold"] = {
-            str(k): split_report(y[fold == k], s[fold == k], ds[fold == k], threshold, n_boot)
+            str(k): split_report(
+                y[fold == k], s[fold == k], ds[fold == k], threshold, n_boot,
+                findings=[f for f, kk in zip(findings, fold, strict=True) if kk == k],
+            )
             for k in range(n_folds)
         }
     else:
@@ -455,6 +467,11 @@ def markdown(report: dict[str, Any]) -> str:
         sel = [report["pooled"]["selection_score"], None if None in per else float(np.mean(per)), *per]
         lines.append("| selection_score (mean of within-ieee8023 and vs OpenIST) | "
                      + " | ".join("n/a" if v is None else f"{v:.3f}" for v in sel) + " |")
+    by = report["pooled"].get("within_ieee8023_by_finding")
+    if by:
+        lines += ["", "Pooled ieee8023 COVID-19 vs each kind of ieee8023 negative (first finding): "
+                  + "; ".join(f"{kind} (n={e['n']}) " + ("n/a" if e["auc"] is None else f"{e['auc']:.3f}")
+                              for kind, e in by.items())]
     paired = report.get("paired")
     if paired:
         lines += ["", f"Minus `{paired['minus']}` on the same {paired['images']} images "
