@@ -90,6 +90,9 @@ class TrainConfig:
     # by the images of finding_aux_datasets (datasets whose findings are complete: empty or "No Finding"
     # = normal lungs); 0 = off.
     finding_aux: float = 0.0
+    # Classification only: "license" reweights the draw so that, inside each dataset, a row's licence (the
+    # sub-collection trace ieee8023's metadata keeps) does not predict its label (training/data.py); "" = off.
+    balance_within: str = ""
     finding_aux_datasets: list[str] = field(default_factory=list)
 
 
@@ -140,6 +143,10 @@ class RunConfig:
             raise ConfigError(f"{self.source_file}: [train] seg_loss {self.train.seg_loss!r} unknown")
         if self.train.source_adversary < 0:
             raise ConfigError(f"{self.source_file}: [train] source_adversary must be >= 0")
+        if self.train.balance_within not in ("", "license"):
+            raise ConfigError(
+                f"{self.source_file}: [train] balance_within {self.train.balance_within!r} unknown"
+            )
         if self.train.finding_aux < 0:
             raise ConfigError(f"{self.source_file}: [train] finding_aux must be >= 0")
         if self.train.finding_aux > 0 and not self.train.finding_aux_datasets:

@@ -135,8 +135,57 @@ def split_rows(rows: Sequence[ManifestRow], split: str) -> list[ManifestRow]:
     return [r for r in rows if r.split == split]
 
 
-def sample_weights(rows: Sequence[ManifestRow], spec: TaskSpec, mode: str) -> list[float] | None:
-    """Per-row sampling weights: every class (or every source x class) drawn equally often."""
+def sample_weights(
+    rows: Sequence[ManifestRow], spec: TaskSpec, mode: str, balance_within: str = ""
+) -> list[float] | None:
+    """Per-row sampling weights: every class (or every source x class) drawn equally often.
+
+    ``balance_within = "license"`` then multiplies each row's weight by P(label | dataset) /
+    P(label | dataset, licence), counted on ``rows``: under the weighted draw a row's licence, the one
+    trace of its sub-collection that ieee8023's metadata keeps, no longer predicts its label inside its
+    dataset, wherever the sub-collection holds both labels. Each dataset x class keeps the total weight
+    that ``mode`` gave it; only the licence groups inside it are re-weighted.
+    """
+    base = _balanced_weights(rows, spec, mode)
+    if not balance_within:
+        return base
+    if balance_within != "license":
+        raise ValueError(f"balance_within {balance_within!r} unknown; known: 'license'")
+    before = base or [1.0] * len(rows)
+    after = [w * f for w, f in zip(before, _deconfounding_factors(rows, spec), strict=True)]
+    cell = [(r.dataset, spec.label_of(r) if spec.label_of else 0) for r in rows]
+    mass_before: dict[tuple[str, int], float] = defaultdict(float)
+    mass_after: dict[tuple[str, int], float] = defaultdict(float)
+    for c, b, a in zip(cell, before, after, strict=True):
+        mass_before[c] += b
+        mass_after[c] += a
+    return [a * mass_before[c] / mass_after[c] for c, a in zip(cell, after, strict=True)]
+
+
+def _deconfounding_factors(rows: Sequence[ManifestRow], spec: TaskSpec) -> list[float]:
+    def label(r: ManifestRow) -> int:
+        return spec.label_of(r) if spec.label_of else 0
+
+    def key(r: ManifestRow) -> tuple[str, str]:
+        return (r.dataset, r.license.strip() or "(none)")
+
+    in_dataset: dict[tuple[str, int], int] = defaultdict(int)
+    dataset_size: dict[str, int] = defaultdict(int)
+    in_key: dict[tuple[tuple[str, str], int], int] = defaultdict(int)
+    key_size: dict[tuple[str, str], int] = defaultdict(int)
+    for r in rows:
+        in_dataset[(r.dataset, label(r))] += 1
+        dataset_size[r.dataset] += 1
+        in_key[(key(r), label(r))] += 1
+        key_size[key(r)] += 1
+    return [
+        (in_dataset[(r.dataset, label(r))] / dataset_size[r.dataset])
+        / (in_key[(key(r), label(r))] / key_size[key(r)])
+        for r in rows
+    ]
+
+
+def _balanced_weights(rows: Sequence[ManifestRow], spec: TaskSpec, mode: str) -> list[float] | None:
     if mode == "shuffle":
         return None
 

@@ -322,7 +322,7 @@ def train_torch_task(
         start_epoch, best_metric, best_epoch = state["epoch"] + 1, state["best_metric"], state["best_epoch"]
         torch.set_rng_state(state["torch_rng"])
         log.info("resumed %s at epoch %d (best %s at %d)", run_dir, start_epoch, best_metric, best_epoch)
-    weights = sample_weights(train_rows, spec, cfg.train.sampling)
+    weights = sample_weights(train_rows, spec, cfg.train.sampling, cfg.train.balance_within)
     loader, sampler = _loader(train_data, cfg, ctx, weights, cfg.seed)
     metrics_csv = run_dir / "metrics.csv"
     if ctx.is_main and not (resume and metrics_csv.is_file()):
