@@ -121,6 +121,10 @@ def test_tiny_cross_validation_scores_every_pool_image_once_and_never_reads_test
     pooled = report["pooled"]
     assert 0.0 <= pooled["within_ieee8023_auc"]["auc"] <= 1.0
     assert pooled["covid_vs_openist_auc"]["n"] == 12 + len(held)
+    # The figures that need the findings come from the manifest: each ieee8023 negative is counted once.
+    by_finding = pooled["within_ieee8023_by_finding"]
+    assert sum(e["n"] for e in by_finding.values()) == 12
+    assert "Pooled ieee8023 COVID-19 vs each kind" in (root / "report.md").read_text()
     assert set(report["fold_mean"]) == {k for k, v in pooled.items() if isinstance(v, dict) and "auc" in v}
     assert "within_ieee8023_auc" in capsys.readouterr().out
 
