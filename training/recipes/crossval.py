@@ -74,6 +74,8 @@ findings (``training.recipes.covid_compare.finding_figures``): A's COVID-19 scor
 "No Finding" pictures at chance (0.450 pooled) and NIH "Pneumonia" barely above NIH "No Finding" (0.561),
 so inside one collection the score sees little of the lungs. The candidate A + a training-only "any finding"
 head (``covid_ms_zscore_findaux.toml``, rule in its header) scored 0.790 (within 0.677): not shipped.
+A drawn so that the licence (ieee8023's sub-collection trace) does not predict the label
+(``covid_ms_zscore_licbal.toml``) scored 0.746 (within 0.613): not shipped.
 """
 
 from __future__ import annotations
