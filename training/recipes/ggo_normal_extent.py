@@ -21,7 +21,17 @@ Rule, committed before G was measured: the pipeline adopts G iff, on the VALIDAT
 ``runs/manifests/ggo_neg100_ieee.csv`` (14 GeneralBlockchain GGO images + 33 normals), (a) the mean
 Dice on the 14 GGO images is >= 0.428 (the ungated mask's 0.458 - 0.03, the GGO card's rule) and
 (b) the median extent on the 33 normals is <= 5 % and below the ungated mask's, both measured in the
-same run with the shipped lungs, GGO segmentation and GGO detection bundles.
+same run with the shipped lungs, GGO segmentation and GGO detection bundles. OUTCOME: G failed (a).
+
+``--gate-by-boxes`` (session 8, candidate H): an image-level gate instead of G's pixel-level cut. The mask
+is reported whole when the detector finds at least one GGO box on the image, and not at all (extent 0)
+when it finds none: the detector decides WHETHER there is GGO, the segmenter WHERE and how much. Why: G
+lost Dice because the detector's boxes cover only part of each opacity, but it found no box on most
+normals. Rule, committed before H was measured: the pipeline adopts H iff, in one run on the VALIDATION
+split of ``runs/manifests/ggo_neg100_ieee.csv`` with the shipped lungs, GGO segmentation and GGO detection
+bundles, (a) the mean Dice on the 14 GGO images is >= 0.428 and (b) the median extent on the 33 normals is
+<= 5 % and below the ungated mask's (the same bars as G and the retraining candidates). Report only, after
+the decision: the test split and the held-out list (OpenIST, NIH, Kermany children, ieee8023 COVID-19).
 """
 
 from __future__ import annotations
