@@ -1,4 +1,5 @@
-"""training.recipes.ggo_normal_extent: the box gate of candidate G (mask cut to the detector's boxes)."""
+"""training.recipes.ggo_normal_extent: the box gates of candidates G (mask cut to the boxes)
+and H (mask kept only on images with a box)."""
 
 from __future__ import annotations
 
@@ -28,3 +29,22 @@ def test_the_gate_reports_both_settings_and_only_gated_ggo_inside_boxes() -> Non
     plain = report(items, 0.5)["extent_pct"]["all normals"]["median"]
     gated = report(items, 0.5, within_boxes=True)["extent_pct"]["all normals"]["median"]
     assert plain == round(100 * 16 / 64, 2) and gated == round(100 * 4 / 64, 2)
+
+
+def test_the_image_gate_keeps_the_whole_mask_with_any_box_and_drops_it_without_one() -> None:
+    lung = np.zeros((10, 10), dtype=bool)
+    lung[1:9, 1:9] = True
+    prob = np.zeros((10, 10), dtype=np.float32)
+    prob[2:6, 2:6] = 0.9
+    truth = prob > 0.5
+    one_box = boxes_mask((10, 10), [Box(7.0, 7.0, 8.0, 8.0, 0.5)])  # a box away from the opacity
+    no_box = boxes_mask((10, 10), [])
+    items = [
+        {"dataset": "gb", "covid": "1", "lung": lung, "prob": prob, "truth": truth, "boxes": one_box},
+        {"dataset": "openist", "covid": "0", "lung": lung, "prob": prob, "truth": None, "boxes": no_box},
+    ]
+    res = report(items, 0.5, gate_by_boxes=True)
+    assert res["gate_by_boxes"] is True
+    assert res["dice"]["gb"]["mean"] == 1.0  # whole mask kept: the detector found something
+    assert res["extent_pct"]["all normals"]["median"] == 0.0  # no box: no GGO reported
+    assert report(items, 0.5)["extent_pct"]["all normals"]["median"] == round(100 * 16 / 64, 2)

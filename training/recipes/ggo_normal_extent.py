@@ -109,9 +109,16 @@ def collect(manifests: list[Path], split: str, ggo_bundle: Path, lung_bundle: Pa
     return out
 
 
-def report(items: list[dict], threshold: float, min_extent: float = 0.0, within_boxes: bool = False) -> dict:
+def report(
+    items: list[dict],
+    threshold: float,
+    min_extent: float = 0.0,
+    within_boxes: bool = False,
+    gate_by_boxes: bool = False,
+) -> dict:
     """Figures at one mask threshold; ``min_extent`` > 0: an extent below it is reported as 0 (gate);
-    ``within_boxes``: the mask is cut to the detector's boxes first."""
+    ``within_boxes``: the mask is cut to the detector's boxes first; ``gate_by_boxes``: the mask is
+    dropped on an image where the detector found no box."""
     from pipelines.tasks.ggo import ggo_extent_percent
     from training.metrics import dice_iou
 
@@ -121,6 +128,8 @@ def report(items: list[dict], threshold: float, min_extent: float = 0.0, within_
         mask = it["prob"] >= threshold
         if within_boxes:
             mask = mask & it["boxes"]
+        if gate_by_boxes and not it["boxes"].any():
+            mask = np.zeros_like(mask)
         e = ggo_extent_percent(mask, it["lung"]) or 0.0
         if e < min_extent:
             mask, e = np.zeros_like(mask), 0.0
@@ -131,7 +140,7 @@ def report(items: list[dict], threshold: float, min_extent: float = 0.0, within_
         if it["truth"] is None and it["covid"] != "1":
             extent["all normals"].append(e)
     res: dict = {"threshold": threshold, "min_extent_pct": min_extent, "within_boxes": within_boxes,
-                 "extent_pct": {}, "dice": {}}
+                 "gate_by_boxes": gate_by_boxes, "extent_pct": {}, "dice": {}}
     for g, v in sorted(extent.items()):
         res["extent_pct"][g] = summarise(v)
     for g, v in sorted(dice.items()):
@@ -152,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                          "model, e.g. the start weights of a fine-tuned one); repeatable")
     ap.add_argument("--within-boxes", action="store_true",
                     help="also report every setting with the mask cut to the detector's boxes")
+    ap.add_argument("--gate-by-boxes", action="store_true",
+                    help="also report every setting with the mask dropped where the detector finds no box")
     ap.add_argument("--det-bundle", type=Path, default=REPO / "models" / "ggo_detection")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
@@ -162,12 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     exclude = {r.patient_id for m in args.exclude_seen for r in read_manifest(m)
                if r.split in ("train", "validation")}
     items = collect(args.manifests, args.split, args.ggo_bundle, args.lung_bundle, exclude,
-                    args.det_bundle if args.within_boxes else None)
+                    args.det_bundle if args.within_boxes or args.gate_by_boxes else None)
     own = float(read_metadata(args.ggo_bundle).operating_threshold)
     thresholds = [float(t) for t in args.thresholds.split(",") if t] or [own]
     gates = [float(g) for g in args.min_extents.split(",") if g]
-    results = [report(items, t, g, boxed) for boxed in ([False, True] if args.within_boxes else [False])
-               for t in thresholds for g in gates]
+    modes = [(False, False)] + [(True, False)] * args.within_boxes + [(False, True)] * args.gate_by_boxes
+    results = [report(items, t, g, boxed, gated) for boxed, gated in modes for t in thresholds for g in gates]
     text = json.dumps({"ggo_bundle": str(args.ggo_bundle), "lung_bundle": str(args.lung_bundle),
                        "manifests": [str(m) for m in args.manifests], "split": args.split,
                        "exclude_seen": [str(m) for m in args.exclude_seen],
