@@ -32,6 +32,9 @@ split of ``runs/manifests/ggo_neg100_ieee.csv`` with the shipped lungs, GGO segm
 bundles, (a) the mean Dice on the 14 GGO images is >= 0.428 and (b) the median extent on the 33 normals is
 <= 5 % and below the ungated mask's (the same bars as G and the retraining candidates). Report only, after
 the decision: the test split and the held-out list (OpenIST, NIH, Kermany children, ieee8023 COVID-19).
+OUTCOME (session 8, lungs 1.3.0): Dice on the 14 GGO images 0.335 (ungated 0.458; needed 0.428), median extent
+on the 33 normals 0.0 % (ungated 32.7 %; 67 % of normals with no box). H fails (a): the detector finds no box
+on several GGO images, and those lose their whole mask. Not adopted.
 """
 
 from __future__ import annotations
