@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from training.errors import ConfigError
+from training.feature_hook import PenultimateFeatures
 from training.manifest import ManifestRow
 
 
@@ -74,28 +75,18 @@ class SourceAdversary(nn.Module):
 
     def __init__(self, net: nn.Module, groups: Sequence[int], n_groups: int, weight: float) -> None:
         super().__init__()
-        last = [m for m in net.modules() if isinstance(m, nn.Linear)]
-        if not last:
-            raise ConfigError("source_adversary needs a network whose output layer is nn.Linear")
         if n_groups < 2:
             raise ConfigError(f"source_adversary needs negatives from >= 2 datasets, got {n_groups}")
-        features = last[-1].in_features
-        self.head = nn.Sequential(nn.Linear(features, 64), nn.ReLU(), nn.Linear(64, n_groups))
+        self._features = PenultimateFeatures(net, "source_adversary")
+        self.head = nn.Sequential(nn.Linear(self._features.size, 64), nn.ReLU(), nn.Linear(64, n_groups))
         self.register_buffer("groups", torch.as_tensor(list(groups), dtype=torch.long), persistent=False)
         self.weight = weight
-        self._features: torch.Tensor | None = None
-        self._hook = last[-1].register_forward_hook(self._keep_features)
-
-    def _keep_features(self, _module: nn.Module, inputs: tuple[torch.Tensor, ...], _out: object) -> None:
-        self._features = inputs[0]
 
     def loss(self, indices: torch.Tensor, progress: float) -> torch.Tensor:
         """Cross-entropy of the source guess on the batch's negatives (0 when it holds none)."""
-        if self._features is None:
-            raise RuntimeError("SourceAdversary.loss called before a forward pass of the network")
+        features = self._features.take("SourceAdversary.loss")
         groups = self.groups[indices.to(self.groups.device)]
         keep = groups >= 0
-        features, self._features = self._features, None
         if not bool(keep.any()):
             return features.sum() * 0.0
         reversed_ = reverse_gradient(features[keep], ramp(progress))
@@ -103,4 +94,4 @@ class SourceAdversary(nn.Module):
 
     def detach(self) -> None:
         """Remove the hook: the network is exported without any trace of the adversary."""
-        self._hook.remove()
+        self._features.remove()

@@ -140,11 +140,11 @@ def sample_weights(
 ) -> list[float] | None:
     """Per-row sampling weights: every class (or every source x class) drawn equally often.
 
-    ``balance_within = "license"`` then multiplies each row's weight by P(label | dataset) /
-    P(label | dataset, licence), counted on ``rows``: under the weighted draw a row's licence, the one
-    trace of its sub-collection that ieee8023's metadata keeps, no longer predicts its label inside its
-    dataset, wherever the sub-collection holds both labels. Each dataset x class keeps the total weight
-    that ``mode`` gave it; only the licence groups inside it are re-weighted.
+    ``balance_within = "license"`` then divides each row's weight by P(label | dataset, licence),
+    counted on ``rows``, and rescales every dataset x class back to the total weight that ``mode`` gave
+    it: under the weighted draw a row's licence, the one trace of its sub-collection that ieee8023's
+    metadata keeps, no longer predicts its label inside its dataset, wherever the sub-collection holds
+    both labels.
     """
     base = _balanced_weights(rows, spec, mode)
     if not balance_within:
@@ -152,8 +152,15 @@ def sample_weights(
     if balance_within != "license":
         raise ValueError(f"balance_within {balance_within!r} unknown; known: 'license'")
     before = base or [1.0] * len(rows)
-    after = [w * f for w, f in zip(before, _deconfounding_factors(rows, spec), strict=True)]
-    cell = [(r.dataset, spec.label_of(r) if spec.label_of else 0) for r in rows]
+    group = [(r.dataset, r.license.strip() or "(none)") for r in rows]
+    label = [_label(spec, r) for r in rows]
+    in_group: dict[tuple[str, str], int] = defaultdict(int)
+    in_group_label: dict[tuple[tuple[str, str], int], int] = defaultdict(int)
+    for g, y in zip(group, label, strict=True):
+        in_group[g] += 1
+        in_group_label[(g, y)] += 1
+    after = [w * in_group[g] / in_group_label[(g, y)] for w, g, y in zip(before, group, label, strict=True)]
+    cell = [(r.dataset, y) for r, y in zip(rows, label, strict=True)]
     mass_before: dict[tuple[str, int], float] = defaultdict(float)
     mass_after: dict[tuple[str, int], float] = defaultdict(float)
     for c, b, a in zip(cell, before, after, strict=True):
@@ -162,27 +169,8 @@ def sample_weights(
     return [a * mass_before[c] / mass_after[c] for c, a in zip(cell, after, strict=True)]
 
 
-def _deconfounding_factors(rows: Sequence[ManifestRow], spec: TaskSpec) -> list[float]:
-    def label(r: ManifestRow) -> int:
-        return spec.label_of(r) if spec.label_of else 0
-
-    def key(r: ManifestRow) -> tuple[str, str]:
-        return (r.dataset, r.license.strip() or "(none)")
-
-    in_dataset: dict[tuple[str, int], int] = defaultdict(int)
-    dataset_size: dict[str, int] = defaultdict(int)
-    in_key: dict[tuple[tuple[str, str], int], int] = defaultdict(int)
-    key_size: dict[tuple[str, str], int] = defaultdict(int)
-    for r in rows:
-        in_dataset[(r.dataset, label(r))] += 1
-        dataset_size[r.dataset] += 1
-        in_key[(key(r), label(r))] += 1
-        key_size[key(r)] += 1
-    return [
-        (in_dataset[(r.dataset, label(r))] / dataset_size[r.dataset])
-        / (in_key[(key(r), label(r))] / key_size[key(r)])
-        for r in rows
-    ]
+def _label(spec: TaskSpec, row: ManifestRow) -> int:
+    return spec.label_of(row) if spec.label_of else 0
 
 
 def _balanced_weights(rows: Sequence[ManifestRow], spec: TaskSpec, mode: str) -> list[float] | None:
@@ -190,8 +178,7 @@ def _balanced_weights(rows: Sequence[ManifestRow], spec: TaskSpec, mode: str) ->
         return None
 
     def group(r: ManifestRow) -> tuple[str, int]:
-        label = spec.label_of(r) if spec.label_of else 0
-        return (r.source if mode == "source_balanced" else "", label)
+        return (r.source if mode == "source_balanced" else "", _label(spec, r))
 
     counts: dict[tuple[str, int], int] = defaultdict(int)
     for r in rows:

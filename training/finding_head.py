@@ -24,9 +24,15 @@ import torch
 from torch import nn
 
 from training.errors import ConfigError
+from training.feature_hook import PenultimateFeatures
 from training.manifest import ManifestRow
 
 NO_FINDING = "no finding"
+
+
+def has_finding(findings: Sequence[str]) -> bool:
+    """True when the list names a finding other than "No Finding" (an empty list means none)."""
+    return any(f.strip() and f.strip().lower() != NO_FINDING for f in findings)
 
 
 def finding_labels(rows: Sequence[ManifestRow], datasets: Sequence[str]) -> list[int]:
@@ -41,8 +47,7 @@ def finding_labels(rows: Sequence[ManifestRow], datasets: Sequence[str]) -> list
         if r.dataset not in chosen:
             out.append(-1)
             continue
-        findings = [f for f in r.findings if f.strip().lower() != NO_FINDING]
-        out.append(1 if findings else 0)
+        out.append(1 if has_finding(r.findings) else 0)
     return out
 
 
@@ -51,31 +56,22 @@ class FindingHead(nn.Module):
 
     def __init__(self, net: nn.Module, labels: Sequence[int], weight: float) -> None:
         super().__init__()
-        last = [m for m in net.modules() if isinstance(m, nn.Linear)]
-        if not last:
-            raise ConfigError("finding_aux needs a network whose output layer is nn.Linear")
         used = [y for y in labels if y >= 0]
         if not used or len(set(used)) < 2:
             raise ConfigError(
                 "finding_aux needs training images both with and without findings in "
                 f"[train] finding_aux_datasets (got {sum(used)} with, {len(used) - sum(used)} without)"
             )
-        self.head = nn.Linear(last[-1].in_features, 1)
+        self._features = PenultimateFeatures(net, "finding_aux")
+        self.head = nn.Linear(self._features.size, 1)
         self.register_buffer("labels", torch.as_tensor(list(labels), dtype=torch.float32), persistent=False)
         self.weight = weight
-        self._features: torch.Tensor | None = None
-        self._hook = last[-1].register_forward_hook(self._keep_features)
-
-    def _keep_features(self, _module: nn.Module, inputs: tuple[torch.Tensor, ...], _out: object) -> None:
-        self._features = inputs[0]
 
     def loss(self, indices: torch.Tensor) -> torch.Tensor:
         """Weighted BCE of "any finding" on the batch's labelled rows (0 when it holds none)."""
-        if self._features is None:
-            raise RuntimeError("FindingHead.loss called before a forward pass of the network")
+        features = self._features.take("FindingHead.loss")
         labels = self.labels[indices.to(self.labels.device)]
         keep = labels >= 0
-        features, self._features = self._features, None
         if not bool(keep.any()):
             return features.sum() * 0.0
         logits = self.head(features[keep]).reshape(-1)
@@ -83,4 +79,4 @@ class FindingHead(nn.Module):
 
     def detach(self) -> None:
         """Remove the hook: the network is exported without any trace of the head."""
-        self._hook.remove()
+        self._features.remove()

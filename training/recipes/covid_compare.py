@@ -64,17 +64,16 @@ def auc_ci(y: np.ndarray, s: np.ndarray, n_boot: int, seed: int = 0) -> dict[str
     return {"auc": roc_auc(y, s), "ci95": [lo, hi], "n": int(y.size), "positives": int(y.sum())}
 
 
-def has_finding(findings: Sequence[str]) -> bool:
-    return any(f.strip() and f.strip().lower() != "no finding" for f in findings)
-
-
 def finding_figures(
     y: np.ndarray, s: np.ndarray, ds: np.ndarray, findings: Sequence[Sequence[str]], n_boot: int
 ) -> dict[str, Any]:
     """The report-only figures that need the findings (see the module docstring)."""
+    from training.finding_head import has_finding
+
     if len(findings) != y.size:
         raise ValueError(f"{len(findings)} findings for {y.size} scores")
     abnormal = np.array([has_finding(f) for f in findings])
+    first = np.array([f[0] if f else "No Finding" for f in findings])
     ieee, nih = ds == "ieee8023", ds == "nih_cxr14"
     pos = ieee & (y == 1)
     out: dict[str, Any] = {}
@@ -82,13 +81,11 @@ def finding_figures(
     out["covid_vs_ieee8023_no_finding_auc"] = auc_ci(y[m], s[m], n_boot)
     out["nih_finding_vs_no_finding_auc"] = auc_ci(abnormal[nih].astype(int), s[nih], n_boot)
     by: dict[str, Any] = {}
-    negatives = np.flatnonzero(ieee & (y == 0))
-    kinds = sorted({(findings[i][0] if findings[i] else "No Finding") for i in negatives})
-    for kind in kinds:
-        k = np.array([(findings[i][0] if findings[i] else "No Finding") == kind for i in range(y.size)])
-        sel = pos | (ieee & (y == 0) & k)
-        e = auc_ci(y[sel], s[sel], n_boot)
-        by[kind] = {"n": int((ieee & (y == 0) & k).sum()), "auc": e["auc"] if e else None}
+    negatives = ieee & (y == 0)
+    for kind in sorted(set(first[negatives].tolist())):
+        these = negatives & (first == kind)
+        e = auc_ci(y[pos | these], s[pos | these], n_boot)
+        by[kind] = {"n": int(these.sum()), "auc": e["auc"] if e else None}
     out["within_ieee8023_by_finding"] = by
     return out
 
