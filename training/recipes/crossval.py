@@ -76,6 +76,11 @@ so inside one collection the score sees little of the lungs. The candidate A + a
 head (``covid_ms_zscore_findaux.toml``, rule in its header) scored 0.790 (within 0.677): not shipped.
 A drawn so that the licence (ieee8023's sub-collection trace) does not predict the label
 (``covid_ms_zscore_licbal.toml``) scored 0.746 (within 0.613): not shipped.
+
+Session 9: a fourth cross-validation of A gave 0.777 (within-ieee8023 0.659); four runs span 0.777-0.805
+(within 0.654-0.701). A started from SimSiam weights learnt without labels on the non-test pictures
+(``training/recipes/pretrain_simsiam.py``, ``covid_ms_zscore_simsiam.toml``, rule in its header) scored 0.764
+(within 0.644; paired pooled selection -0.038 [-0.073, -0.006] against A's session-9 run): not shipped.
 """
 
 from __future__ import annotations
