@@ -98,3 +98,19 @@ def test_a_covid_run_with_the_head_exports_the_plain_classifier(
     loaded = load_bundle(bundle, "covid", device="cpu")
     assert set(loaded.network.state_dict()) == set(last["model"])
     assert loaded.metadata.training_data["config"]["train"]["finding_aux"] == 0.5
+
+
+def test_the_nih_finding_manifest_relabels_nih_only_and_keeps_its_split() -> None:
+    from training.recipes.covid_compare import rows_of_split
+    from training.recipes.covid_manifests import nih_finding_rows
+
+    rows = [_row("nih_cxr14", []), _row("nih_cxr14", ["Pneumonia"]), _row("ieee8023", ["COVID-19"]),
+            _row("openist", [])]
+    for r, split in zip(rows, ["train", "test", "train", "validation"], strict=True):
+        r.covid, r.split = "0" if r.dataset != "ieee8023" else "1", split
+    out = nih_finding_rows(rows)
+    assert [(r.covid, r.split) for r in out] == [("0", "train"), ("1", "test")]
+    assert rows[1].covid == "0"  # the multi-source rows keep their COVID-19 label
+    joined = rows_of_split(rows, "train+validation")
+    assert [r.dataset for r in joined] == ["nih_cxr14", "ieee8023", "openist"]
+    assert rows_of_split(rows, "test") == [rows[1]]

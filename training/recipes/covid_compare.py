@@ -5,6 +5,9 @@
         [--manifest runs/manifests/covid_multisource.csv] [--lung-bundle models/lungs] \
         [--out runs/covid_compare.json] [--md runs/covid_compare.md] [--splits validation test]
 
+A split named ``train+validation`` scores the rows of both splits as one set (for a model that trained
+on none of them, e.g. the NIH-only measurement of ``nih_finding_transfer.toml``).
+
 Every bundle is loaded the way the pipeline loads it and scored through the pipeline's own
 preprocessing (``training.evaluate.classification_scores``) with lung masks from the lungs bundle, so
 every figure comes from running the model. A bundle that carries its lungs bundle (``input_lungs/``)
@@ -299,6 +302,12 @@ def card_section(results: dict[str, Any], new: str, old: str) -> str:
     return "\n".join(lines)
 
 
+def rows_of_split(rows: Sequence, split: str) -> list:
+    """The rows of ``split``; ``a+b`` names the rows of splits a and b together."""
+    wanted = set(split.split("+"))
+    return [r for r in rows if r.split in wanted]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", action="append", default=[], help="NAME=PATH (repeatable)")
@@ -331,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         name, _, path = item.partition("=")
         entry: dict[str, Any] = {"path": path}
         for split in args.splits:
-            rows = [r for r in all_rows if r.split == split]
+            rows = rows_of_split(all_rows, split)
             meta, usable, s, removed = score_bundle(
                 Path(path), rows, args.lung_bundle, args.cache_dir, lungs_removed=split == "test"
             )

@@ -22,6 +22,13 @@ first) of the frontal ieee8023 + NIH ChestX-ray14 images with a COVID-19 label, 
   "child = negative" shortcut would otherwise be on offer); they are a second collection the covid
   models never saw, for ``covid_pipeline_check --manifest`` (specificity on an unseen hospital).
 
+- ``nih_finding.csv`` (measurement only): the NIH rows of ``covid_multisource.csv`` with their split,
+  whose ``covid`` column is REPLACED by "any finding" (1 = "Pneumonia" or another finding, 0 = "No
+  Finding"; ``training.finding_head.has_finding``). A covid run on it learns abnormal vs normal lungs inside
+  one collection, where the collection cannot carry the label; scored on ieee8023 and OpenIST (which it
+  never saw) it measures whether such a label carries to another collection
+  (``training/configs/default/nih_finding_transfer.toml``). No shipped model trains on it.
+
 Why: in these sources COVID-positive images come from other hospitals than the negatives, and a model
 learns the source (data README, "What a naive model learns").
 """
@@ -36,6 +43,16 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def nih_finding_rows(multisource: list) -> list:
+    """Copies of the NIH rows, their split kept, labelled "any finding" in the ``covid`` column."""
+    from training.finding_head import has_finding
+
+    out = [copy.copy(r) for r in multisource if r.dataset == "nih_cxr14"]
+    for r in out:
+        r.covid = "1" if has_finding(r.findings) else "0"
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in kermany:
         r.split = "test"
     for name, variant in (("covid_mixed.csv", rows), ("covid_within.csv", within),
-                          ("covid_multisource.csv", multisource), ("covid_unseen_kermany.csv", kermany)):
+                          ("covid_multisource.csv", multisource), ("covid_unseen_kermany.csv", kermany),
+                          ("nih_finding.csv", nih_finding_rows(multisource))):
         check_leakage(variant)
         leaks = near_duplicate_leaks(variant)
         if leaks:
