@@ -257,6 +257,7 @@ class ClassificationData(Dataset):
         self.rows, self.spec, self.cache, self.input_spec = list(rows), spec, cache, input_spec
         self.variant, self.lung_masks = variant, lung_masks or {}
         size = int(input_spec.get("size", 256))
+        self.outside = float(input_spec.get("outside_value", 0.0))
         self.transform = _augmentation(["image"], seed, size, hflip=hflip) if augment else None
         self.acquisition = _acquisition_augmentation(seed + 1) if augment and acquisition else None
 
@@ -274,7 +275,9 @@ class ClassificationData(Dataset):
         )
         x = torch.from_numpy(np.array(arr, dtype=np.float32))
         if self.transform is not None:
-            x = torch.as_tensor(self.transform({"image": x})["image"]).float()
+            # Geometric augmentation pads with 0: shift so that 0 is the input's outside value while it runs,
+            # or a non-zero outside value would get a border of another value that inference never shows.
+            x = torch.as_tensor(self.transform({"image": x - self.outside})["image"]).float() + self.outside
         if self.acquisition is not None:
             x = torch.as_tensor(self.acquisition(x)).float()
         return x, torch.tensor(float(self.spec.label_of(row)))
