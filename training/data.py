@@ -239,6 +239,15 @@ def _acquisition_augmentation(seed: int):  # noqa: ANN202 - MONAI Compose
     return chain
 
 
+def augment_about(transform, x: torch.Tensor, outside: float) -> torch.Tensor:  # noqa: ANN001 - MONAI Compose
+    """Run a geometric augmentation with ``outside`` as its zero.
+
+    The affine pads with 0: shifted so that 0 is the input's outside value while it runs, a non-zero
+    outside value does not get a border of another value that inference never shows.
+    """
+    return torch.as_tensor(transform({"image": x - outside})["image"]).float() + outside
+
+
 class ClassificationData(Dataset):
     def __init__(
         self,
@@ -275,9 +284,7 @@ class ClassificationData(Dataset):
         )
         x = torch.from_numpy(np.array(arr, dtype=np.float32))
         if self.transform is not None:
-            # Geometric augmentation pads with 0: shift so that 0 is the input's outside value while it runs,
-            # or a non-zero outside value would get a border of another value that inference never shows.
-            x = torch.as_tensor(self.transform({"image": x - self.outside})["image"]).float() + self.outside
+            x = augment_about(self.transform, x, self.outside)
         if self.acquisition is not None:
             x = torch.as_tensor(self.acquisition(x)).float()
         return x, torch.tensor(float(self.spec.label_of(row)))
