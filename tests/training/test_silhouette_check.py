@@ -1,0 +1,47 @@
+"""training.recipes.silhouette_check: thumbnails, balanced weights, and out-of-fold scores that can fail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.metrics import roc_auc
+from training.recipes.silhouette_check import group_weights, main, out_of_fold_scores, thumbnails
+
+
+def test_thumbnails_are_block_means() -> None:
+    x = np.zeros((1, 4, 4))
+    x[0, :2, :2] = 1.0
+    assert thumbnails(x, 2).tolist() == [[1.0, 0.0, 0.0, 0.0]]
+    with pytest.raises(ValueError, match="multiple of grid"):
+        thumbnails(np.zeros((1, 5, 5)), 2)
+
+
+def test_every_group_gets_the_same_weight() -> None:
+    w = group_weights(["a", "a", "a", "b"])
+    assert w.sum() == pytest.approx(1.0)
+    assert w[:3].sum() == pytest.approx(w[3])
+
+
+def test_out_of_fold_scores_find_a_real_signal_and_not_a_missing_one() -> None:
+    rng = np.random.default_rng(0)
+    n = 200
+    y = rng.integers(0, 2, n)
+    folds = np.arange(n) % 5
+    groups = [f"d|{v}" for v in y]
+    trainable = np.ones(n, bool)
+    signal = rng.normal(size=(n, 6)) + y[:, None] * 1.5
+    noise = rng.normal(size=(n, 6))
+    assert roc_auc(y, out_of_fold_scores(signal, y, folds, trainable, groups, 0.01)) > 0.9
+    assert abs(roc_auc(y, out_of_fold_scores(noise, y, folds, trainable, groups, 0.01)) - 0.5) < 0.15
+
+
+def test_without_a_cross_validation_it_says_what_to_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'[run]\ntask = "covid"\nname = "x"\noutput_dir = "{tmp_path}"\n', encoding="utf-8")
+    assert main([str(config)]) == 2
+    assert "run training.recipes.crossval" in capsys.readouterr().err

@@ -1,0 +1,165 @@
+"""What the lung silhouette alone says: a linear model on WHICH input pixels are lung, out of fold.
+
+    .venv/bin/python -m training.recipes.silhouette_check CONFIG [--grid 16] [--l2 0.01] \
+        [--folds runs/crossval/<run name>/folds.csv] [--n-boot 1000] [--out runs/silhouette_<run name>.json]
+
+Why: a lungs-only covid input still shows the shape, size and place of the lung mask in the frame (the
+non-lung pixels are a constant). That silhouette carries disease (the lungs bundle leaves dense
+consolidation out of the mask) and collection (framing, patient position, the mask style a collection's
+pictures get), and a CNN can read it. This check measures how much, the way the lungs-removed check measures
+what lies outside the lungs.
+
+For each picture of CONFIG's cross-validation pool (``folds.csv`` of ``training.recipes.crossval``; run that
+first), the network input is prepared exactly as CONFIG's run prepares it (``classification_input``, masks
+from ``[run] lung_bundle``). Two feature sets, each a ``grid x grid`` mean-pooled thumbnail of the input:
+
+- ``silhouette``: 1 where the input pixel is lung, 0 elsewhere (pixels equal to the input's outside value);
+- ``intensity``: the input itself (the lung pixels' z-scores and the outside value).
+
+For fold k an L2 logistic regression (standardised features, fixed ``--l2``: no epoch or setting is chosen,
+so it trains on every other fold) is fitted on the folds' rows of the datasets CONFIG trains on
+(each dataset x class given equal weight, as ``source_balanced`` sampling draws them) and scores fold k.
+The pooled out-of-fold scores get the figures of ``training.recipes.covid_compare.split_report``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+FIGURES = ("within_ieee8023_auc", "covid_vs_openist_auc", "covid_vs_ieee8023_no_finding_auc",
+           "nih_finding_vs_no_finding_auc", "pooled_auc_ieee_nih", "source_index")
+
+
+def thumbnails(inputs: np.ndarray, grid: int) -> np.ndarray:
+    """(N, S, S) -> (N, grid * grid) block means; S must be a multiple of ``grid``."""
+    n, size, _ = inputs.shape
+    if size % grid:
+        raise ValueError(f"input size {size} is not a multiple of grid {grid}")
+    k = size // grid
+    return inputs.reshape(n, grid, k, grid, k).mean(axis=(2, 4)).reshape(n, -1)
+
+
+def group_weights(groups: list[str]) -> np.ndarray:
+    """Each distinct group gets the same total weight; the weights sum to 1."""
+    _, inverse, counts = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
+    w = 1.0 / counts[inverse]
+    return w / w.sum()
+
+
+def weighted_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float) -> np.ndarray:
+    """Coefficients (features..., intercept) of a weighted L2 logistic regression (L-BFGS, float64)."""
+    a = torch.tensor(x, dtype=torch.float64)
+    t = torch.tensor(y, dtype=torch.float64)
+    wt = torch.tensor(w, dtype=torch.float64)
+    coef = torch.zeros(a.shape[1] + 1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([coef], max_iter=300, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        z = a @ coef[:-1] + coef[-1]
+        loss = (wt * torch.nn.functional.binary_cross_entropy_with_logits(z, t, reduction="none")).sum()
+        loss = loss + l2 * (coef[:-1] ** 2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return coef.detach().numpy()
+
+
+def out_of_fold_scores(
+    features: np.ndarray,
+    y: np.ndarray,
+    folds: np.ndarray,
+    trainable: np.ndarray,
+    groups: list[str],
+    l2: float,
+) -> np.ndarray:
+    """Fold k's scores from a model fitted on the trainable rows of every other fold."""
+    scores = np.zeros(len(features))
+    for k in sorted(set(folds.tolist())):
+        fit, score = (folds != k) & trainable, folds == k
+        mu, sd = features[fit].mean(axis=0), features[fit].std(axis=0) + 1e-6
+        coef = weighted_logistic((features[fit] - mu) / sd, y[fit], group_weights(
+            [g for g, f in zip(groups, fit, strict=True) if f]), l2)
+        scores[score] = ((features[score] - mu) / sd) @ coef[:-1] + coef[-1]
+    return scores
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("config", type=Path)
+    ap.add_argument("--grid", type=int, default=16)
+    ap.add_argument("--l2", type=float, default=0.01)
+    ap.add_argument("--folds", type=Path, default=None)
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from training.cache import ArrayCache, classification_input
+    from training.config import load_config
+    from training.data import collect_rows
+    from training.errors import ConfigError
+    from training.recipes.covid_compare import split_report
+    from training.recipes.crossval import cv_dir
+    from training.tasks import TASK_SPECS
+    from training.trainers.loop import input_spec_dict, lung_masks_for
+
+    try:
+        cfg = load_config(args.config)
+        folds_csv = args.folds or cv_dir(cfg) / "folds.csv"
+        if not folds_csv.is_file():
+            raise ConfigError(f"{folds_csv} not found: run training.recipes.crossval {args.config} first")
+        fold_of = {r["image_path"]: int(r["fold"]) for r in csv.DictReader(folds_csv.open())}
+        spec = TASK_SPECS[cfg.task]
+        all_rows = [r for r in collect_rows(cfg) if spec.accepts(r)]
+        trained_on = {r.dataset for r in all_rows if r.split == "train"}
+        rows = [r for r in all_rows if r.image_path in fold_of]
+        in_spec = input_spec_dict(cfg, spec)
+        masks = lung_masks_for(cfg, spec, rows, in_spec)
+        if in_spec["mode"] == "lungs_only":
+            rows = [r for r in rows if r.lung_mask or r.image_path in masks]
+        cache = ArrayCache(cfg.data.cache_dir or cfg.run_dir.parent / "cache")
+        inputs = np.stack([
+            classification_input(cache, r, in_spec, lung_mask=masks.get(r.image_path))[0] for r in rows
+        ]).astype(np.float64)
+        feature_sets = {
+            "silhouette": thumbnails((inputs != in_spec["outside_value"]).astype(np.float64), args.grid),
+            "intensity": thumbnails(inputs, args.grid),
+        }
+    except (ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    y = np.array([spec.label_of(r) for r in rows], dtype=int)
+    ds = np.array([r.dataset for r in rows])
+    folds = np.array([fold_of[r.image_path] for r in rows])
+    trainable = np.isin(ds, sorted(trained_on))
+    groups = [f"{d}|{label}" for d, label in zip(ds, y, strict=True)]
+    report: dict[str, Any] = {"config": str(args.config), "folds": str(folds_csv), "grid": args.grid,
+                              "l2": args.l2, "images": len(rows), "features": {}}
+    for name, features in feature_sets.items():
+        scores = out_of_fold_scores(features, y, folds, trainable, groups, args.l2)
+        probs = 1 / (1 + np.exp(-scores))
+        full = split_report(y, probs, ds, 0.5, args.n_boot, None, [r.findings for r in rows])
+        report["features"][name] = {k: full.get(k) for k in FIGURES}
+        line = ", ".join(f"{k} {full[k]['auc']:.3f}" for k in FIGURES if full.get(k))
+        print(f"{name} ({args.grid}x{args.grid}, l2 {args.l2}): {line}")
+    out = args.out or Path(cfg.output_dir) / f"silhouette_{cfg.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1, default=float) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
