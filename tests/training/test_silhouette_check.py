@@ -45,3 +45,30 @@ def test_without_a_cross_validation_it_says_what_to_run(
     config.write_text(f'[run]\ntask = "covid"\nname = "x"\noutput_dir = "{tmp_path}"\n', encoding="utf-8")
     assert main([str(config)]) == 2
     assert "run training.recipes.crossval" in capsys.readouterr().err
+
+
+def test_out_of_fold_files_hold_the_mean_with_another_recipe(tmp_path: Path) -> None:
+    import csv
+
+    from training.errors import ConfigError
+    from training.manifest import ManifestRow
+    from training.recipes.silhouette_check import write_oof
+
+    rows = [ManifestRow(image_path=f"/i{i}.png", dataset="ieee8023", patient_id=f"p{i}", covid=str(i % 2))
+            for i in range(4)]
+    folds = np.array([0, 0, 1, 1])
+    (tmp_path / "folds.csv").write_text("image_path,fold\n", encoding="utf-8")
+    other = tmp_path / "cnn"
+    other.mkdir()
+    for k in (0, 1):
+        with (other / f"oof_fold{k}.csv").open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["image_path", "score"])
+            w.writerows([[r.image_path, "1.0"] for r, f in zip(rows, folds, strict=True) if f == k])
+    write_oof(tmp_path / "out", tmp_path / "folds.csv", rows, folds, np.array([0.0, 0.2, 0.4, 0.6]), other)
+    got = [rec for k in (0, 1) for rec in csv.DictReader((tmp_path / "out" / f"oof_fold{k}.csv").open())]
+    assert [float(rec["score"]) for rec in got] == [0.5, 0.6, 0.7, 0.8]
+    assert [rec["label"] for rec in got] == ["0", "1", "0", "1"]
+    (other / "oof_fold1.csv").unlink()
+    with pytest.raises(ConfigError, match="not found"):
+        write_oof(tmp_path / "out", tmp_path / "folds.csv", rows, folds, np.zeros(4), other)

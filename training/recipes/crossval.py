@@ -81,6 +81,10 @@ Session 9: a fourth cross-validation of A gave 0.777 (within-ieee8023 0.659); fo
 (within 0.654-0.701). A started from SimSiam weights learnt without labels on the non-test pictures
 (``training/recipes/pretrain_simsiam.py``, ``covid_ms_zscore_simsiam.toml``, rule in its header) scored 0.764
 (within 0.644; paired pooled selection -0.038 [-0.073, -0.006] against A's session-9 run): not shipped.
+A with non-lung pixels at -3 (``covid_ms_zscore_outside.toml``) 0.772 (within 0.656): not shipped. The mean of
+A's probability and a linear model of the lung silhouette (``training/recipes/silhouette_check.py``, whose
+``--oof-dir`` writes out-of-fold files that ``--aggregate`` reads; ``covid_ms_zscore_plus_silhouette.toml``)
+0.797 (within 0.691; paired +0.015 [-0.007, +0.035]): not shipped.
 """
 
 from __future__ import annotations

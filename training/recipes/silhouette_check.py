@@ -1,7 +1,8 @@
 """What the lung silhouette alone says: a linear model on WHICH input pixels are lung, out of fold.
 
     .venv/bin/python -m training.recipes.silhouette_check CONFIG [--grid 16] [--l2 0.01] \
-        [--folds runs/crossval/<run name>/folds.csv] [--n-boot 1000] [--out runs/silhouette_<run name>.json]
+        [--folds runs/crossval/<run name>/folds.csv] [--n-boot 1000] [--out runs/silhouette_<run name>.json] \
+        [--oof-dir DIR [--mean-with CV_DIR]]
 
 Why: a lungs-only covid input still shows the shape, size and place of the lung mask in the frame (the
 non-lung pixels are a constant). That silhouette carries disease (the lungs bundle leaves dense
@@ -20,6 +21,12 @@ For fold k an L2 logistic regression (standardised features, fixed ``--l2``: no 
 so it trains on every other fold) is fitted on the folds' rows of the datasets CONFIG trains on
 (each dataset x class given equal weight, as ``source_balanced`` sampling draws them) and scores fold k.
 The pooled out-of-fold scores get the figures of ``training.recipes.covid_compare.split_report``.
+
+``--oof-dir DIR`` also writes the silhouette model's out-of-fold probabilities as ``DIR/oof_fold<k>.csv``
+(the cross-validation's format, with its ``folds.csv``), so ``training.recipes.crossval --aggregate`` can
+report and pair them. With ``--mean-with CV_DIR`` the score written is instead the mean of the silhouette
+probability and the probability in ``CV_DIR/oof_fold<k>.csv`` (a cross-validated CNN on the same folds): the
+two-member combination of ``covid_ms_zscore_plus_silhouette.toml``.
 """
 
 from __future__ import annotations
@@ -96,6 +103,37 @@ def out_of_fold_scores(
     return scores
 
 
+def write_oof(
+    out_dir: Path, folds_csv: Path, rows: list, folds: np.ndarray, probs: np.ndarray, mean_with: Path | None
+) -> None:
+    """``oof_fold<k>.csv`` files of ``probs`` (or of their mean with ``mean_with``'s) plus ``folds.csv``."""
+    import shutil
+
+    from training.errors import ConfigError
+    from training.recipes.crossval import OOF_COLUMNS, read_records
+
+    other: dict[str, float] = {}
+    if mean_with is not None:
+        for k in sorted(set(folds.tolist())):
+            path = mean_with / f"oof_fold{k}.csv"
+            if not path.is_file():
+                raise ConfigError(f"{path} not found: cross-validate that recipe on the same folds first")
+            other.update({rec["image_path"]: float(rec["score"]) for rec in read_records(path)})
+        missing = [r.image_path for r in rows if r.image_path not in other]
+        if missing:
+            raise ConfigError(f"{mean_with} has no score for {len(missing)} pictures, e.g. {missing[0]}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(folds_csv, out_dir / "folds.csv")
+    for k in sorted(set(folds.tolist())):
+        with (out_dir / f"oof_fold{k}.csv").open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(OOF_COLUMNS)
+            for r, f, p in zip(rows, folds, probs, strict=True):
+                if f == k:
+                    score = 0.5 * (p + other[r.image_path]) if other else p
+                    w.writerow([r.image_path, r.patient_id, r.dataset, int(r.covid == "1"), f"{score:.6f}"])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("config", type=Path)
@@ -104,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folds", type=Path, default=None)
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--oof-dir", type=Path, default=None, help="write the silhouette out-of-fold scores here")
+    ap.add_argument("--mean-with", type=Path, default=None,
+                    help="a cross-validation folder: write the mean with its out-of-fold probabilities")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -153,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
         probs = 1 / (1 + np.exp(-scores))
         full = split_report(y, probs, ds, 0.5, args.n_boot, None, [r.findings for r in rows])
         report["features"][name] = {k: full.get(k) for k in FIGURES}
+        if name == "silhouette" and args.oof_dir:
+            try:
+                write_oof(args.oof_dir, folds_csv, rows, folds, probs, args.mean_with)
+            except ConfigError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
         line = ", ".join(f"{k} {full[k]['auc']:.3f}" for k in FIGURES if full.get(k))
         print(f"{name} ({args.grid}x{args.grid}, l2 {args.l2}): {line}")
     out = args.out or Path(cfg.output_dir) / f"silhouette_{cfg.name}.json"
