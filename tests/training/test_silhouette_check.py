@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from training.metrics import roc_auc
-from training.recipes.silhouette_check import group_weights, main, out_of_fold_scores, thumbnails
+from training.recipes.silhouette_check import asymmetry, group_weights, main, out_of_fold_scores, thumbnails
 
 
 def test_thumbnails_are_block_means() -> None:
@@ -17,6 +17,15 @@ def test_thumbnails_are_block_means() -> None:
     assert thumbnails(x, 2).tolist() == [[1.0, 0.0, 0.0, 0.0]]
     with pytest.raises(ValueError, match="multiple of grid"):
         thumbnails(np.zeros((1, 5, 5)), 2)
+
+
+def test_asymmetry_is_zero_for_a_mirror_symmetric_frame_and_not_for_one_lung() -> None:
+    both = np.zeros((1, 8, 8))
+    both[0, 2:6, 1:3] = both[0, 2:6, 5:7] = 1.0
+    one = both.copy()
+    one[0, :, 4:] = 0.0
+    assert asymmetry(both, 4).shape == (1, 8) and not asymmetry(both, 4).any()
+    assert asymmetry(one, 4).sum() > 0
 
 
 def test_every_group_gets_the_same_weight() -> None:

@@ -15,7 +15,10 @@ first), the network input is prepared exactly as CONFIG's run prepares it (``cla
 from ``[run] lung_bundle``). Two feature sets, each a ``grid x grid`` mean-pooled thumbnail of the input:
 
 - ``silhouette``: 1 where the input pixel is lung, 0 elsewhere (pixels equal to the input's outside value);
-- ``intensity``: the input itself (the lung pixels' z-scores and the outside value).
+- ``intensity``: the input itself (the lung pixels' z-scores and the outside value);
+- ``asymmetry``: how much the two sides of the frame differ, |x - x mirrored left-right|, of the silhouette and
+  of the intensity, the left half of each thumbnail (the right half repeats it). Why: COVID-19 pneumonia is
+  usually bilateral, bacterial pneumonia often one lobe of one lung.
 
 For fold k an L2 logistic regression (standardised features, fixed ``--l2``: no epoch or setting is chosen,
 so it trains on every other fold) is fitted on the folds' rows of the datasets CONFIG trains on
@@ -55,6 +58,12 @@ def thumbnails(inputs: np.ndarray, grid: int) -> np.ndarray:
         raise ValueError(f"input size {size} is not a multiple of grid {grid}")
     k = size // grid
     return inputs.reshape(n, grid, k, grid, k).mean(axis=(2, 4)).reshape(n, -1)
+
+
+def asymmetry(inputs: np.ndarray, grid: int) -> np.ndarray:
+    """Left half of the ``grid x grid`` thumbnail of |x - x mirrored left-right| (the right half repeats it)."""
+    diff = thumbnails(np.abs(inputs - inputs[:, :, ::-1]), grid).reshape(len(inputs), grid, grid)
+    return diff[:, :, : grid // 2].reshape(len(inputs), -1)
 
 
 def group_weights(groups: list[str]) -> np.ndarray:
@@ -175,9 +184,11 @@ def main(argv: list[str] | None = None) -> int:
         inputs = np.stack([
             classification_input(cache, r, in_spec, lung_mask=masks.get(r.image_path))[0] for r in rows
         ]).astype(np.float64)
+        lung = (inputs != in_spec["outside_value"]).astype(np.float64)
         feature_sets = {
-            "silhouette": thumbnails((inputs != in_spec["outside_value"]).astype(np.float64), args.grid),
+            "silhouette": thumbnails(lung, args.grid),
             "intensity": thumbnails(inputs, args.grid),
+            "asymmetry": np.concatenate([asymmetry(lung, args.grid), asymmetry(inputs, args.grid)], axis=1),
         }
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
