@@ -16,9 +16,9 @@ from ``[run] lung_bundle``). Two feature sets, each a ``grid x grid`` mean-poole
 
 - ``silhouette``: 1 where the input pixel is lung, 0 elsewhere (pixels equal to the input's outside value);
 - ``intensity``: the input itself (the lung pixels' z-scores and the outside value);
-- ``asymmetry``: how much the two sides of the frame differ, |x - x mirrored left-right|, of the silhouette and
-  of the intensity, the left half of each thumbnail (the right half repeats it). Why: COVID-19 pneumonia is
-  usually bilateral, bacterial pneumonia often one lobe of one lung.
+- ``asymmetry``: how much the two sides of the frame differ, |x - x mirrored left-right|, of the silhouette
+  and of the intensity, the left half of each thumbnail (the right half repeats it). Why: COVID-19 pneumonia
+  is usually bilateral, bacterial pneumonia often one lobe of one lung.
 
 For fold k an L2 logistic regression (standardised features, fixed ``--l2``: no epoch or setting is chosen,
 so it trains on every other fold) is fitted on the folds' rows of the datasets CONFIG trains on
@@ -61,7 +61,9 @@ def thumbnails(inputs: np.ndarray, grid: int) -> np.ndarray:
 
 
 def asymmetry(inputs: np.ndarray, grid: int) -> np.ndarray:
-    """Left half of the ``grid x grid`` thumbnail of |x - x mirrored left-right| (the right half repeats it)."""
+    """Left half of the ``grid x grid`` thumbnail of |x - x mirrored left-right|.
+
+    The right half would repeat it, mirrored."""
     diff = thumbnails(np.abs(inputs - inputs[:, :, ::-1]), grid).reshape(len(inputs), grid, grid)
     return diff[:, :, : grid // 2].reshape(len(inputs), -1)
 
