@@ -74,10 +74,22 @@ def test_out_of_fold_files_hold_the_mean_with_another_recipe(tmp_path: Path) -> 
             w = csv.writer(fh)
             w.writerow(["image_path", "score"])
             w.writerows([[r.image_path, "1.0"] for r, f in zip(rows, folds, strict=True) if f == k])
-    write_oof(tmp_path / "out", tmp_path / "folds.csv", rows, folds, np.array([0.0, 0.2, 0.4, 0.6]), other)
-    got = [rec for k in (0, 1) for rec in csv.DictReader((tmp_path / "out" / f"oof_fold{k}.csv").open())]
-    assert [float(rec["score"]) for rec in got] == [0.5, 0.6, 0.7, 0.8]
-    assert [rec["label"] for rec in got] == ["0", "1", "0", "1"]
+    probs = np.array([0.0, 0.2, 0.4, 0.6])
+
+    def written() -> list[float]:
+        return [float(rec["score"]) for k in (0, 1)
+                for rec in csv.DictReader((tmp_path / "out" / f"oof_fold{k}.csv").open())]
+
+    write_oof(tmp_path / "out", tmp_path / "folds.csv", rows, folds, probs, [other])
+    assert written() == [0.5, 0.6, 0.7, 0.8]
+    first = list(csv.DictReader((tmp_path / "out" / "oof_fold0.csv").open()))
+    assert [rec["label"] for rec in first] == ["0", "1"]
+    write_oof(tmp_path / "out", tmp_path / "folds.csv", rows, folds, probs, [other], weight=0.0)
+    assert written() == [1.0] * 4  # the CNNs' mean alone
+    write_oof(tmp_path / "out", tmp_path / "folds.csv", rows, folds, probs)
+    assert written() == pytest.approx(probs.tolist())  # the silhouette model alone
+    with pytest.raises(ConfigError, match="not in"):
+        write_oof(tmp_path / "out", tmp_path / "folds.csv", rows, folds, probs, [other], weight=2.0)
     (other / "oof_fold1.csv").unlink()
     with pytest.raises(ConfigError, match="not found"):
-        write_oof(tmp_path / "out", tmp_path / "folds.csv", rows, folds, np.zeros(4), other)
+        write_oof(tmp_path / "out", tmp_path / "folds.csv", rows, folds, np.zeros(4), [other])

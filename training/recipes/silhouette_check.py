@@ -2,7 +2,7 @@
 
     .venv/bin/python -m training.recipes.silhouette_check CONFIG [--grid 16] [--l2 0.01] \
         [--folds runs/crossval/<run name>/folds.csv] [--n-boot 1000] [--out runs/silhouette_<run name>.json] \
-        [--oof-dir DIR [--mean-with CV_DIR]]
+        [--oof-dir DIR [--mean-with CV_DIR [CV_DIR ...]] [--silhouette-weight 0.5]]
 
 Why: a lungs-only covid input still shows the shape, size and place of the lung mask in the frame (the
 non-lung pixels are a constant). That silhouette carries disease (the lungs bundle leaves dense
@@ -27,9 +27,10 @@ The pooled out-of-fold scores get the figures of ``training.recipes.covid_compar
 
 ``--oof-dir DIR`` also writes the silhouette model's out-of-fold probabilities as ``DIR/oof_fold<k>.csv``
 (the cross-validation's format, with its ``folds.csv``), so ``training.recipes.crossval --aggregate`` can
-report and pair them. With ``--mean-with CV_DIR`` the score written is instead the mean of the silhouette
-probability and the probability in ``CV_DIR/oof_fold<k>.csv`` (a cross-validated CNN on the same folds): the
-two-member combination of ``covid_ms_zscore_plus_silhouette.toml``.
+report and pair them. With ``--mean-with CV_DIR ...`` the score written is instead
+``w x P(silhouette) + (1 - w) x`` the mean of the probabilities in each ``CV_DIR/oof_fold<k>.csv``
+(cross-validated CNNs on the same folds), ``w = --silhouette-weight`` (0.5: the combination of
+``covid_ms_zscore_plus_silhouette.toml``; 0: the CNNs' mean alone).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import csv
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,24 +117,36 @@ def out_of_fold_scores(
 
 
 def write_oof(
-    out_dir: Path, folds_csv: Path, rows: list, folds: np.ndarray, probs: np.ndarray, mean_with: Path | None
+    out_dir: Path,
+    folds_csv: Path,
+    rows: list,
+    folds: np.ndarray,
+    probs: np.ndarray,
+    mean_with: Sequence[Path] = (),
+    weight: float = 0.5,
 ) -> None:
-    """``oof_fold<k>.csv`` files of ``probs`` (or of their mean with ``mean_with``'s) plus ``folds.csv``."""
+    """``oof_fold<k>.csv`` files of ``probs`` (or of ``weight x probs + (1 - weight) x`` the mean of
+    ``mean_with``'s probabilities) plus ``folds.csv``."""
     import shutil
 
     from training.errors import ConfigError
     from training.recipes.crossval import OOF_COLUMNS, read_records
 
+    if not 0.0 <= weight <= 1.0:
+        raise ConfigError(f"silhouette weight {weight} is not in [0, 1]")
     other: dict[str, float] = {}
-    if mean_with is not None:
+    for cv in mean_with:
+        scores: dict[str, float] = {}
         for k in sorted(set(folds.tolist())):
-            path = mean_with / f"oof_fold{k}.csv"
+            path = cv / f"oof_fold{k}.csv"
             if not path.is_file():
                 raise ConfigError(f"{path} not found: cross-validate that recipe on the same folds first")
-            other.update({rec["image_path"]: float(rec["score"]) for rec in read_records(path)})
-        missing = [r.image_path for r in rows if r.image_path not in other]
+            scores.update({rec["image_path"]: float(rec["score"]) for rec in read_records(path)})
+        missing = [r.image_path for r in rows if r.image_path not in scores]
         if missing:
-            raise ConfigError(f"{mean_with} has no score for {len(missing)} pictures, e.g. {missing[0]}")
+            raise ConfigError(f"{cv} has no score for {len(missing)} pictures, e.g. {missing[0]}")
+        for r in rows:
+            other[r.image_path] = other.get(r.image_path, 0.0) + scores[r.image_path] / len(mean_with)
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(folds_csv, out_dir / "folds.csv")
     for k in sorted(set(folds.tolist())):
@@ -141,7 +155,7 @@ def write_oof(
             w.writerow(OOF_COLUMNS)
             for r, f, p in zip(rows, folds, probs, strict=True):
                 if f == k:
-                    score = 0.5 * (p + other[r.image_path]) if other else p
+                    score = weight * p + (1 - weight) * other[r.image_path] if other else p
                     w.writerow([r.image_path, r.patient_id, r.dataset, int(r.covid == "1"), f"{score:.6f}"])
 
 
@@ -154,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--oof-dir", type=Path, default=None, help="write the silhouette out-of-fold scores here")
-    ap.add_argument("--mean-with", type=Path, default=None,
-                    help="a cross-validation folder: write the mean with its out-of-fold probabilities")
+    ap.add_argument("--mean-with", type=Path, nargs="+", default=[],
+                    help="cross-validation folders: combine with the mean of their out-of-fold probabilities")
+    ap.add_argument("--silhouette-weight", type=float, default=0.5)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -209,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         report["features"][name] = {k: full.get(k) for k in FIGURES}
         if name == "silhouette" and args.oof_dir:
             try:
-                write_oof(args.oof_dir, folds_csv, rows, folds, probs, args.mean_with)
+                write_oof(args.oof_dir, folds_csv, rows, folds, probs, args.mean_with, args.silhouette_weight)
             except ConfigError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
