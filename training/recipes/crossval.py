@@ -84,7 +84,9 @@ Session 9: a fourth cross-validation of A gave 0.777 (within-ieee8023 0.659); fo
 A with non-lung pixels at -3 (``covid_ms_zscore_outside.toml``) 0.772 (within 0.656): not shipped. The mean of
 A's probability and a linear model of the lung silhouette (``training/recipes/silhouette_check.py``, whose
 ``--oof-dir`` writes out-of-fold files that ``--aggregate`` reads; ``covid_ms_zscore_plus_silhouette.toml``)
-0.797 (within 0.691; paired +0.015 [-0.007, +0.035]): not shipped.
+0.797 (within 0.691; paired +0.015 [-0.007, +0.035]): not shipped. With the CNN half the mean of three seeds of A
+per fold (``covid_ms_zscore_x3_plus_silhouette.toml``): 0.812 (within 0.696; paired +0.035 [+0.007, +0.062]): not
+shipped; the three-seed mean alone gave 0.814 (within 0.681). Runs of A with two other seeds: 0.794 and 0.778.
 """
 
 from __future__ import annotations
