@@ -1,7 +1,8 @@
 """K-fold cross-validation of one classification recipe over the non-test images of its manifest.
 
     .venv/bin/python -m training.recipes.crossval CONFIG [--folds 5] [--fold-seed 0] \
-        [--only K ...] [--aggregate] [--set SECTION.KEY=VALUE ...]
+        [--only K ...] [--aggregate] [--with-runs NAME ...] [--export-ensemble NAME VERSION] \
+        [--set SECTION.KEY=VALUE ...]
 
 Why: a recipe judged on one validation split is judged on few images. The covid validation split holds
 17 ieee8023 non-COVID images, so one run's within-collection AUC moves by about +-0.05 between seeds
@@ -84,9 +85,10 @@ Session 9: a fourth cross-validation of A gave 0.777 (within-ieee8023 0.659); fo
 A with non-lung pixels at -3 (``covid_ms_zscore_outside.toml``) 0.772 (within 0.656): not shipped. The mean of
 A's probability and a linear model of the lung silhouette (``training/recipes/silhouette_check.py``, whose
 ``--oof-dir`` writes out-of-fold files that ``--aggregate`` reads; ``covid_ms_zscore_plus_silhouette.toml``)
-0.797 (within 0.691; paired +0.015 [-0.007, +0.035]): not shipped. With the CNN half the mean of three seeds of A
-per fold (``covid_ms_zscore_x3_plus_silhouette.toml``): 0.812 (within 0.696; paired +0.035 [+0.007, +0.062]): not
-shipped; the three-seed mean alone gave 0.814 (within 0.681). Runs of A with two other seeds: 0.794 and 0.778.
+0.797 (within 0.691; paired +0.015 [-0.007, +0.035]): not shipped. With the CNN half the mean of three seeds
+of A per fold (``covid_ms_zscore_x3_plus_silhouette.toml``): 0.812 (within 0.696; paired +0.035 [+0.007,
++0.062]): not shipped; the three-seed mean alone gave 0.814 (within 0.681). Runs of A with two other seeds:
+0.794 and 0.778. ``--with-runs`` reports such a mean of seeds directly and exports all their fold models.
 """
 
 from __future__ import annotations
@@ -286,12 +288,18 @@ def read_records(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def aggregate(cfg: RunConfig, n_folds: int, n_boot: int) -> dict[str, Any]:
-    """Pooled and per-fold out-of-fold figures (every fold must have been scored)."""
+def aggregate(
+    cfg: RunConfig, n_folds: int, n_boot: int, with_runs: Sequence[RunConfig] = ()
+) -> dict[str, Any]:
+    """Pooled and per-fold out-of-fold figures (every fold must have been scored).
+
+    ``with_runs``: other cross-validations of the recipe on the same folds (other seeds); each image's
+    score is then the mean of all the runs' probabilities, as in their mean-ensemble bundle.
+    """
     from training.metrics import choose_threshold
     from training.recipes.covid_compare import auc_ci, split_report
 
-    records = [(k, rec) for k, recs in read_oof_folds(cfg, n_folds).items() for rec in recs]
+    records = [(k, rec) for k, recs in read_oof_mean([cfg, *with_runs], n_folds).items() for rec in recs]
     y = np.array([int(rec["label"]) for _, rec in records])
     s = np.array([float(rec["score"]) for _, rec in records])
     ds = np.array([rec["dataset"] for _, rec in records])
@@ -299,6 +307,7 @@ def aggregate(cfg: RunConfig, n_folds: int, n_boot: int) -> dict[str, Any]:
     threshold = choose_threshold(y, s, method="youden")
     report: dict[str, Any] = {
         "config": str(cfg.source_file),
+        "runs": [c.name for c in (cfg, *with_runs)],
         "folds": n_folds,
         "images": int(y.size),
         "positives": int(y.sum()),
@@ -331,7 +340,8 @@ def aggregate(cfg: RunConfig, n_folds: int, n_boot: int) -> dict[str, Any]:
 
 
 def paired_difference(
-    cfg: RunConfig, other: RunConfig, n_folds: int, n_boot: int, seed: int = 0
+    cfg: RunConfig, other: RunConfig, n_folds: int, n_boot: int, seed: int = 0,
+    with_runs: Sequence[RunConfig] = (),
 ) -> dict[str, Any]:
     """This recipe's pooled out-of-fold AUCs minus ``other``'s on the same images, with a paired
     bootstrap 95% CI (one resample of the images, both recipes' scores kept with their image).
@@ -340,11 +350,11 @@ def paired_difference(
     """
     from training.trainers.covid import selection_aucs
 
-    def load(c: RunConfig) -> dict[str, dict[str, str]]:
-        folds = read_oof_folds(c, n_folds)
+    def load(cs: Sequence[RunConfig]) -> dict[str, dict[str, str]]:
+        folds = read_oof_mean(cs, n_folds)
         return {rec["image_path"]: {**rec, "fold": str(k)} for k, recs in folds.items() for rec in recs}
 
-    mine, theirs = load(cfg), load(other)
+    mine, theirs = load([cfg, *with_runs]), load([other])
     if set(mine) != set(theirs):
         raise ConfigError(f"{cv_dir(cfg)} and {cv_dir(other)} scored different images: not the same folds")
     paths = sorted(mine)
@@ -386,10 +396,29 @@ def read_oof_folds(cfg: RunConfig, n_folds: int) -> dict[int, list[dict[str, str
     return {k: read_records(root / f"oof_fold{k}.csv") for k in range(n_folds)}
 
 
+def read_oof_mean(cfgs: Sequence[RunConfig], n_folds: int) -> dict[int, list[dict[str, str]]]:
+    """``read_oof_folds`` of the first run, each score replaced by the mean over all the runs."""
+    runs = [read_oof_folds(c, n_folds) for c in cfgs]
+    if len(runs) == 1:
+        return runs[0]
+    out: dict[int, list[dict[str, str]]] = {}
+    for k, recs in runs[0].items():
+        per_run = [{rec["image_path"]: float(rec["score"]) for rec in r[k]} for r in runs]
+        if any(set(p) != set(per_run[0]) for p in per_run):
+            names = [c.name for c in cfgs]
+            raise ConfigError(f"fold {k}: {names} scored different images: not the same folds")
+        out[k] = [{**rec, "score": f"{np.mean([p[rec['image_path']] for p in per_run]):.6f}"} for rec in recs]
+    return out
+
+
 def export_fold_ensemble(
-    config: Path, report: dict[str, Any], name: str, version: str, overrides: dict[str, Any]
+    config: Path, report: dict[str, Any], name: str, version: str, overrides: dict[str, Any],
+    with_runs: Sequence[str] = (),
 ) -> Path:
     """The mean of the K fold models as one bundle (``runs/<name>``), on the recipe's own split.
+
+    ``with_runs`` (names of other cross-validations of CONFIG on the same folds, e.g. other seeds): their
+    fold models are members too, and ``report`` must be the pooled report of all the runs' mean.
 
     No member trained on, or chose its epoch on, the recipe's test split (the pool excludes it; checked
     here again), so the bundle's test figures are held out for every member. Its threshold is the
@@ -413,14 +442,18 @@ def export_fold_ensemble(
     spec = TASK_SPECS[cfg.task]
     rows, _path, manifest_sha = prepare_rows(cfg, spec, DistContext())
     test_images = {r.image_path for r in rows if r.split == "test"}
-    members, fold_names = [], []
-    for k in range(n_folds):
-        fc = fold_config(config, k, cv_dir(base) / f"fold{k}.csv", overrides)
-        with (cv_dir(base) / f"fold{k}.csv").open(encoding="utf-8") as fh:
-            if test_images & {rec["image_path"] for rec in csv.DictReader(fh)}:
-                raise ConfigError(f"fold {k}'s manifest holds test images of {cfg.data.manifest}")
-        members.append(load_bundle(fc.run_dir / "bundles" / fc.name, cfg.task))
-        fold_names.append(fc.name)
+    members, fold_names, fold_index = [], [], []
+    for run in [base.name, *with_runs]:
+        run_overrides = {**overrides, "run.name": run}
+        root = cv_dir(load_config(config, overrides=run_overrides))
+        for k in range(n_folds):
+            fc = fold_config(config, k, root / f"fold{k}.csv", run_overrides)
+            with (root / f"fold{k}.csv").open(encoding="utf-8") as fh:
+                if test_images & {rec["image_path"] for rec in csv.DictReader(fh)}:
+                    raise ConfigError(f"{run} fold {k}'s manifest holds test images of {cfg.data.manifest}")
+            members.append(load_bundle(fc.run_dir / "bundles" / fc.name, cfg.task))
+            fold_names.append(fc.name)
+            fold_index.append(k)
     epochs = [int(b.metadata.metrics.get("best_epoch", -1)) for b in members]
     bundle = export_mean_ensemble(
         cfg, [b.network for b in members], [b.metadata.network_def for b in members], epochs, rows,
@@ -428,7 +461,7 @@ def export_fold_ensemble(
     )
     meta_path = bundle / "configs" / "metadata.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    method = f"Youden on the pooled out-of-fold scores of the {n_folds} fold models (cross-validation)"
+    method = f"Youden on the pooled out-of-fold scores of the {len(members)} fold models (cross-validation)"
     card_path = bundle / "docs" / "README.md"  # the card names the method the exporter was given
     card_path.write_text(card_path.read_text(encoding="utf-8").replace(meta["threshold_method"], method))
     meta["threshold_method"] = method
@@ -436,13 +469,15 @@ def export_fold_ensemble(
         "combination": "mean of the fold models' P(positive); Grad-CAM: mean of the members' maps",
         "members": [
             {"name": n, "fold": k, "best_epoch": e, "weights_sha256": b.metadata.weights.get("sha256")}
-            for k, (n, e, b) in enumerate(zip(fold_names, epochs, members, strict=True))
+            for k, n, e, b in zip(fold_index, fold_names, epochs, members, strict=True)
         ],
     }
     meta["crossval"] = {
         "folds": n_folds,
         "config": str(config),
-        "threshold": f"Youden on the pooled out-of-fold scores of the {n_folds} fold models: {threshold:.4f}",
+        "threshold": f"Youden on the pooled out-of-fold scores of the {len(members)} fold models: "
+        f"{threshold:.4f}",
+        "runs": [base.name, *with_runs],
         "validation_metrics_in_sample": "every validation image was a training image of some members: the "
         "out-of-fold figures below, not metrics.validation, estimate the recipe",
         "pooled": report["pooled"],
@@ -512,6 +547,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="after the report: export the mean of the fold models as one bundle (runs/NAME)")
     ap.add_argument("--against", type=Path, help="another covid recipe cross-validated on the same folds: "
                     "report this one's AUCs minus that one's, with a paired bootstrap CI")
+    ap.add_argument("--with-runs", nargs="+", default=[], metavar="NAME",
+                    help="other cross-validations of CONFIG on the same folds (e.g. --set run.seed=S --set "
+                    "run.name=NAME): report the mean of all the runs (runs/crossval/<name>+<N>) and export "
+                    "every run's fold models")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -527,18 +566,24 @@ def main(argv: list[str] | None = None) -> int:
                 run_fold(args.config, k, args.folds, args.fold_seed, overrides)
             if args.only:
                 return 0
-        report = aggregate(cfg, args.folds, args.n_boot)
+        with_runs = [load_config(args.config, overrides={**overrides, "run.name": n}) for n in args.with_runs]
+        report = aggregate(cfg, args.folds, args.n_boot, with_runs)
         if args.against:
             if cfg.task != "covid":
                 raise ConfigError("--against compares covid figures")
-            report["paired"] = paired_difference(cfg, load_config(args.against), args.folds, args.n_boot)
+            report["paired"] = paired_difference(
+                cfg, load_config(args.against), args.folds, args.n_boot, with_runs=with_runs
+            )
     except (ConfigError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    root = cv_dir(cfg)
+    root = cv_dir(cfg) if not args.with_runs else cv_dir(cfg).parent / f"{cfg.name}+{len(args.with_runs)}"
+    root.mkdir(parents=True, exist_ok=True)
     if args.export_ensemble:
         try:
-            bundle = export_fold_ensemble(args.config, report, *args.export_ensemble, overrides)
+            bundle = export_fold_ensemble(
+                args.config, report, *args.export_ensemble, overrides, with_runs=args.with_runs
+            )
         except (TrainingError, ValueError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
