@@ -89,6 +89,8 @@ A's probability and a linear model of the lung silhouette (``training/recipes/si
 of A per fold (``covid_ms_zscore_x3_plus_silhouette.toml``): 0.812 (within 0.696; paired +0.035 [+0.007,
 +0.062]): not shipped; the three-seed mean alone gave 0.814 (within 0.681). Runs of A with two other seeds:
 0.794 and 0.778. ``--with-runs`` reports such a mean of seeds directly and exports all their fold models.
+The confirmation on three fresh seeds (``covid_ms_zscore_seeds_confirm.toml``, rule in its header) did not
+replicate it: paired pooled selection -0.004 [-0.039, +0.029], within 0.651; not shipped.
 """
 
 from __future__ import annotations
