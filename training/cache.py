@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +122,16 @@ class ArrayCache:
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npy")
             np.save(tmp, np.ascontiguousarray(arr))
             tmp.replace(path)  # atomic: a reader never sees half a file (two DDP ranks may race)
+
+
+def rows_with_input(
+    rows: Sequence[ManifestRow], spec_dict: dict, lung_masks: dict[str, np.ndarray]
+) -> list[ManifestRow]:
+    """The rows a classifier can take: all of them, or in ``lungs_only`` mode those with a lung mask
+    (the manifest's own, or one predicted for the image in ``lung_masks``)."""
+    if spec_dict.get("mode", "whole_image") != "lungs_only":
+        return list(rows)
+    return [r for r in rows if r.lung_mask or r.image_path in lung_masks]
 
 
 def classification_input(

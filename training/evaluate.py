@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from training.cache import ArrayCache, classification_input, load_mask, load_source
+from training.cache import ArrayCache, classification_input, load_mask, load_source, rows_with_input
 from training.manifest import ManifestRow, read_manifest
 from training.metrics import (
     binary_classification_report,
@@ -86,7 +86,7 @@ def evaluate_classification(
     seed: int = 0,
 ) -> dict[str, Any]:
     lung_masks = lung_masks or {}
-    usable = [r for r in rows if in_spec["mode"] != "lungs_only" or r.lung_mask or r.image_path in lung_masks]
+    usable = rows_with_input(rows, in_spec, lung_masks)
     y = np.array([labels_of(r) for r in usable], dtype=np.int64)
     scores = classification_scores(net, usable, cache, in_spec, lung_masks=lung_masks, device=device)
     report = binary_classification_report(y, scores, threshold, n_boot=n_boot, seed=seed)

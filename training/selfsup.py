@@ -159,7 +159,8 @@ def pretrain(
         generator=torch.Generator().manual_seed(settings.seed),
     )
     lr = settings.lr * settings.batch_size / 256
-    backbone = [p for n, p in net.named_parameters() if not n.startswith(_prefix(net, hook.layer))]
+    output_layer = {id(p) for p in hook.layer.parameters()}
+    backbone = [p for p in net.parameters() if id(p) not in output_layer]
     optimizer = torch.optim.SGD(
         [{"params": backbone + list(heads.projector.parameters()), "fix_lr": False},
          {"params": list(heads.predictor.parameters()), "fix_lr": True}],
@@ -195,10 +196,3 @@ def pretrain(
                            "lower the learning rate or the epochs")
     return history
 
-
-def _prefix(net: nn.Module, layer: nn.Module) -> str:
-    """The parameter-name prefix of ``layer`` inside ``net`` (the output layer, which SimSiam never uses)."""
-    for name, module in net.named_modules():
-        if module is layer:
-            return name + "."
-    raise ValueError("layer is not part of the network")

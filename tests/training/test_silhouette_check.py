@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from training.metrics import roc_auc
-from training.recipes.silhouette_check import asymmetry, group_weights, main, out_of_fold_scores, thumbnails
+from training.recipes.silhouette_check import asymmetry, fit_weights, main, out_of_fold_scores, thumbnails
 
 
 def test_thumbnails_are_block_means() -> None:
@@ -29,9 +29,15 @@ def test_asymmetry_is_zero_for_a_mirror_symmetric_frame_and_not_for_one_lung() -
 
 
 def test_every_group_gets_the_same_weight() -> None:
-    w = group_weights(["a", "a", "a", "b"])
+    from training.manifest import ManifestRow
+    from training.tasks import COVID
+
+    rows = [ManifestRow(image_path=f"/{i}.png", dataset=d, source=d, patient_id=f"p{i}", covid=c)
+            for i, (d, c) in enumerate([("a", "0"), ("a", "0"), ("a", "0"), ("b", "0")])]
+    w = fit_weights(rows, COVID, "source_balanced")
     assert w.sum() == pytest.approx(1.0)
     assert w[:3].sum() == pytest.approx(w[3])
+    assert fit_weights(rows, COVID, "shuffle").tolist() == [0.25] * 4  # the recipe's own draw
 
 
 def test_out_of_fold_scores_find_a_real_signal_and_not_a_missing_one() -> None:
@@ -39,12 +45,16 @@ def test_out_of_fold_scores_find_a_real_signal_and_not_a_missing_one() -> None:
     n = 200
     y = rng.integers(0, 2, n)
     folds = np.arange(n) % 5
-    groups = [f"d|{v}" for v in y]
+
+    def weigh(fit: np.ndarray) -> np.ndarray:  # each class the same total weight
+        w = np.where(y[fit] == 1, 1.0 / (y[fit] == 1).sum(), 1.0 / (y[fit] == 0).sum())
+        return w / w.sum()
+
     trainable = np.ones(n, bool)
     signal = rng.normal(size=(n, 6)) + y[:, None] * 1.5
     noise = rng.normal(size=(n, 6))
-    assert roc_auc(y, out_of_fold_scores(signal, y, folds, trainable, groups, 0.01)) > 0.9
-    assert abs(roc_auc(y, out_of_fold_scores(noise, y, folds, trainable, groups, 0.01)) - 0.5) < 0.15
+    assert roc_auc(y, out_of_fold_scores(signal, y, folds, trainable, weigh, 0.01)) > 0.9
+    assert abs(roc_auc(y, out_of_fold_scores(noise, y, folds, trainable, weigh, 0.01)) - 0.5) < 0.15
 
 
 def test_without_a_cross_validation_it_says_what_to_run(
@@ -80,16 +90,17 @@ def test_out_of_fold_files_hold_the_mean_with_another_recipe(tmp_path: Path) -> 
         return [float(rec["score"]) for k in (0, 1)
                 for rec in csv.DictReader((tmp_path / "out" / f"oof_fold{k}.csv").open())]
 
-    write_oof(tmp_path / "out", tmp_path / "folds.csv", rows, folds, probs, [other])
+    labels = np.array([0, 1, 0, 1])
+    write_oof(tmp_path / "out", tmp_path / "folds.csv", rows, labels, folds, probs, [other])
     assert written() == [0.5, 0.6, 0.7, 0.8]
     first = list(csv.DictReader((tmp_path / "out" / "oof_fold0.csv").open()))
     assert [rec["label"] for rec in first] == ["0", "1"]
-    write_oof(tmp_path / "out", tmp_path / "folds.csv", rows, folds, probs, [other], weight=0.0)
+    write_oof(tmp_path / "out", tmp_path / "folds.csv", rows, labels, folds, probs, [other], weight=0.0)
     assert written() == [1.0] * 4  # the CNNs' mean alone
-    write_oof(tmp_path / "out", tmp_path / "folds.csv", rows, folds, probs)
+    write_oof(tmp_path / "out", tmp_path / "folds.csv", rows, labels, folds, probs)
     assert written() == pytest.approx(probs.tolist())  # the silhouette model alone
     with pytest.raises(ConfigError, match="not in"):
-        write_oof(tmp_path / "out", tmp_path / "folds.csv", rows, folds, probs, [other], weight=2.0)
+        write_oof(tmp_path / "out", tmp_path / "folds.csv", rows, labels, folds, probs, [other], weight=2.0)
     (other / "oof_fold1.csv").unlink()
     with pytest.raises(ConfigError, match="not found"):
-        write_oof(tmp_path / "out", tmp_path / "folds.csv", rows, folds, np.zeros(4), [other])
+        write_oof(tmp_path / "out", tmp_path / "folds.csv", rows, labels, folds, np.zeros(4), [other])

@@ -237,7 +237,7 @@ def score_rows(
 ) -> tuple[list[ManifestRow], np.ndarray]:
     """P(positive) of ``rows`` from the bundle, through the pipeline's preprocessing."""
     from pipelines.bundle import input_lungs_dir, load_bundle, read_metadata
-    from training.cache import ArrayCache
+    from training.cache import ArrayCache, rows_with_input
     from training.evaluate import classification_scores, predict_lung_masks
 
     meta = read_metadata(bundle_dir)
@@ -249,7 +249,7 @@ def score_rows(
         lungs = input_lungs_dir(bundle_dir) or (Path(cfg.lung_bundle) if cfg.lung_bundle else None)
         if lungs is not None:
             masks = predict_lung_masks(lungs, list(rows), cache)
-    usable = [r for r in rows if in_spec["mode"] != "lungs_only" or r.image_path in masks or r.lung_mask]
+    usable = rows_with_input(rows, in_spec, masks)
     return usable, np.asarray(classification_scores(bundle.network, usable, cache, in_spec, lung_masks=masks))
 
 

@@ -6,8 +6,8 @@
 The pool is every row of CONFIG's manifest that its task accepts, that is NOT in the test split and
 whose dataset has train rows (a collection that no labelled run trains on, such as OpenIST for covid,
 stays an unseen-source check), prepared exactly as the labelled run prepares its inputs
-(``training.cache.classification_input``; lungs-only recipes get their masks from ``[run] lung_bundle``,
-as in training). Labels are never read.
+(``training.trainers.loop.classification_inputs``; lungs-only recipes get their masks from
+``[run] lung_bundle``, as in training). Labels are never read.
 The test split is never read, so the shipped model's test figures stay untouched. Cross-validation
 (``training.recipes.crossval``) draws its folds from the same pool: there every out-of-fold picture
 has been seen once, unlabelled, by the pretraining (transductive), and a rule that compares recipes
@@ -31,7 +31,6 @@ from pathlib import Path
 
 import torch
 
-from training.cache import ArrayCache, classification_input
 from training.config import load_config
 from training.data import collect_rows
 from training.errors import ConfigError
@@ -39,7 +38,7 @@ from training.manifest import file_sha256
 from training.run import parse_overrides
 from training.selfsup import PretrainSettings, pretrain
 from training.tasks import TASK_SPECS
-from training.trainers.loop import build_model, input_spec_dict, lung_masks_for
+from training.trainers.loop import build_model, classification_inputs, input_spec_dict
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         trained_on = {r.dataset for r in rows if r.split == "train"}
         pool = [r for r in rows if r.split != "test" and r.dataset in trained_on]
         in_spec = input_spec_dict(cfg, spec)
-        masks = lung_masks_for(cfg, spec, pool, in_spec)
-        if in_spec["mode"] == "lungs_only":
-            pool = [r for r in pool if r.lung_mask or r.image_path in masks]
+        pool, inputs = classification_inputs(cfg, spec, pool)
         if args.threads:
             torch.set_num_threads(args.threads)
-        cache = ArrayCache(cfg.data.cache_dir or cfg.run_dir.parent / "cache")
-        inputs = [classification_input(cache, r, in_spec, lung_mask=masks.get(r.image_path)) for r in pool]
         net, _ = build_model(cfg, spec, in_spec["channels"])
         settings = PretrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=cfg.seed)
         log.info("SimSiam on %d non-test pictures of %s", len(pool), cfg.data.manifest)

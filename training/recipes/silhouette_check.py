@@ -11,8 +11,9 @@ pictures get), and a CNN can read it. This check measures how much, the way the 
 what lies outside the lungs.
 
 For each picture of CONFIG's cross-validation pool (``folds.csv`` of ``training.recipes.crossval``; run that
-first), the network input is prepared exactly as CONFIG's run prepares it (``classification_input``, masks
-from ``[run] lung_bundle``). Two feature sets, each a ``grid x grid`` mean-pooled thumbnail of the input:
+first), the network input is prepared exactly as CONFIG's run prepares it
+(``training.trainers.loop.classification_inputs``, masks from ``[run] lung_bundle``). Three feature sets,
+each from ``grid x grid`` mean-pooled thumbnails of the input:
 
 - ``silhouette``: 1 where the input pixel is lung, 0 elsewhere (pixels equal to the input's outside value);
 - ``intensity``: the input itself (the lung pixels' z-scores and the outside value);
@@ -22,7 +23,8 @@ from ``[run] lung_bundle``). Two feature sets, each a ``grid x grid`` mean-poole
 
 For fold k an L2 logistic regression (standardised features, fixed ``--l2``: no epoch or setting is chosen,
 so it trains on every other fold) is fitted on the folds' rows of the datasets CONFIG trains on
-(each dataset x class given equal weight, as ``source_balanced`` sampling draws them) and scores fold k.
+(weighted as the recipe's ``[train] sampling`` draws them: ``source_balanced`` gives each source x class
+equal weight) and scores fold k.
 The pooled out-of-fold scores get the figures of ``training.recipes.covid_compare.split_report``.
 
 ``--oof-dir DIR`` also writes the silhouette model's out-of-fold probabilities as ``DIR/oof_fold<k>.csv``
@@ -40,7 +42,7 @@ import csv
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +72,12 @@ def asymmetry(inputs: np.ndarray, grid: int) -> np.ndarray:
     return diff[:, :, : grid // 2].reshape(len(inputs), -1)
 
 
-def group_weights(groups: list[str]) -> np.ndarray:
-    """Each distinct group gets the same total weight; the weights sum to 1."""
-    _, inverse, counts = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
-    w = 1.0 / counts[inverse]
+def fit_weights(rows: Sequence, spec: Any, sampling: str) -> np.ndarray:
+    """The rows' weights under the recipe's ``[train] sampling`` (``training.data.sample_weights``),
+    summing to 1."""
+    from training.data import sample_weights
+
+    w = np.asarray(sample_weights(rows, spec, sampling) or [1.0] * len(rows), dtype=np.float64)
     return w / w.sum()
 
 
@@ -102,16 +106,16 @@ def out_of_fold_scores(
     y: np.ndarray,
     folds: np.ndarray,
     trainable: np.ndarray,
-    groups: list[str],
+    weigh: Callable[[np.ndarray], np.ndarray],
     l2: float,
 ) -> np.ndarray:
-    """Fold k's scores from a model fitted on the trainable rows of every other fold."""
+    """Fold k's scores from a model fitted on the trainable rows of every other fold;
+    ``weigh(fit)`` gives the weights of the rows selected by the boolean mask ``fit``."""
     scores = np.zeros(len(features))
     for k in sorted(set(folds.tolist())):
         fit, score = (folds != k) & trainable, folds == k
         mu, sd = features[fit].mean(axis=0), features[fit].std(axis=0) + 1e-6
-        coef = weighted_logistic((features[fit] - mu) / sd, y[fit], group_weights(
-            [g for g, f in zip(groups, fit, strict=True) if f]), l2)
+        coef = weighted_logistic((features[fit] - mu) / sd, y[fit], weigh(fit), l2)
         scores[score] = ((features[score] - mu) / sd) @ coef[:-1] + coef[-1]
     return scores
 
@@ -120,6 +124,7 @@ def write_oof(
     out_dir: Path,
     folds_csv: Path,
     rows: list,
+    labels: np.ndarray,
     folds: np.ndarray,
     probs: np.ndarray,
     mean_with: Sequence[Path] = (),
@@ -153,10 +158,10 @@ def write_oof(
         with (out_dir / f"oof_fold{k}.csv").open("w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(OOF_COLUMNS)
-            for r, f, p in zip(rows, folds, probs, strict=True):
+            for r, label, f, p in zip(rows, labels, folds, probs, strict=True):
                 if f == k:
                     score = weight * p + (1 - weight) * other[r.image_path] if other else p
-                    w.writerow([r.image_path, r.patient_id, r.dataset, int(r.covid == "1"), f"{score:.6f}"])
+                    w.writerow([r.image_path, r.patient_id, r.dataset, int(label), f"{score:.6f}"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,14 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from training.cache import ArrayCache, classification_input
     from training.config import load_config
     from training.data import collect_rows
     from training.errors import ConfigError
     from training.recipes.covid_compare import split_report
     from training.recipes.crossval import cv_dir
     from training.tasks import TASK_SPECS
-    from training.trainers.loop import input_spec_dict, lung_masks_for
+    from training.trainers.loop import classification_inputs, input_spec_dict
 
     try:
         cfg = load_config(args.config)
@@ -194,13 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         trained_on = {r.dataset for r in all_rows if r.split == "train"}
         rows = [r for r in all_rows if r.image_path in fold_of]
         in_spec = input_spec_dict(cfg, spec)
-        masks = lung_masks_for(cfg, spec, rows, in_spec)
-        if in_spec["mode"] == "lungs_only":
-            rows = [r for r in rows if r.lung_mask or r.image_path in masks]
-        cache = ArrayCache(cfg.data.cache_dir or cfg.run_dir.parent / "cache")
-        inputs = np.stack([
-            classification_input(cache, r, in_spec, lung_mask=masks.get(r.image_path))[0] for r in rows
-        ]).astype(np.float64)
+        rows, arrays = classification_inputs(cfg, spec, rows)
+        inputs = np.stack([a[0] for a in arrays]).astype(np.float64)
         lung = (inputs != in_spec["outside_value"]).astype(np.float64)
         feature_sets = {
             "silhouette": thumbnails(lung, args.grid),
@@ -214,17 +213,22 @@ def main(argv: list[str] | None = None) -> int:
     ds = np.array([r.dataset for r in rows])
     folds = np.array([fold_of[r.image_path] for r in rows])
     trainable = np.isin(ds, sorted(trained_on))
-    groups = [f"{d}|{label}" for d, label in zip(ds, y, strict=True)]
+
+    def weigh(fit: np.ndarray) -> np.ndarray:
+        return fit_weights([r for r, f in zip(rows, fit, strict=True) if f], spec, cfg.train.sampling)
+
     report: dict[str, Any] = {"config": str(args.config), "folds": str(folds_csv), "grid": args.grid,
                               "l2": args.l2, "images": len(rows), "features": {}}
     for name, features in feature_sets.items():
-        scores = out_of_fold_scores(features, y, folds, trainable, groups, args.l2)
+        scores = out_of_fold_scores(features, y, folds, trainable, weigh, args.l2)
         probs = 1 / (1 + np.exp(-scores))
         full = split_report(y, probs, ds, 0.5, args.n_boot, None, [r.findings for r in rows])
         report["features"][name] = {k: full.get(k) for k in FIGURES}
         if name == "silhouette" and args.oof_dir:
             try:
-                write_oof(args.oof_dir, folds_csv, rows, folds, probs, args.mean_with, args.silhouette_weight)
+                write_oof(
+                    args.oof_dir, folds_csv, rows, y, folds, probs, args.mean_with, args.silhouette_weight
+                )
             except ConfigError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2

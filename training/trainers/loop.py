@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from training.cache import ArrayCache
+from training.cache import ArrayCache, classification_input, rows_with_input
 from training.config import RunConfig
 from training.data import ClassificationData, SegmentationData, prepare_rows, sample_weights, split_rows
 from training.distributed import DistContext, EpochSampler
@@ -263,9 +263,8 @@ def train_torch_task(
     in_spec = input_spec_dict(cfg, spec)
     train_rows, val_rows = split_rows(rows, "train"), split_rows(rows, "validation")
     lung_masks = lung_masks_for(cfg, spec, rows, in_spec)
-    if in_spec["mode"] == "lungs_only":
-        train_rows = [r for r in train_rows if r.lung_mask or r.image_path in lung_masks]
-        val_rows = [r for r in val_rows if r.lung_mask or r.image_path in lung_masks]
+    train_rows = rows_with_input(train_rows, in_spec, lung_masks)
+    val_rows = rows_with_input(val_rows, in_spec, lung_masks)
     if not train_rows or not val_rows:
         raise TrainingError(
             f"{manifest_path}: empty train ({len(train_rows)}) or validation ({len(val_rows)})"
@@ -518,6 +517,20 @@ def load_init_weights(net: nn.Module, cfg: RunConfig) -> None:
             f"{cfg.source_file}: [model] init_weights {path} does not fit the network: {exc}"
         ) from exc
     log.info("initialised from %s (sha256 %s)", path, sha)
+
+
+def classification_inputs(
+    cfg: RunConfig, spec: TaskSpec, rows: Sequence[ManifestRow]
+) -> tuple[list[ManifestRow], list[np.ndarray]]:
+    """The rows the recipe's network can take and their inputs, prepared as its run prepares them
+    (lung masks from ``[run] lung_bundle``, the recipe's image cache): for tools that read the network
+    inputs outside a run (SimSiam pretraining, the silhouette check)."""
+    in_spec = input_spec_dict(cfg, spec)
+    masks = lung_masks_for(cfg, spec, list(rows), in_spec)
+    usable = rows_with_input(rows, in_spec, masks)
+    cache = ArrayCache(cfg.data.cache_dir or cfg.run_dir.parent / "cache")
+    inputs = [classification_input(cache, r, in_spec, lung_mask=masks.get(r.image_path)) for r in usable]
+    return usable, inputs
 
 
 def lung_masks_for(
