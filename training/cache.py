@@ -32,6 +32,7 @@ from training.manifest import ManifestRow, file_sha256
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
+UNLABELLED_PIXEL = 2  # value of a target-mask pixel that no label covers (weak labels: ``ggo_labelled``)
 VARIANTS = ("normal", "lungs_removed", "lungs_only_view")
 
 
@@ -60,6 +61,7 @@ class Source:
     pixels: np.ndarray
     lung_mask: np.ndarray | None
     ggo_mask: np.ndarray | None
+    ggo_labelled: np.ndarray | None = None  # pixels ggo_mask labels (None = all)
 
 
 def load_source(row: ManifestRow, *, lung_mask: np.ndarray | None = None) -> Source:
@@ -73,7 +75,8 @@ def load_source(row: ManifestRow, *, lung_mask: np.ndarray | None = None) -> Sou
         else (load_mask(row.lung_mask, pixels.shape) if row.lung_mask else None)
     )
     ggo = load_mask(row.ggo_mask, pixels.shape) if row.ggo_mask else None
-    return Source(pixels=pixels, lung_mask=lungs, ggo_mask=ggo)
+    labelled = load_mask(row.ggo_labelled, pixels.shape) if row.ggo_labelled else None
+    return Source(pixels=pixels, lung_mask=lungs, ggo_mask=ggo, ggo_labelled=labelled)
 
 
 class ArrayCache:
@@ -102,6 +105,8 @@ class ArrayCache:
             "lung_mask": self._mask_hash(row.lung_mask) if uses_lungs else "",
             "ggo_mask": self._mask_hash(row.ggo_mask) if uses_ggo else "",
         }
+        if uses_ggo and row.ggo_labelled:  # only then: keys of fully labelled rows stay as they were
+            payload["ggo_labelled"] = self._mask_hash(row.ggo_labelled)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def _paths(self, key: str, names: tuple[str, ...]) -> list[Path]:
@@ -184,7 +189,8 @@ def segmentation_pair(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(C, S, S) float32 input and (1, S, S) uint8 target mask in the model grid, cached.
 
-    ``target`` is ``lungs`` or ``ggo``; the geometry is the whole-image letterbox of the input.
+    ``target`` is ``lungs`` or ``ggo``; the geometry is the whole-image letterbox of the input. A GGO
+    row with ``ggo_labelled`` marks the pixels outside it :data:`UNLABELLED_PIXEL` (not a label).
     """
     from pipelines.preprocess import InputSpec, prepare_input
 
@@ -206,5 +212,7 @@ def segmentation_pair(
         raise ValueError(f"{row.image_path}: no {target} mask in the manifest")
     prepared = prepare_input(src.pixels, spec)
     model_mask = prepared.geometry.mask_to_model(mask)[None].astype(np.uint8)
+    if target == "ggo" and src.ggo_labelled is not None:
+        model_mask[0][~prepared.geometry.mask_to_model(src.ggo_labelled)] = UNLABELLED_PIXEL
     cache.put(key, {"image": prepared.array.astype(np.float32), "mask": model_mask})
     return prepared.array, model_mask

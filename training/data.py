@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from training.cache import ArrayCache, classification_input, segmentation_pair
+from training.cache import UNLABELLED_PIXEL, ArrayCache, classification_input, segmentation_pair
 from training.config import RunConfig
 from training.datasets import scan_dataset
 from training.distributed import DistContext
@@ -298,7 +298,8 @@ class SegmentationData(Dataset):
 
     ``aux_datasets`` (``[data] aux_mask_datasets``): a row of ``aux_datasets[i]`` has its mask in
     channel ``i + 1`` and :data:`UNLABELLED` in every other channel; any other row has its mask in
-    channel 0. Without aux datasets the target is the usual single channel.
+    channel 0. Without aux datasets the target is the usual single channel. A pixel no label covers
+    (a weakly labelled row, ``ggo_labelled``) is :data:`UNLABELLED` in the target.
     """
 
     def __init__(
@@ -315,7 +316,10 @@ class SegmentationData(Dataset):
         self.rows, self.spec, self.cache, self.input_spec = list(rows), spec, cache, input_spec
         self.aux_datasets = list(aux_datasets)
         size = int(input_spec.get("size", 256))
-        self.transform = _augmentation(["image", "mask"], seed, size) if augment else None
+        # the unlabelled region moves with the picture; its own key only where a row has one, so that
+        # fully labelled sets draw the augmentation exactly as before
+        self.keys = ["image", "mask"] + ["unlabelled"] * any(r.ggo_labelled for r in self.rows)
+        self.transform = _augmentation(self.keys, seed, size) if augment else None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -323,10 +327,15 @@ class SegmentationData(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = segmentation_pair(self.cache, self.rows[i], self.input_spec, self.spec.seg_target)
         x = torch.from_numpy(np.array(image, dtype=np.float32))
-        y = torch.from_numpy(np.array(mask, dtype=np.float32))
+        m = np.asarray(mask)
+        y = torch.from_numpy((m == 1).astype(np.float32))
+        unlabelled = torch.from_numpy((m == UNLABELLED_PIXEL).astype(np.float32))
         if self.transform is not None:
-            out = self.transform({"image": x, "mask": y})
+            out = self.transform({"image": x, "mask": y, "unlabelled": unlabelled})
             x, y = torch.as_tensor(out["image"]).float(), (torch.as_tensor(out["mask"]) > 0.5).float()
+            if "unlabelled" in self.keys:
+                unlabelled = torch.as_tensor(out["unlabelled"]).float()
+        y[unlabelled > 0.5] = UNLABELLED
         if not self.aux_datasets:
             return x, y
         row = self.rows[i]

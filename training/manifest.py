@@ -57,6 +57,10 @@ class ManifestRow:
     findings: list[str] = field(default_factory=list)
     lung_mask: str = ""
     ggo_mask: str = ""
+    # Where ``ggo_mask`` is a label: a mask of the pixels it speaks for ("" = every pixel). A weakly
+    # labelled picture (a Brixia zone both raters score 0 is clear lung) labels only part of itself;
+    # training ignores the rest and such a row is for training only.
+    ggo_labelled: str = ""
     boxes: list[BoxLabel] = field(default_factory=list)
     license: str = ""
     source: str = ""  # hospital / collection inside a dataset; per-source metrics group by it

@@ -82,7 +82,8 @@ GGO_DETECTION = TaskSpec(
     task="ggo_detection",
     kind="detection",
     labels=("ground_glass_opacity",),
-    accepts=lambda r: bool(r.ggo_mask),
+    # a weakly labelled picture (ggo_labelled) says nothing of where boxes are: not a detection label
+    accepts=lambda r: bool(r.ggo_mask) and not r.ggo_labelled,
     stratum=_ggo_stratum,
     threshold_meaning="boxes with confidence at or above it are reported",
 )

@@ -89,6 +89,9 @@ class SegLoss(nn.Module):
 
     ``positives_only=True``: the (batch) Dice term covers only the images whose target has foreground
     (none in the batch: BCE alone); images with an empty target are taught by BCE only.
+    Target pixels below 0 (:data:`training.data.UNLABELLED`: a weak label covers only part of the
+    picture) are no label: Dice sees them as certain background of both prediction and target, so they
+    add nothing, and BCE averages over the labelled pixels only.
     """
 
     def __init__(self, batch: bool = False, positives_only: bool = False) -> None:
@@ -100,20 +103,31 @@ class SegLoss(nn.Module):
         self.positives_only = positives_only
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        labelled = target >= 0
+        if not bool(labelled.all()):
+            weight = labelled.float()
+            bce = nn.functional.binary_cross_entropy_with_logits(
+                logits, target.clamp(min=0), weight=weight, reduction="sum"
+            ) / weight.sum().clamp(min=1.0)
+            logits = torch.where(labelled, logits, torch.full_like(logits, -30.0))
+            target = target.clamp(min=0)
+            return self._dice(logits, target) + bce
+        return self._dice(logits, target) + self.bce(logits, target)
+
+    def _dice(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.positives_only:
             has = target.flatten(1).amax(dim=1) > 0
-            dice = self.dice(logits[has], target[has]) if bool(has.any()) else logits.sum() * 0.0
-            return dice + self.bce(logits, target)
-        return self.dice(logits, target) + self.bce(logits, target)
+            return self.dice(logits[has], target[has]) if bool(has.any()) else logits.sum() * 0.0
+        return self.dice(logits, target)
 
 
 class HeadsSegLoss(nn.Module):
     """``loss`` per output channel over the rows labelled in it (``[data] aux_mask_datasets``).
 
     A target channel filled with :data:`training.data.UNLABELLED` is no label: that row adds nothing
-    to that channel. Each channel's loss is weighted by its share of the batch, so a batch of one
-    convention only weighs as much as a batch of the other. An evaluation-mode network that serves
-    only channel 0 is scored on channel 0 alone.
+    to that channel (a channel labelled only in part is left to ``loss``). Each channel's loss is
+    weighted by its share of the batch, so a batch of one convention only weighs as much as a batch of
+    the other. An evaluation-mode network that serves only channel 0 is scored on channel 0 alone.
     """
 
     def __init__(self, loss: nn.Module) -> None:
@@ -123,7 +137,7 @@ class HeadsSegLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         total = logits.sum() * 0.0
         for c in range(min(logits.shape[1], target.shape[1])):
-            labelled = target[:, c].flatten(1).amin(dim=1) >= 0
+            labelled = target[:, c].flatten(1).amax(dim=1) >= 0  # any labelled pixel in this channel
             if bool(labelled.any()):
                 share = labelled.float().mean()
                 total = total + share * self.loss(logits[labelled, c : c + 1], target[labelled, c : c + 1])
@@ -265,6 +279,12 @@ def train_torch_task(
     lung_masks = lung_masks_for(cfg, spec, rows, in_spec)
     train_rows = rows_with_input(train_rows, in_spec, lung_masks)
     val_rows = rows_with_input(val_rows, in_spec, lung_masks)
+    weak = [r.image_path for r in rows if r.ggo_labelled and r.split != "train"]
+    if weak:
+        raise TrainingError(
+            f"{manifest_path}: {len(weak)} weakly labelled row(s) (ggo_labelled) outside the train split, "
+            f"first {weak[0]}: a label that covers part of a picture cannot score a model"
+        )
     if not train_rows or not val_rows:
         raise TrainingError(
             f"{manifest_path}: empty train ({len(train_rows)}) or validation ({len(val_rows)})"
