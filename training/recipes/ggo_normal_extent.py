@@ -35,6 +35,18 @@ the decision: the test split and the held-out list (OpenIST, NIH, Kermany childr
 OUTCOME (session 8, lungs 1.3.0): Dice on the 14 GGO images 0.335 (ungated 0.458; needed 0.428), median extent
 on the 33 normals 0.0 % (ungated 32.7 %; 67 % of normals with no box). H fails (a): the detector finds no box
 on several GGO images, and those lose their whole mask. Not adopted.
+
+``--brighter-than-lung`` (session 10, candidate I): the mask is cut to the lung pixels brighter than the mean of
+their lung (``ggo_baseline.lung_z`` > 0 over the lungs bundle's mask). Why: the zone check
+(``ggo_zone_check``) found the intensity baseline ranks a picture's diseased zones above its clear ones better
+than every U-Net (same picture 0.93 vs 0.88 on validation), and candidate D, the U-Net that lowered the extent
+on normals most while keeping Dice, lost most of that ranking (0.68). Candidate I is D's bundle (retrained in
+session 10 from ``ggo_segmentation_ft_pi.toml``) with this cut, at D's own threshold. Rule, committed before I
+was measured: the pipeline adopts I iff, on the VALIDATION split of ``runs/manifests/ggo_neg100_ieee.csv`` with
+the shipped lungs bundle, (a) the mean Dice on the 14 GGO images is >= 0.428, (b) the median extent on the 33
+normals is <= 5 % and below the shipped mask's, and (c) its same-picture zone AUC (``ggo_zone_check --split
+validation --brighter-than-lung``) is not below the shipped mask's (0.882). The cut applied to the shipped
+bundle and to candidate Z is reported, not a candidate. Report only, after the decision: test split, held-out list.
 """
 
 from __future__ import annotations
