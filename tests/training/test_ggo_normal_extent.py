@@ -48,3 +48,18 @@ def test_the_image_gate_keeps_the_whole_mask_with_any_box_and_drops_it_without_o
     assert res["dice"]["gb"]["mean"] == 1.0  # whole mask kept: the detector found something
     assert res["extent_pct"]["all normals"]["median"] == 0.0  # no box: no GGO reported
     assert report(items, 0.5)["extent_pct"]["all normals"]["median"] == round(100 * 16 / 64, 2)
+
+
+def test_the_brightness_cut_keeps_only_mask_pixels_brighter_than_their_lung() -> None:
+    lung = np.zeros((10, 10), dtype=bool)
+    lung[1:9, 1:9] = True
+    prob = np.zeros((10, 10), dtype=np.float32)
+    prob[2:6, 2:6] = 0.9  # 16 px of "GGO"
+    brighter = np.zeros((10, 10), dtype=bool)
+    brighter[2:4, 1:9] = True  # 8 of them above the lung's mean
+    items = [{"dataset": "openist", "covid": "0", "lung": lung, "prob": prob, "truth": None, "boxes": None,
+              "brighter": brighter}]
+    res = report(items, 0.5, brighter_than_lung=True)
+    assert res["brighter_than_lung"] is True
+    assert res["extent_pct"]["all normals"]["median"] == round(100 * 8 / 64, 2)
+    assert report(items, 0.5)["extent_pct"]["all normals"]["median"] == round(100 * 16 / 64, 2)

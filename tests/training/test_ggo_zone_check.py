@@ -103,3 +103,43 @@ def test_the_published_scores_read_as_two_raters_per_zone(shared_data: Path) -> 
     assert len(scores) == 192
     one = next(iter(scores.values()))
     assert set(one) == set(ZONES) and all(len(v) == 2 and all(0 <= s <= 3 for s in v) for v in one.values())
+
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+@pytest.mark.skipif(not (MODELS / "ggo_segmentation" / "configs" / "metadata.json").is_file(),
+                    reason="no shipped GGO bundle")
+def test_the_check_and_the_weak_manifest_on_the_real_pictures(shared_data: Path, tmp_path: Path) -> None:
+    import json
+
+    from training.manifest import read_manifest, write_manifest
+    from training.recipes.ggo_zone_check import brixia_rows, main
+
+    out = tmp_path / "zones.json"
+    common = ["--data-root", str(shared_data), "--ggo-manifest", "", "--cache-dir", str(tmp_path / "cache")]
+    assert main([*common, "--split", "test", "--n-boot", "50", "--brighter-than-lung", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["pictures"] >= 30
+    figs = res["figures"]
+    assert {"baseline/extent", "shipped/extent", "shipped/mean_prob", "shipped+brighter/extent"} <= set(figs)
+    for f in figs.values():
+        assert f["n_clear"] > 20 and f["n_abnormal"] > 20 and f["auc_same_picture_pairs"] > 0
+        assert 0.0 <= f["auc_all"] <= 1.0 and f["auc_all_ci95"][0] <= f["auc_all"] <= f["auc_all_ci95"][1]
+
+    # weak rows: only train-split pictures, labelled inside their lungs' clear zones, GGO mask empty
+    rows, _ = brixia_rows(shared_data, None)
+    base = tmp_path / "base.csv"
+    write_manifest([r for r in rows if r.split == "test"][:2], base)
+    weak_csv = tmp_path / "weak.csv"
+    assert main([*common[:2], "--ggo-manifest", str(base), "--cache-dir", str(tmp_path / "cache"),
+                 "--write-weak-manifest", str(weak_csv)]) == 0
+    merged = read_manifest(weak_csv)
+    weak = [r for r in merged if r.ggo_labelled]
+    assert len(merged) == len(weak) + 2 and len(weak) >= 10
+    assert {r.split for r in weak} == {"train"}
+    from training.cache import load_mask
+
+    for r in weak[:3]:
+        labelled, ggo = load_mask(r.ggo_labelled), load_mask(r.ggo_mask)
+        assert not ggo.any() and 0 < labelled.mean() < 0.5

@@ -220,7 +220,9 @@ def clear_zone_label(
     return clear if clear.any() else None
 
 
-def write_weak_manifest(data_root: Path, base: Path, out: Path, lung_bundle: Path, margin: float) -> list:
+def write_weak_manifest(
+    data_root: Path, base: Path, out: Path, lung_bundle: Path, margin: float, cache_dir: Path
+) -> list:
     """``base`` plus a weakly labelled row for every TRAIN-split Brixia picture (not already in ``base``)
     with a clear zone: an all-zero GGO mask, labelled only on its clear zones (``ggo_labelled``)."""
     from PIL import Image
@@ -235,7 +237,7 @@ def write_weak_manifest(data_root: Path, base: Path, out: Path, lung_bundle: Pat
     brixia, scores = brixia_rows(data_root, base)
     train = [r for r in brixia
              if r.split == "train" and r.image_key not in in_base and r.image_path not in in_base]
-    lungs = predict_lung_masks(lung_bundle, train, ArrayCache(REPO / "runs" / "cache"))
+    lungs = predict_lung_masks(lung_bundle, train, ArrayCache(cache_dir))
     mask_dir = (out.parent / "brixia_zone_masks").resolve()
     mask_dir.mkdir(parents=True, exist_ok=True)
     weak = []
@@ -282,8 +284,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="GGO training manifest whose patients keep their split ('' = none)")
     ap.add_argument("--split", default="validation", help="validation | test | train | '' (all)")
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--cache-dir", type=Path, default=REPO / "runs" / "cache", help="lung-mask cache")
     ap.add_argument("--write-weak-manifest", type=Path,
                     help="instead of scoring: write --ggo-manifest + the weakly labelled TRAIN Brixia rows")
+    ap.add_argument("--brighter-than-lung", action="store_true",
+                    help="also score each mask cut to the lung pixels brighter than their lung's mean")
     ap.add_argument("--margin", type=float, default=0.05,
                     help="clear-zone pixels kept this share of the lung height from other zones")
     ap.add_argument("--out", type=Path)
@@ -302,12 +307,12 @@ def main(argv: list[str] | None = None) -> int:
         if manifest is None:
             ap.error("--write-weak-manifest needs --ggo-manifest")
         weak = write_weak_manifest(args.data_root, manifest, args.write_weak_manifest, args.lung_bundle,
-                                   args.margin)
+                                   args.margin, args.cache_dir)
         print(f"{len(weak)} weakly labelled train rows added: {args.write_weak_manifest}")
         return 0
     rows, scores = brixia_rows(args.data_root, manifest)
     rows = [r for r in rows if not args.split or r.split == args.split]
-    lungs = predict_lung_masks(args.lung_bundle, rows, ArrayCache(REPO / "runs" / "cache"))
+    lungs = predict_lung_masks(args.lung_bundle, rows, ArrayCache(args.cache_dir))
     shipped = {"shipped": str(REPO / "models" / "ggo_segmentation")}
     bundles = dict(b.split("=", 1) for b in args.ggo_bundle) or shipped
     segmenters = {n: (GgoSegmenter(load_bundle(Path(d), "ggo_segmentation")),
@@ -330,10 +335,15 @@ def main(argv: list[str] | None = None) -> int:
             _, prob = seg.predict([src], [lung])[0]
             for letter, (extent, mean) in zone_scores(prob, zones, thr).items():
                 values[letter].update({f"{name}/extent": extent, f"{name}/mean_prob": mean})
+            if args.brighter_than_lung:  # candidate I: the mask cut to lung pixels above their lung's mean
+                cut = np.where(z > 0, prob, 0.0)
+                for letter, (extent, _) in zone_scores(cut, zones, thr).items():
+                    values[letter][f"{name}+brighter/extent"] = extent
         return values
 
     zones = collect_zones(rows, scores, lungs, score_picture)
     keys = [f"{n}/{k}" for n in ["baseline", *segmenters] for k in ("extent", "mean_prob")]
+    keys += [f"{n}+brighter/extent" for n in segmenters] if args.brighter_than_lung else []
     result = {
         "split": args.split, "lung_bundle": str(args.lung_bundle), "ggo_bundles": bundles,
         "ggo_manifest": str(manifest), "pictures": len({z["picture"] for z in zones}),
