@@ -118,7 +118,8 @@ def test_the_check_and_the_weak_manifest_on_the_real_pictures(shared_data: Path,
 
     out = tmp_path / "zones.json"
     common = ["--data-root", str(shared_data), "--ggo-manifest", "", "--cache-dir", str(tmp_path / "cache")]
-    assert main([*common, "--split", "test", "--n-boot", "50", "--brighter-than-lung", "--out", str(out)]) == 0
+    args = [*common, "--split", "test", "--n-boot", "50", "--brighter-than-lung", "--out", str(out)]
+    assert main(args) == 0
     res = json.loads(out.read_text())
     assert res["pictures"] >= 30
     figs = res["figures"]
