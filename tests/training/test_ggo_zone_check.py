@@ -118,12 +118,14 @@ def test_the_check_and_the_weak_manifest_on_the_real_pictures(shared_data: Path,
 
     out = tmp_path / "zones.json"
     common = ["--data-root", str(shared_data), "--ggo-manifest", "", "--cache-dir", str(tmp_path / "cache")]
-    args = [*common, "--split", "test", "--n-boot", "50", "--brighter-than-lung", "--out", str(out)]
+    args = [*common, "--split", "test", "--n-boot", "50", "--brighter-than-lung", "--out", str(out),
+            "--det-bundle", f"detector={MODELS / 'ggo_detection'}"]
     assert main(args) == 0
     res = json.loads(out.read_text())
     assert res["pictures"] >= 30
     figs = res["figures"]
-    assert {"baseline/extent", "shipped/extent", "shipped/mean_prob", "shipped+brighter/extent"} <= set(figs)
+    assert {"baseline/extent", "shipped/extent", "shipped/mean_prob", "shipped+brighter/extent",
+            "detector/box_cover"} <= set(figs)
     for f in figs.values():
         assert f["n_clear"] > 20 and f["n_abnormal"] > 20 and f["auc_same_picture_pairs"] > 0
         assert 0.0 <= f["auc_all"] <= 1.0 and f["auc_all_ci95"][0] <= f["auc_all"] <= f["auc_all_ci95"][1]

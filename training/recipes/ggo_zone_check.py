@@ -23,7 +23,10 @@ and as ABNORMAL when both score it >= 1; zones they disagree on are left out. Ea
   device or hospital earns anything;
 - ``auc_same_picture_level``: only the two lungs of one level of one picture (one diseased, one clear):
   neither the collection nor the level earns anything, but few pictures have such a pair;
-- ``median_extent``: median zone extent of clear and of abnormal zones.
+- ``median_clear`` / ``median_abnormal``: the median zone value of clear and of abnormal zones.
+
+``--det-bundle NAME=DIR`` scores a GGO detector the same way, by the share of each zone inside its boxes
+(``NAME/box_cover``, at the bundle's operating threshold).
 
 On the pictures that also have a GeneralBlockchain radiologist GGO mask, the same figures of that mask
 (``with_radiologist_mask``) say how far GGO as the radiologists drew it agrees with the zone scores (which
@@ -279,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-root", type=Path, default=Path("../shared/data"))
     ap.add_argument("--ggo-bundle", action="append", default=[],
                     help="NAME=DIR, repeatable (default: shipped=models/ggo_segmentation)")
+    ap.add_argument("--det-bundle", action="append", default=[],
+                    help="NAME=DIR of a GGO detection bundle, repeatable: scored by the share of each zone "
+                         "inside its boxes (operating threshold)")
     ap.add_argument("--lung-bundle", type=Path, default=REPO / "models" / "lungs")
     ap.add_argument("--ggo-manifest", type=Path, default=REPO / "runs" / "manifests" / "ggo_neg100_ieee.csv",
                     help="GGO training manifest whose patients keep their split ('' = none)")
@@ -296,11 +302,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipelines.bundle import load_bundle, read_metadata
     from pipelines.image import load_image
-    from pipelines.tasks.ggo import GgoSegmenter
+    from pipelines.tasks.ggo import GgoDetector, GgoSegmenter
     from training.cache import ArrayCache
     from training.evaluate import predict_lung_masks
     from training.manifest import read_manifest
     from training.recipes.ggo_baseline import lung_z
+    from training.recipes.ggo_normal_extent import boxes_mask
 
     manifest = args.ggo_manifest if str(args.ggo_manifest) not in ("", ".") else None
     if args.write_weak_manifest:
@@ -317,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     bundles = dict(b.split("=", 1) for b in args.ggo_bundle) or shipped
     segmenters = {n: (GgoSegmenter(load_bundle(Path(d), "ggo_segmentation")),
                       float(read_metadata(Path(d)).operating_threshold)) for n, d in bundles.items()}
+    det_bundles = dict(b.split("=", 1) for b in args.det_bundle)
+    detectors = {n: GgoDetector(load_bundle(Path(d), "ggo_detection")) for n, d in det_bundles.items()}
 
     radiologist = {r.image_key: r for r in read_manifest(manifest) if r.dataset == "generalblockchain"
                    and r.ggo_mask} if manifest is not None else {}
@@ -331,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
         z = lung_z(src.pixels, lung)
         for letter, (extent, mean) in zone_scores(z, zones, 0.0).items():
             values[letter].update({"baseline/extent": extent, "baseline/mean_prob": mean})
+        for name, det in detectors.items():  # share of the zone inside a box at the operating threshold
+            covered = boxes_mask(src.pixels.shape, det.predict([src])[0]).astype(np.float32)
+            for letter, (cover, _) in zone_scores(covered, zones, 0.5).items():
+                values[letter][f"{name}/box_cover"] = cover
         for name, (seg, thr) in segmenters.items():
             _, prob = seg.predict([src], [lung])[0]
             for letter, (extent, mean) in zone_scores(prob, zones, thr).items():
@@ -344,10 +357,11 @@ def main(argv: list[str] | None = None) -> int:
     zones = collect_zones(rows, scores, lungs, score_picture)
     keys = [f"{n}/{k}" for n in ["baseline", *segmenters] for k in ("extent", "mean_prob")]
     keys += [f"{n}+brighter/extent" for n in segmenters] if args.brighter_than_lung else []
+    keys += [f"{n}/box_cover" for n in detectors]
     result = {
         "split": args.split, "lung_bundle": str(args.lung_bundle), "ggo_bundles": bundles,
-        "ggo_manifest": str(manifest), "pictures": len({z["picture"] for z in zones}),
-        "patients": len({z["patient"] for z in zones}),
+        "det_bundles": det_bundles, "ggo_manifest": str(manifest),
+        "pictures": len({z["picture"] for z in zones}), "patients": len({z["patient"] for z in zones}),
         "figures": {k: figures(zones, k, args.n_boot) for k in keys},
     }
     marked = [z for z in zones if "radiologist/extent" in z]
