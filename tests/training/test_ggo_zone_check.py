@@ -118,11 +118,11 @@ def test_the_check_and_the_weak_manifest_on_the_real_pictures(shared_data: Path,
 
     out = tmp_path / "zones.json"
     common = ["--data-root", str(shared_data), "--ggo-manifest", "", "--cache-dir", str(tmp_path / "cache")]
-    args = [*common, "--split", "test", "--n-boot", "50", "--brighter-than-lung", "--out", str(out),
+    args = [*common, "--split", "validation", "--n-boot", "50", "--brighter-than-lung", "--out", str(out),
             "--det-bundle", f"detector={MODELS / 'ggo_detection'}"]
     assert main(args) == 0
     res = json.loads(out.read_text())
-    assert res["pictures"] >= 30
+    assert res["pictures"] >= 25
     figs = res["figures"]
     assert {"baseline/extent", "shipped/extent", "shipped/mean_prob", "shipped+brighter/extent",
             "detector/box_cover"} <= set(figs)
@@ -133,16 +133,20 @@ def test_the_check_and_the_weak_manifest_on_the_real_pictures(shared_data: Path,
     # weak rows: only train-split pictures, labelled inside their lungs' clear zones, GGO mask empty
     rows, _ = brixia_rows(shared_data, None)
     base = tmp_path / "base.csv"
-    write_manifest([r for r in rows if r.split == "test"][:2], base)
+    train = sorted((r for r in rows if r.split == "train"), key=lambda r: r.image_path)
+    # every picture but 20 train ones is in the base manifest (with its split): only those 20 are split
+    # afresh and can get a weak row, so few lung masks are predicted
+    fresh = {r.image_path for r in train[:20]}
+    write_manifest([r for r in rows if r.image_path not in fresh], base)
     weak_csv = tmp_path / "weak.csv"
     assert main([*common[:2], "--ggo-manifest", str(base), "--cache-dir", str(tmp_path / "cache"),
                  "--write-weak-manifest", str(weak_csv)]) == 0
     merged = read_manifest(weak_csv)
     weak = [r for r in merged if r.ggo_labelled]
-    assert len(merged) == len(weak) + 2 and len(weak) >= 10
-    assert {r.split for r in weak} == {"train"}
+    assert len(merged) == len(weak) + len(rows) - 20 and len(weak) >= 2
+    assert {r.split for r in weak} == {"train"} and {r.image_path for r in weak} <= fresh
     from training.cache import load_mask
 
     for r in weak[:3]:
         labelled, ggo = load_mask(r.ggo_labelled), load_mask(r.ggo_mask)
-        assert not ggo.any() and 0 < labelled.mean() < 0.5
+        assert not ggo.any() and 0 < labelled.mean() < 0.8  # lung pixels of clear zones only
