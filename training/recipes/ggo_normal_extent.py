@@ -98,10 +98,11 @@ def boxes_mask(shape: tuple[int, int], boxes: Sequence[Box]) -> np.ndarray:
 
 
 def collect(manifests: list[Path], split: str, ggo_bundle: Path, lung_bundle: Path,
-            exclude: set[str] | None = None, det_bundle: Path | None = None) -> list[dict]:
-    """Per image: dataset, covid, lung mask, GGO probability map (source grid), truth (or None), the lung
-    pixels brighter than their lung's mean, and the union of the detector's boxes when ``det_bundle`` is
-    given."""
+            exclude: set[str] | None = None, det_bundle: Path | None = None,
+            brighter: bool = False) -> list[dict]:
+    """Per image: dataset, covid, lung mask, GGO probability map (source grid), truth (or None), the union
+    of the detector's boxes when ``det_bundle`` is given, and with ``brighter`` the lung pixels brighter
+    than their lung's mean."""
     from pipelines.bundle import load_bundle
     from pipelines.image import load_image
     from pipelines.tasks.ggo import GgoDetector, GgoSegmenter
@@ -126,7 +127,7 @@ def collect(manifests: list[Path], split: str, ggo_bundle: Path, lung_bundle: Pa
         boxes = boxes_mask(prob.shape, det.predict([src])[0]) if det else None
         out.append({"path": r.image_path, "dataset": r.dataset, "covid": r.covid, "lung": lung,
                     "prob": prob, "truth": truth if truth is not None and truth.any() else None,
-                    "boxes": boxes, "brighter": lung_z(src.pixels, lung) > 0})
+                    "boxes": boxes, "brighter": lung_z(src.pixels, lung) > 0 if brighter else None})
     return out
 
 
@@ -201,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     exclude = {r.patient_id for m in args.exclude_seen for r in read_manifest(m)
                if r.split in ("train", "validation")}
     items = collect(args.manifests, args.split, args.ggo_bundle, args.lung_bundle, exclude,
-                    args.det_bundle if args.within_boxes or args.gate_by_boxes else None)
+                    args.det_bundle if args.within_boxes or args.gate_by_boxes else None,
+                    args.brighter_than_lung)
     own = float(read_metadata(args.ggo_bundle).operating_threshold)
     thresholds = [float(t) for t in args.thresholds.split(",") if t] or [own]
     gates = [float(g) for g in args.min_extents.split(",") if g]

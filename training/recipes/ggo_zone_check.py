@@ -38,8 +38,8 @@ mean z as the threshold-free score) is scored on the same zones, so that the num
 
 Splits: a picture of a patient in ``--ggo-manifest`` (the GeneralBlockchain GGO set and its normals) or in
 its held-out list keeps that patient's split; the other patients get their own patient-level split (seed
-20260101, 50/25/25). A patient whose
-pictures a model trained on must not be scored: use the validation or test split.
+20260101, 50/25/25). A patient whose pictures a model trained on must not be scored: use the validation or
+test split.
 """
 
 from __future__ import annotations
@@ -125,8 +125,9 @@ def grouped_auc(values: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> f
 
 
 def grouped_auc_pairs(values: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> tuple[float | None, int]:
-    """:func:`grouped_auc` and the number of (abnormal, clear) pairs it averages over."""
-    from scipy.stats import rankdata
+    """:func:`grouped_auc` and the number of (abnormal, clear) pairs it averages over: each group's
+    :func:`training.metrics.roc_auc`, weighted by its pairs."""
+    from training.metrics import roc_auc
 
     wins = pairs = 0.0
     for g in np.unique(groups):
@@ -134,7 +135,7 @@ def grouped_auc_pairs(values: np.ndarray, labels: np.ndarray, groups: np.ndarray
         y, v = labels[inside], values[inside]
         n_pos, n_neg = int(y.sum()), int((1 - y).sum())
         if n_pos and n_neg:
-            wins += float(rankdata(v)[y == 1].sum()) - n_pos * (n_pos + 1) / 2
+            wins += roc_auc(y, v) * n_pos * n_neg
             pairs += n_pos * n_neg
     return (wins / pairs if pairs else None), int(pairs)
 
