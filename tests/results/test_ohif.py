@@ -25,6 +25,21 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ATTEMPTS = 2
 
 
+def driver_error_detail(out: Path, lines: int = 25) -> str:
+    """Playwright's call log for a driver error (what the click waited for), from the harness's console.log.
+
+    The harness's one-line summary keeps only the error's first line; the call log says whether the
+    element was missing, covered by another element or never stable, which is what a failed CI run
+    needs to be diagnosed without its screenshots.
+    """
+    log = out / "console.log"
+    if not log.is_file():
+        return ""
+    text = log.read_text(errors="replace").splitlines()
+    starts = [i for i, line in enumerate(text) if "driver error" in line]
+    return "\n".join(text[starts[-1]:starts[-1] + lines]) if starts else ""
+
+
 @pytest.mark.ohif
 @pytest.mark.slow
 def test_ohif_shows_seg_sr_and_sc(frontal_sets: dict[str, ResultSet], lateral_sets: dict[str, ResultSet],
@@ -49,10 +64,11 @@ def test_ohif_shows_seg_sr_and_sc(frontal_sets: dict[str, ResultSet], lateral_se
         # run. Neither is about our objects: run it once more (an object that fails twice still fails).
         if proc.returncode != 1 or not ("driver_error=" in tail or "Segmentation fault" in tail):
             break
-        print(f"ohif_check attempt {attempt}: harness or Orthanc failure, retrying: {tail[-600:]}")
+        print(f"ohif_check attempt {attempt}: harness or Orthanc failure, retrying: {tail[-600:]}\n"
+              f"{driver_error_detail(out)}")
     if proc.returncode == 2 and not shutil.which(CHROMIUM):
         pytest.skip(f"Chromium could not be installed: {tail}")
-    assert proc.returncode == 0, tail
+    assert proc.returncode == 0, f"{tail}\n{driver_error_detail(out)}"
     uploads = [line.split("\t") for line in (out / "upload.tsv").read_text().splitlines() if line.strip()]
     assert len(uploads) == len(files) and all(u[0] == "Success" for u in uploads), uploads  # Orthanc took all
     summary = json.loads((out / "summary.json").read_text())
