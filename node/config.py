@@ -70,6 +70,9 @@ class PipelineSettings:
     device: str = "auto"  # "auto" picks CUDA when available, else CPU
     manufacturer: str = "cxr-node"
     institution_name: str = ""
+    # A DICOM View Position (0018,5101) of LL/RL stops the chain even when the projection model says
+    # frontal (pipelines.tasks.projection). Off: the model alone decides; a disagreement stays a warning.
+    use_view_position: bool = True
 
 
 @dataclass

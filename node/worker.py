@@ -45,11 +45,12 @@ class Analyzer(Protocol):
 class ChestAnalyzer:
     """The real chain: ``load_dicom`` -> ``ChestPipeline.analyze`` -> ``build_result_objects``."""
 
-    def __init__(self, models_dir: Path, device: str = "auto", institution_name: str = "") -> None:
+    def __init__(self, models_dir: Path, device: str = "auto", institution_name: str = "",
+                 use_view_position: bool = True) -> None:
         from pipelines.chest import ChestPipeline  # torch/MONAI: imported here, not at module load
 
         self._pipeline = ChestPipeline.from_models_dir(
-            models_dir, device=None if device == "auto" else device
+            models_dir, device=None if device == "auto" else device, use_view_position=use_view_position
         )
         self._institution_name = institution_name
 
@@ -68,7 +69,8 @@ class ChestAnalyzer:
 
 def chest_analyzer_factory(config: NodeConfig) -> Callable[[], Analyzer]:
     def factory() -> Analyzer:
-        return ChestAnalyzer(config.models_dir, config.pipeline.device, config.pipeline.institution_name)
+        return ChestAnalyzer(config.models_dir, config.pipeline.device, config.pipeline.institution_name,
+                             config.pipeline.use_view_position)
 
     return factory
 

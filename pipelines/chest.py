@@ -1,11 +1,13 @@
 """Task 5, the chest pipeline: projection -> lungs -> COVID-19 (+ Grad-CAM) -> GGO, one result per image.
 
 Every bundle is loaded once, when the pipeline is built (a worker builds one per process). A lateral
-image stops after projection (``analysed=False`` with the reason). A covid bundle that names
-``min_patient_age_years`` gives no COVID-19 output for a patient whose DICOM header says younger
-(``pipelines.population``); a warning says why and every other finding stays. Per-stage wall times are
-in ``ChestResult.timings_ms``; in :meth:`ChestPipeline.analyze_batch` a stage runs once for the whole
-batch, and each image gets the batch's stage time divided by the number of images in that stage.
+image stops after projection (``analysed=False`` with the reason): lateral by the projection model,
+or by a DICOM View Position of LL/RL (``use_view_position``; a disagreement either way is a warning).
+A covid bundle that names ``min_patient_age_years`` gives no COVID-19 output for a patient whose
+DICOM header says younger (``pipelines.population``); a warning says why and every other finding
+stays. Per-stage wall times are in ``ChestResult.timings_ms``; in :meth:`ChestPipeline.analyze_batch`
+a stage runs once for the whole batch, and each image gets the batch's stage time divided by the
+number of images in that stage.
 """
 
 from __future__ import annotations
@@ -21,18 +23,29 @@ from typing import ParamSpec, TypeVar
 from pipelines.bundle import BundleRegistry, LoadedBundle
 from pipelines.errors import BundleError
 from pipelines.population import below_minimum_age, describe_age
-from pipelines.results import ChestResult, CovidResult, GgoResult, LungResult, Projection, SourceImage
+from pipelines.results import (
+    ChestResult,
+    CovidResult,
+    GgoResult,
+    LungResult,
+    Projection,
+    ProjectionResult,
+    SourceImage,
+)
 from pipelines.runtime import chunks, resolve_device
 from pipelines.tasks.covid import CovidClassifier
 from pipelines.tasks.ggo import GgoDetector, GgoSegmenter, ggo_extent_percent
 from pipelines.tasks.lungs import LungSegmenter
-from pipelines.tasks.projection import ProjectionClassifier
+from pipelines.tasks.projection import ProjectionClassifier, header_projection
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
 LATERAL_REASON = "lateral projection: the lung, COVID-19 and GGO models read frontal (PA/AP) images only"
+HEADER_LATERAL_REASON = ("lateral projection by the DICOM header (View Position {view}), although the "
+                         "projection model called it frontal (P={p:.2f}): the lung, COVID-19 and GGO models "
+                         "read frontal (PA/AP) images only")
 STAGES = ("projection", "lungs", "covid", "ggo_detection", "ggo_segmentation")
 
 
@@ -67,6 +80,7 @@ class ChestPipeline:
         ggo_segmentation: GgoSegmenter,
         device: str,
         batch_size: int = 16,
+        use_view_position: bool = True,
     ) -> None:
         self.projection = projection
         self.lungs = lungs
@@ -75,6 +89,8 @@ class ChestPipeline:
         self.ggo_segmentation = ggo_segmentation
         self.device = device
         self.batch_size = batch_size
+        # A header that says lateral stops the chain too (pipelines.tasks.projection says why).
+        self.use_view_position = use_view_position
         # The COVID model's own lung model (the one it was trained with) cuts its input, unless it is
         # the pipeline's lung model: then the lungs stage's masks serve both. Decided once, here.
         own = covid.input_lungs
@@ -93,6 +109,7 @@ class ChestPipeline:
         state_dir: Path | str | None = None,
         preferred: Mapping[str, str] | None = None,
         batch_size: int = 16,
+        use_view_position: bool = True,
     ) -> ChestPipeline:
         """Load one bundle per task from ``models_dir`` (raises BundleError naming what is missing)."""
         device = resolve_device(device)
@@ -110,6 +127,7 @@ class ChestPipeline:
             ggo_segmentation=GgoSegmenter(registry.load("ggo_segmentation", device)),
             device=device,
             batch_size=batch_size,
+            use_view_position=use_view_position,
         )
 
     def analyze(self, image: SourceImage) -> ChestResult:
@@ -128,16 +146,37 @@ class ChestPipeline:
         with self._lock:
             return self._analyze_locked(images)
 
+    def _projection_decision(self, image: SourceImage, proj: ProjectionResult) -> ChestResult:
+        """Analysed only when the model says frontal and the header (if it names a view) does not say lateral.
+
+        A disagreement is a warning in the result (and so in the SR), whichever way it goes.
+        """
+        header = header_projection(image.dataset)
+        proj.view_position, said = header if header else (None, None)
+        frontal = proj.projection is Projection.FRONTAL
+        result = ChestResult(
+            source=image.path, sop_instance_uid=image.sop_instance_uid, image_shape=image.shape,
+            spacing=image.spacing, projection=proj, analysed=frontal,
+            not_analysed_reason=None if frontal else LATERAL_REASON)
+        if said is None or said is proj.projection:
+            return result
+        disagreement = (f"projection: the DICOM View Position {proj.view_position} says {said.value}, the "
+                        f"projection model {proj.projection.value} (P={proj.probability:.2f})")
+        if not self.use_view_position:
+            result.warnings.append(f"{disagreement}; the model's call was used (View Position check off)")
+            return result
+        if frontal:
+            result.analysed = False
+            result.not_analysed_reason = HEADER_LATERAL_REASON.format(view=proj.view_position,
+                                                                      p=proj.probability)
+        result.warnings.append(f"{disagreement}; not analysed")
+        return result
+
     def _analyze_locked(self, images: list[SourceImage]) -> list[ChestResult]:
         start = time.perf_counter()
         timer = _Timer({})
         projections = timer.run("projection", self.projection.predict, images)
-        results = [
-            ChestResult(source=im.path, sop_instance_uid=im.sop_instance_uid, image_shape=im.shape,
-                        spacing=im.spacing, projection=proj, analysed=proj.projection == Projection.FRONTAL,
-                        not_analysed_reason=None if proj.projection == Projection.FRONTAL else LATERAL_REASON)
-            for im, proj in zip(images, projections, strict=True)
-        ]
+        results = [self._projection_decision(im, proj) for im, proj in zip(images, projections, strict=True)]
         frontal = [i for i, r in enumerate(results) if r.analysed]
         counts = {"projection": len(images)}
         if frontal:

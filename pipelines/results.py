@@ -84,6 +84,8 @@ class ProjectionResult:
     # Probability of the returned projection (>= 0.5 by construction).
     probability: float
     model: ModelInfo
+    # The DICOM header's View Position (0018,5101) as written (None: absent, empty or not DICOM).
+    view_position: str | None = None
 
 
 @dataclass
@@ -176,6 +178,7 @@ class ChestResult:
             "sop_instance_uid": self.sop_instance_uid,
             "projection": self.projection.projection.value,
             "projection_probability": round(self.projection.probability, 6),
+            "view_position": self.projection.view_position,
             "analysed": self.analysed,
             "not_analysed_reason": self.not_analysed_reason,
             "covid_probability": None if self.covid is None else round(self.covid.probability, 6),

@@ -330,3 +330,61 @@ def test_covid_bundle_cuts_its_input_with_the_lung_model_it_carries(
     (lungs_dir / "models" / "model.pt").write_bytes(b"tampered")
     with pytest.raises(BundleError, match="sha256"):
         load_bundle(models / "random-covid", "covid")
+
+
+def _with_view_position(path: Path, view: str | None):  # type: ignore[no-untyped-def]
+    import pydicom
+
+    from pipelines.image import load_dicom
+
+    ds = pydicom.dcmread(path)
+    if view is None:
+        del ds.ViewPosition
+    else:
+        ds.ViewPosition = view
+    return load_dicom(ds)
+
+
+@pytest.mark.parametrize(("view", "analysed"), [("PA", True), ("AP", True), (None, True), ("RLD", True),
+                                                ("LL", False), ("RL", False), ("LATERAL", False)])
+def test_a_lateral_view_position_stops_a_frontal_call(pipeline, chest_dicom: Path, view: str | None,  # type: ignore[no-untyped-def]
+                                                      analysed: bool) -> None:
+    result = pipeline.analyze(_with_view_position(chest_dicom, view))
+    assert result.projection.projection is Projection.FRONTAL  # the model's call is kept as it was
+    assert result.projection.view_position == (view.upper() if view else None)
+    assert result.to_json()["view_position"] == result.projection.view_position
+    assert result.analysed is analysed
+    header_warnings = [w for w in result.warnings if w.startswith("projection:")]
+    if analysed:
+        assert result.not_analysed_reason is None and result.covid is not None and not header_warnings
+    else:
+        assert result.not_analysed_reason.startswith(f"lateral projection by the DICOM header (View Position "
+                                                     f"{view.upper()})")
+        assert result.lungs is None and result.covid is None and result.ggo is None
+        assert header_warnings == [f"projection: the DICOM View Position {view.upper()} says lateral, the "
+                                   f"projection model frontal (P={result.projection.probability:.2f}); "
+                                   "not analysed"]
+
+
+def test_view_position_check_off_lets_the_model_decide(pipeline, chest_dicom: Path) -> None:  # type: ignore[no-untyped-def]
+    from pipelines.chest import ChestPipeline
+
+    model_only = ChestPipeline(pipeline.projection, pipeline.lungs, pipeline.covid, pipeline.ggo_detection,
+                               pipeline.ggo_segmentation, device="cpu", use_view_position=False)
+    result = model_only.analyze(_with_view_position(chest_dicom, "LL"))
+    assert result.analysed and result.covid is not None
+    assert any(w.endswith("the model's call was used (View Position check off)") for w in result.warnings)
+
+
+def test_a_frontal_view_position_does_not_restart_a_lateral_call(tmp_path: Path, state_dir: Path,
+                                                                 chest_dicom: Path) -> None:
+    from pipelines.chest import LATERAL_REASON, ChestPipeline
+    from pipelines.testing import write_random_bundles
+
+    write_random_bundles(tmp_path, seed=1, lateral=True, state_dir=state_dir)
+    lateral = ChestPipeline.from_models_dir(tmp_path, device="cpu", state_dir=state_dir)
+    result = lateral.analyze(_with_view_position(chest_dicom, "PA"))
+    assert not result.analysed and result.not_analysed_reason == LATERAL_REASON
+    assert [w for w in result.warnings if w.startswith("projection:")] == [
+        f"projection: the DICOM View Position PA says frontal, the projection model lateral "
+        f"(P={result.projection.probability:.2f}); not analysed"]

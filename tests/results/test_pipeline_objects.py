@@ -94,3 +94,30 @@ def test_child_gets_results_without_a_covid_finding(dicom_samples: Path, tmp_pat
     assert not [g for g in groups if g.tracking_identifier == TRACKING_COVID]
     notes = [str(e.value) for e in sr.iterall() if e.keyword == "TextValue"]
     assert any("not assessed" in n and "7 years" in n for n in notes), notes
+
+
+@pytest.mark.slow
+def test_a_lateral_view_position_gets_an_sr_that_says_why(dicom_samples: Path, tmp_path: Path) -> None:
+    """The model calls the image frontal, the header says LL: SR only, naming both, and it validates."""
+    from pipelines.chest import ChestPipeline
+    from pipelines.image import load_dicom
+    from pipelines.testing import write_random_bundles
+
+    models = tmp_path / "models"
+    write_random_bundles(models, seed=3, state_dir=tmp_path / "state")
+    pipeline = ChestPipeline.from_models_dir(models, device="cpu", state_dir=tmp_path / "state")
+    source = pydicom.dcmread(dicom_samples / "txv_siim_ptx_CR_chest_PA.dcm")
+    source.ViewPosition = "LL"
+    result = pipeline.analyze(load_dicom(source))
+    assert not result.analysed and result.projection.view_position == "LL"
+
+    (sr,) = build_result_objects(source, result)
+    assert sr.Modality == "SR"
+    sr.save_as(tmp_path / "SR.dcm", enforce_file_format=True)
+    output = run_tool(["dciodvfy", "-new", str(tmp_path / "SR.dcm")])
+    assert not [ln for ln in output.splitlines() if ln.startswith("Error")]
+    notes = [str(e.value) for e in sr.iterall() if e.keyword == "TextValue"]
+    assert any(n.startswith("Image not analysed: lateral projection by the DICOM header (View Position LL)")
+               for n in notes), notes
+    assert any(n.startswith("Pipeline warning: projection: the DICOM View Position LL says lateral")
+               for n in notes), notes
