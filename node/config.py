@@ -73,6 +73,9 @@ class PipelineSettings:
     # A DICOM View Position (0018,5101) of LL/RL stops the chain even when the projection model says
     # frontal (pipelines.tasks.projection). Off: the model alone decides; a disagreement stays a warning.
     use_view_position: bool = True
+    # A Body Part Examined (0018,0015) that names a region without lungs (HAND, KNEE, ABDOMEN, ...;
+    # pipelines.body_part) is not analysed. Empty or unknown values are analysed.
+    use_body_part: bool = True
 
 
 @dataclass

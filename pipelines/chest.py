@@ -3,6 +3,8 @@
 Every bundle is loaded once, when the pipeline is built (a worker builds one per process). A lateral
 image stops after projection (``analysed=False`` with the reason): lateral by the projection model,
 or by a DICOM View Position of LL/RL (``use_view_position``; a disagreement either way is a warning).
+An image whose Body Part Examined names a region without lungs (``pipelines.body_part``) is not
+analysed either (``use_body_part``).
 A covid bundle that names ``min_patient_age_years`` gives no COVID-19 output for a patient whose
 DICOM header says younger (``pipelines.population``); a warning says why and every other finding
 stays. Per-stage wall times are in ``ChestResult.timings_ms``; in :meth:`ChestPipeline.analyze_batch`
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
+from pipelines.body_part import non_chest_body_part
 from pipelines.bundle import BundleRegistry, LoadedBundle
 from pipelines.errors import BundleError
 from pipelines.population import below_minimum_age, describe_age
@@ -46,6 +49,8 @@ LATERAL_REASON = "lateral projection: the lung, COVID-19 and GGO models read fro
 HEADER_LATERAL_REASON = ("lateral projection by the DICOM header (View Position {view}), although the "
                          "projection model called it frontal (P={p:.2f}): the lung, COVID-19 and GGO models "
                          "read frontal (PA/AP) images only")
+BODY_PART_REASON = ("not a chest radiograph by the DICOM header (Body Part Examined {part}): the lung, "
+                    "COVID-19 and GGO models read chest radiographs only")
 STAGES = ("projection", "lungs", "covid", "ggo_detection", "ggo_segmentation")
 
 
@@ -81,6 +86,7 @@ class ChestPipeline:
         device: str,
         batch_size: int = 16,
         use_view_position: bool = True,
+        use_body_part: bool = True,
     ) -> None:
         self.projection = projection
         self.lungs = lungs
@@ -91,6 +97,7 @@ class ChestPipeline:
         self.batch_size = batch_size
         # A header that says lateral stops the chain too (pipelines.tasks.projection says why).
         self.use_view_position = use_view_position
+        self.use_body_part = use_body_part
         # The COVID model's own lung model (the one it was trained with) cuts its input, unless it is
         # the pipeline's lung model: then the lungs stage's masks serve both. Decided once, here.
         own = covid.input_lungs
@@ -110,6 +117,7 @@ class ChestPipeline:
         preferred: Mapping[str, str] | None = None,
         batch_size: int = 16,
         use_view_position: bool = True,
+        use_body_part: bool = True,
     ) -> ChestPipeline:
         """Load one bundle per task from ``models_dir`` (raises BundleError naming what is missing)."""
         device = resolve_device(device)
@@ -128,6 +136,7 @@ class ChestPipeline:
             device=device,
             batch_size=batch_size,
             use_view_position=use_view_position,
+            use_body_part=use_body_part,
         )
 
     def analyze(self, image: SourceImage) -> ChestResult:
@@ -177,6 +186,12 @@ class ChestPipeline:
         timer = _Timer({})
         projections = timer.run("projection", self.projection.predict, images)
         results = [self._projection_decision(im, proj) for im, proj in zip(images, projections, strict=True)]
+        if self.use_body_part:
+            for im, result in zip(images, results, strict=True):
+                part = non_chest_body_part(im.dataset)
+                if part is not None:
+                    result.analysed = False
+                    result.not_analysed_reason = BODY_PART_REASON.format(part=part)
         frontal = [i for i, r in enumerate(results) if r.analysed]
         counts = {"projection": len(images)}
         if frontal:

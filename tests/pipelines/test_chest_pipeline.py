@@ -388,3 +388,25 @@ def test_a_frontal_view_position_does_not_restart_a_lateral_call(tmp_path: Path,
     assert [w for w in result.warnings if w.startswith("projection:")] == [
         f"projection: the DICOM View Position PA says frontal, the projection model lateral "
         f"(P={result.projection.probability:.2f}); not analysed"]
+
+
+@pytest.mark.parametrize(("part", "analysed"), [("CHEST", True), ("PORT CHEST", True), ("TORACE", True),
+                                                ("", True), ("HAND", False), ("KNEE", False),
+                                                ("LOWER  LEG", False)])
+def test_a_body_part_without_lungs_is_not_analysed(pipeline, chest_dicom: Path, part: str,  # type: ignore[no-untyped-def]
+                                                   analysed: bool) -> None:
+    import pydicom
+
+    from pipelines.chest import BODY_PART_REASON, ChestPipeline
+    from pipelines.image import load_dicom
+
+    ds = pydicom.dcmread(chest_dicom)
+    ds.BodyPartExamined = part
+    result = pipeline.analyze(load_dicom(ds))
+    assert result.analysed is analysed
+    if not analysed:
+        assert result.not_analysed_reason == BODY_PART_REASON.format(part=" ".join(part.split()))
+        assert result.lungs is None and result.covid is None and result.ggo is None
+        unchecked = ChestPipeline(pipeline.projection, pipeline.lungs, pipeline.covid, pipeline.ggo_detection,
+                                  pipeline.ggo_segmentation, device="cpu", use_body_part=False)
+        assert unchecked.analyze(load_dicom(ds)).analysed
