@@ -142,6 +142,9 @@ def check_inputs(source: pydicom.Dataset, result: ChestResult) -> None:
     if result.sop_instance_uid and result.sop_instance_uid != source.SOPInstanceUID:
         raise ResultInputError(
             f"result is for SOP Instance {result.sop_instance_uid}, source is {source.SOPInstanceUID}")
+    if not str(source.get("Modality", "") or "").strip():
+        log.warning("source %s: no Modality in the header; the results reference it as %s",
+                    source.SOPInstanceUID, source_modality(source))
     age = source.get("PatientAge")
     if age and not _AGE_STRING.fullmatch(str(age)):
         log.warning("source %s: invalid Patient Age %r is left out of the results",
@@ -156,11 +159,28 @@ _TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "
                  "ReferringPhysicianName", "StudyID", "AccessionNumber")
 
 
+# Modality (0008,0060, Type 1) for a source without one, from its SOP Class: converters such as dcmtk's
+# img2dcm write secondary captures without it, and highdicom reads it from every source it references.
+_MODALITY_BY_SOP_CLASS = {
+    "1.2.840.10008.5.1.4.1.1.1": "CR",  # Computed Radiography Image Storage
+    "1.2.840.10008.5.1.4.1.1.1.1": "DX",  # Digital X-Ray Image Storage - For Presentation
+    "1.2.840.10008.5.1.4.1.1.1.1.1": "DX",  # Digital X-Ray Image Storage - For Processing
+}
+MISSING_MODALITY = "OT"  # "Other" (PS3.3 C.7.3.1.1.1): what the SOP Class does not tell
+
+
+def source_modality(source: pydicom.Dataset) -> str:
+    """The source's Modality, or the one its SOP Class implies when the header has none."""
+    value = str(source.get("Modality", "") or "").strip()
+    return value or _MODALITY_BY_SOP_CLASS.get(str(source.get("SOPClassUID", "")), MISSING_MODALITY)
+
+
 def reference_copy(source: pydicom.Dataset) -> pydicom.Dataset:
     """The source without its Pixel Data, with absent Type 2 patient/study attributes present empty.
 
     highdicom reads these attributes unconditionally; an absent Type 2 attribute and an empty
-    one mean the same (PS3.5 7.4.2), so the results stay consistent with the source.
+    one mean the same (PS3.5 7.4.2), so the results stay consistent with the source. A missing
+    Modality gets :func:`source_modality` in the copy only (the stored source is not changed).
     """
     copy = pydicom.Dataset()
     for element in source:
@@ -171,6 +191,8 @@ def reference_copy(source: pydicom.Dataset) -> pydicom.Dataset:
     for keyword in _TYPE2_COPIED:
         if keyword not in copy:
             setattr(copy, keyword, None)
+    if not str(copy.get("Modality", "") or "").strip():
+        copy.Modality = source_modality(source)
     age = copy.get("PatientAge")
     if age and not _AGE_STRING.fullmatch(str(age)):
         # Patient Age is Type 3 in the Patient Study module (PS3.3 C.7.2.2) and an AS value must

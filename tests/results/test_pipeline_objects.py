@@ -121,3 +121,41 @@ def test_a_lateral_view_position_gets_an_sr_that_says_why(dicom_samples: Path, t
                for n in notes), notes
     assert any(n.startswith("Pipeline warning: projection: the DICOM View Position LL says lateral")
                for n in notes), notes
+
+
+@pytest.mark.slow
+def test_an_img2dcm_secondary_capture_without_modality_gets_valid_results(shared_data: Path,
+                                                                          tmp_path: Path) -> None:
+    """dcmtk's img2dcm wraps a JPEG as a Secondary Capture with no Modality and an empty patient: the
+    way a research group turns a PNG collection into DICOM. Its results must build and validate."""
+    from PIL import Image
+
+    from pipelines.chest import ChestPipeline
+    from pipelines.image import load_dicom
+    from pipelines.testing import write_random_bundles
+
+    png = sorted((shared_data / "ieee8023_covid_cxr" / "images_512").glob("*.png"))[0]
+    jpeg, wrapped = tmp_path / "cxr.jpg", tmp_path / "cxr.dcm"
+    Image.open(png).convert("L").save(jpeg, quality=90)
+    run_tool(["img2dcm", "-i", "JPEG", str(jpeg), str(wrapped)])
+    source = pydicom.dcmread(wrapped)
+    assert "Modality" not in source and source.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+
+    models = tmp_path / "models"
+    write_random_bundles(models, seed=3, state_dir=tmp_path / "state")
+    pipeline = ChestPipeline.from_models_dir(models, device="cpu", state_dir=tmp_path / "state")
+    result = pipeline.analyze(load_dicom(source))
+    assert result.analysed
+
+    objects = build_result_objects(source, result)
+    assert [o.Modality for o in objects] == ["SEG", "SR", "OT"]
+    assert "Modality" not in source  # only the writers' reference copy gets one
+    for obj in objects:
+        path = tmp_path / f"result_{obj.Modality}.dcm"
+        obj.save_as(path, enforce_file_format=True)
+        output = run_tool(["dciodvfy", "-new", str(path)])
+        assert not [ln for ln in output.splitlines() if ln.startswith("Error")], (path.name, output)
+        assert obj.StudyInstanceUID == source.StudyInstanceUID
+    seg = objects[0]
+    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID \
+        == source.SOPInstanceUID
