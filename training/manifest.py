@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 from collections import Counter
@@ -146,6 +147,34 @@ def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+# Columns added after manifests were first hashed into bundles, newest last: a manifest whose later
+# columns are blank in every row is the same data as the older file without them (session 10 added
+# ``ggo_labelled``; the GGO bundle shipped before names the sha of the file without it).
+LATER_COLUMNS: tuple[str, ...] = ("ggo_labelled",)
+
+
+def manifest_shas(path: Path | str) -> set[str]:
+    """The file's sha256, plus the sha256 it had in each older format whose dropped columns are all blank.
+
+    Lets a bundle's recorded ``manifest_sha256`` be checked against a manifest rebuilt by today's code:
+    the rows are rewritten exactly as :func:`write_manifest` did then (same writer, same order).
+    """
+    shas = {file_sha256(path)}
+    with open(path, newline="", encoding="utf-8") as fh:
+        records = list(csv.DictReader(fh))
+    header = list(COLUMNS)
+    for column in reversed(LATER_COLUMNS):
+        if any(r.get(column) for r in records):
+            break
+        header.remove(column)
+        buf = io.StringIO(newline="")
+        writer = csv.DictWriter(buf, fieldnames=header, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(records)
+        shas.add(hashlib.sha256(buf.getvalue().encode("utf-8")).hexdigest())
+    return shas
 
 
 def merge_manifests(parts: Sequence[Sequence[ManifestRow]]) -> list[ManifestRow]:

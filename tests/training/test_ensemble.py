@@ -203,6 +203,21 @@ def test_mixed_recipes_are_allowed_only_on_the_same_validation_and_test_images(
         main([str(a), str(c), "--name", "tiny-mixed-bad", *args])
 
 
+    # --mixed-splits: a member trained on another split joins, its validation overlap recorded ...
+    assert main([str(a), str(c), "--name", "tiny-mixed-splits", *args, "--mixed-splits"]) == 0
+    bundle = Path(json.loads(capsys.readouterr().out)["bundle"])
+    members = json.loads((bundle / "configs" / "metadata.json").read_text())["ensemble"]["members"]
+    assert [m.get("trained_on_validation_images") for m in members] == [0, 1]
+    # ... but a member that trained on one of the ensemble's test images is refused
+    rows = read_manifest(manifest)
+    next(r for r in rows if r.split == "test").split = "train"
+    d = _member(tmp_path, write_manifest(rows, tmp_path / "leaky.csv"), 54, out, shared_data, task="lungs")
+    with pytest.raises(TrainingError, match="trained on 1 of .* test images"):
+        main([str(a), str(d), "--name", "tiny-mixed-leaky", *args, "--mixed-splits"])
+    with pytest.raises(SystemExit):
+        main([str(a), str(c), "--name", "x", "--version", "0", "--mixed-splits"])  # needs --mixed-recipes
+
+
 def test_member_bundle_arguments_name_a_bundle_or_the_members_of_an_ensemble_bundle(tmp_path: Path) -> None:
     from training.recipes.ensemble import MemberSource, parse_member_bundles
 

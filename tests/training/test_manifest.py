@@ -59,3 +59,26 @@ def test_rows_refuse_nonsense() -> None:
         ManifestRow(image_path="/a.png", dataset="d", patient_id="")
     with pytest.raises(ValueError, match="empty or inverted box"):
         BoxLabel(10, 10, 5, 20, "x")
+
+
+def test_a_manifest_without_weak_labels_also_has_its_older_format_sha(tmp_path: Path) -> None:
+    """Bundles hashed their manifest before ``ggo_labelled`` existed; rebuilt today, it must still match."""
+    import csv
+    import dataclasses
+
+    from training.manifest import COLUMNS, file_sha256, manifest_shas
+
+    rows = [_row(1, split="train"), _row(2, split="test")]
+    path = write_manifest(rows, tmp_path / "m.csv")
+    old = tmp_path / "old.csv"  # what write_manifest wrote before the column was added
+    with old.open("w", newline="", encoding="utf-8") as fh:
+        header = [c for c in COLUMNS if c != "ggo_labelled"]
+        writer = csv.DictWriter(fh, fieldnames=header, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(r.to_csv() for r in rows)
+    assert file_sha256(old) != file_sha256(path)
+    assert manifest_shas(path) == {file_sha256(path), file_sha256(old)}
+
+    weak = write_manifest([dataclasses.replace(rows[0], ggo_labelled="/m/zones.png"), rows[1]],
+                          tmp_path / "weak.csv")
+    assert manifest_shas(weak) == {file_sha256(weak)}  # the older format could not hold this file

@@ -18,6 +18,12 @@ trained with ``[data] aux_mask_datasets``): each member's manifest must then be 
 every member must have exactly the ensemble's validation and test images, so the ensemble is still
 selected and tested on the images each member was.
 
+``--mixed-splits`` (with ``--mixed-recipes``) admits a member trained on another split of the same images
+(e.g. a shipped bundle next to a candidate trained on a larger manifest): the ensemble's split is the first
+member's, and a member may not have trained on any of its test images (refused); the ensemble's validation
+images a member trained on are counted in the metadata (``trained_on_validation_images``), since its
+validation figures are then partly in-sample for that member.
+
 The ensemble's network is :class:`pipelines.networks.MeanEnsemble` (mean of the members' probabilities:
 per image for a classifier, per pixel for a segmenter; one Grad-CAM per member for COVID-19) and it is
 exported by the trainer's own :func:`training.export.export_torch_bundle`: threshold chosen on the
@@ -153,6 +159,13 @@ def export_mean_ensemble(
     )
 
 
+def split_overlap(member_rows: list, ensemble_rows: list) -> dict[str, int]:
+    """How many of the ensemble's validation and test images a member trained on."""
+    trained = {r.image_path for r in member_rows if r.split == "train"}
+    return {split: sum(1 for r in ensemble_rows if r.split == split and r.image_path in trained)
+            for split in ("validation", "test")}
+
+
 def build_ensemble(
     cfgs: list[RunConfig],
     name: str,
@@ -160,12 +173,14 @@ def build_ensemble(
     description: str,
     member_bundles: dict[str, MemberSource] | None = None,
     mixed_recipes: bool = False,
+    mixed_splits: bool = False,
 ) -> Path:
     """Load the member bundles, average them, and export the ensemble bundle under runs/<name>."""
     from pipelines.bundle import load_bundle
     from pipelines.networks import MeanEnsemble
     from training.data import prepare_rows
     from training.distributed import DistContext
+    from training.manifest import manifest_shas
     from training.tasks import TASK_SPECS
 
     spec = TASK_SPECS[cfgs[0].task]
@@ -198,15 +213,25 @@ def build_ensemble(
             (cfg.run_dir / "manifest.csv").write_bytes((c.run_dir / "manifest.csv").read_bytes())
             break
     rows, _path, manifest_sha = prepare_rows(cfg, spec, ctx)
+    overlaps: list[dict[str, int] | None] = []
     for b, c in zip(members, cfgs, strict=True):
+        overlaps.append(None)
         if not mixed_recipes:
             if b.metadata.manifest_sha256 != manifest_sha:
                 raise TrainingError(f"{c.name}: trained on another manifest than {manifest_sha[:12]}")
             continue
-        own_rows, _own_path, own_sha = prepare_rows(c, spec, ctx)
-        if b.metadata.manifest_sha256 != own_sha:
+        own_rows, own_path, _own_sha = prepare_rows(c, spec, ctx)
+        if b.metadata.manifest_sha256 not in manifest_shas(own_path):
             raise TrainingError(f"{c.name}: its bundle was trained on another manifest than its config's")
-        if _evaluated_images(own_rows) != _evaluated_images(rows):
+        if mixed_splits:
+            overlaps[-1] = split_overlap(own_rows, rows)
+            if overlaps[-1]["test"]:
+                raise TrainingError(
+                    f"{c.name}: trained on {overlaps[-1]['test']} of {cfg.name}'s test images")
+            if overlaps[-1]["validation"]:
+                logging.warning("%s: trained on %d of the ensemble's validation images", c.name,
+                                overlaps[-1]["validation"])
+        elif _evaluated_images(own_rows) != _evaluated_images(rows):
             raise TrainingError(f"{c.name}: its validation/test images differ from {cfg.name}'s")
     bundle = export_mean_ensemble(cfg, networks, definitions, epochs, rows, manifest_sha)
     meta_path = bundle / "configs" / "metadata.json"
@@ -219,8 +244,9 @@ def build_ensemble(
              "validation_selection_value": None if src.index is not None
              else b.metadata.metrics.get("selection_value"),
              "weights_sha256": b.metadata.weights.get("sha256"),
-             **({} if src.index is None else {"member_of_ensemble_bundle": src.index})}
-            for b, c, src, epoch in zip(members, cfgs, sources, epochs, strict=True)
+             **({} if src.index is None else {"member_of_ensemble_bundle": src.index}),
+             **({} if overlap is None else {"trained_on_validation_images": overlap["validation"]})}
+            for b, c, src, epoch, overlap in zip(members, cfgs, sources, epochs, overlaps, strict=True)
         ],
     }
     meta_path.write_text(json.dumps(meta, indent=2, default=float) + "\n", encoding="utf-8")
@@ -239,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mixed-recipes", action="store_true",
                         help="members may differ in [data], [model] and [train] "
                              "(they must have the same validation and test images)")
+    parser.add_argument("--mixed-splits", action="store_true",
+                        help="with --mixed-recipes: members may have other splits; none may have trained on "
+                             "the ensemble's (first member's) test images")
     parser.add_argument("--train", action="store_true", help="train members whose bundle is missing")
     parser.add_argument("--min-members", type=int, default=3)
     args = parser.parse_args(argv)
@@ -247,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     from training.config import load_config
     from training.run import train_from_config
 
+    if args.mixed_splits and not args.mixed_recipes:
+        parser.error("--mixed-splits needs --mixed-recipes")
     cfgs = [load_config(p) for p in args.configs]
     check_members(cfgs, args.mixed_recipes)
     try:
@@ -266,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"only {len(ready)} member bundle(s) ready; need {args.min_members}", file=sys.stderr)
         return 2
     description = args.description or f"{ready[0].description} (mean of {len(ready)} seeded runs)"
-    bundle = build_ensemble(ready, args.name, args.version, description, overrides, args.mixed_recipes)
+    bundle = build_ensemble(ready, args.name, args.version, description, overrides, args.mixed_recipes,
+                            args.mixed_splits)
     meta = json.loads((bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
     m = meta["metrics"]
     print(json.dumps({"bundle": str(bundle), "members": [c.name for c in ready],
