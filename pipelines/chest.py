@@ -4,7 +4,8 @@ Every bundle is loaded once, when the pipeline is built (a worker builds one per
 image stops after projection (``analysed=False`` with the reason): lateral by the projection model,
 or by a DICOM View Position of LL/RL (``use_view_position``; a disagreement either way is a warning).
 An image whose Body Part Examined names a region without lungs (``pipelines.body_part``) is not
-analysed either (``use_body_part``).
+analysed either (``use_body_part``), nor is an image too small or too elongated to be a chest radiograph
+(:func:`unfit_geometry`: a thumbnail or a strip would be upsampled into the models' grids and read as lungs).
 A covid bundle that names ``min_patient_age_years`` gives no COVID-19 output for a patient whose
 DICOM header says younger (``pipelines.population``); a warning says why and every other finding
 stays. Per-stage wall times are in ``ChestResult.timings_ms``; in :meth:`ChestPipeline.analyze_batch`
@@ -49,9 +50,24 @@ LATERAL_REASON = "lateral projection: the lung, COVID-19 and GGO models read fro
 HEADER_LATERAL_REASON = ("lateral projection by the DICOM header (View Position {view}), although the "
                          "projection model called it frontal (P={p:.2f}): the lung, COVID-19 and GGO models "
                          "read frontal (PA/AP) images only")
+# A chest radiograph is hundreds to thousands of pixels on a side and roughly square (portrait or landscape);
+# the models read 128-256 px grids. Below MIN_SIDE_PX the models would see upsampled blur; beyond
+# MAX_ASPECT the picture is a strip, not a chest.
+MIN_SIDE_PX = 128
+MAX_ASPECT = 3.0
+GEOMETRY_REASON = ("image {rows}x{columns} px is not the shape of a chest radiograph (shorter side at least "
+                   f"{MIN_SIDE_PX} px, sides at most {MAX_ASPECT:g}:1)")
 BODY_PART_REASON = ("not a chest radiograph by the DICOM header (Body Part Examined {part}): the lung, "
                     "COVID-19 and GGO models read chest radiographs only")
 STAGES = ("projection", "lungs", "covid", "ggo_detection", "ggo_segmentation")
+
+
+def unfit_geometry(shape: tuple[int, int]) -> str | None:
+    """Why an image of this (rows, columns) is not analysed, or None when its shape can be a chest film."""
+    rows, columns = shape
+    if min(rows, columns) < MIN_SIDE_PX or max(rows, columns) > MAX_ASPECT * min(rows, columns):
+        return GEOMETRY_REASON.format(rows=rows, columns=columns)
+    return None
 
 
 def _same_model(a: LoadedBundle, b: LoadedBundle) -> bool:
@@ -186,12 +202,12 @@ class ChestPipeline:
         timer = _Timer({})
         projections = timer.run("projection", self.projection.predict, images)
         results = [self._projection_decision(im, proj) for im, proj in zip(images, projections, strict=True)]
-        if self.use_body_part:
-            for im, result in zip(images, results, strict=True):
-                part = non_chest_body_part(im.dataset)
-                if part is not None:
-                    result.analysed = False
-                    result.not_analysed_reason = BODY_PART_REASON.format(part=part)
+        for im, result in zip(images, results, strict=True):
+            part = non_chest_body_part(im.dataset) if self.use_body_part else None
+            reason = BODY_PART_REASON.format(part=part) if part is not None else unfit_geometry(im.shape)
+            if reason is not None:
+                result.analysed = False
+                result.not_analysed_reason = reason
         frontal = [i for i, r in enumerate(results) if r.analysed]
         counts = {"projection": len(images)}
         if frontal:

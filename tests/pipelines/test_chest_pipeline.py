@@ -410,3 +410,25 @@ def test_a_body_part_without_lungs_is_not_analysed(pipeline, chest_dicom: Path, 
         unchecked = ChestPipeline(pipeline.projection, pipeline.lungs, pipeline.covid, pipeline.ggo_detection,
                                   pipeline.ggo_segmentation, device="cpu", use_body_part=False)
         assert unchecked.analyze(load_dicom(ds)).analysed
+
+
+@pytest.mark.parametrize(("shape", "fit"), [((2048, 2500), True), ((512, 476), True), ((128, 384), True),
+                                            ((127, 200), False), ((32, 32), False), ((100, 2048), False),
+                                            ((1000, 3001), False)])
+def test_only_a_chest_film_shape_is_analysed(shape: tuple[int, int], fit: bool) -> None:
+    from pipelines.chest import unfit_geometry
+
+    reason = unfit_geometry(shape)
+    assert (reason is None) is fit
+    if not fit:
+        assert reason.startswith(f"image {shape[0]}x{shape[1]} px is not the shape of a chest radiograph")
+
+
+def test_a_thumbnail_is_not_analysed(pipeline, chest_png: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from PIL import Image
+
+    thumb = tmp_path / "thumb.png"
+    Image.open(chest_png).resize((96, 96)).save(thumb)
+    result = pipeline.analyze(load_image(thumb))
+    assert not result.analysed and result.lungs is None and result.covid is None and result.ggo is None
+    assert result.not_analysed_reason.startswith("image 96x96 px is not the shape of a chest radiograph")
