@@ -48,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="images per model call (default 8)")
     parser.add_argument("--state-dir", type=Path, default=None,
                         help="folder for ultralytics' offline state (default: $XDG_CACHE_HOME/cxr-node)")
+    parser.add_argument("--ignore-view-position", action="store_true",
+                        help="the projection model alone decides frontal/lateral (a DICOM View Position of "
+                             "LL/RL stops the chain by default; a disagreement stays a warning)")
+    parser.add_argument("--ignore-body-part", action="store_true",
+                        help="analyse images whose Body Part Examined names a region without lungs")
 
 
 def _is_candidate(path: Path) -> bool:
@@ -183,7 +188,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         pipeline = ChestPipeline.from_models_dir(
             args.models, device=None if args.device == "auto" else args.device,
-            state_dir=args.state_dir, batch_size=args.batch_size)
+            state_dir=args.state_dir, batch_size=args.batch_size,
+            use_view_position=not args.ignore_view_position, use_body_part=not args.ignore_body_part)
     except PipelineError as exc:
         print(f"cxr-node analyze: error: cannot load the models: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE

@@ -87,3 +87,28 @@ def test_plain_summary_and_unusable_models(
                    "--models", str(tmp_path / "none")])
     assert status == 2
     assert "cannot load the models: models folder not found" in capsys.readouterr().err
+
+
+def test_header_gates_and_their_switches(tmp_path: Path, chest_dicom: Path, random_models: Path,
+                                         state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ds = pydicom.dcmread(chest_dicom)
+    ds.ViewPosition, ds.BodyPartExamined = "LL", "CHEST"
+    ds.save_as(tmp_path / "ll.dcm")
+    ds.ViewPosition, ds.BodyPartExamined = "PA", "KNEE"
+    ds.save_as(tmp_path / "knee.dcm")
+    common = ["--json", "--models", str(random_models), "--device", "cpu", "--state-dir", str(state_dir)]
+
+    def records(*extra: str) -> dict[str, dict]:
+        shutil.rmtree(tmp_path / "out", ignore_errors=True)
+        assert main(["analyze", str(tmp_path / "ll.dcm"), str(tmp_path / "knee.dcm"), "--out",
+                     str(tmp_path / "out"), *common, *extra]) == 0
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        return {Path(line["source"]).name: line for line in lines}
+
+    gated = records()
+    assert not gated["ll.dcm"]["analysed"] and gated["ll.dcm"]["view_position"] == "LL"
+    knee = gated["knee.dcm"]
+    assert not knee["analysed"] and "Body Part Examined KNEE" in knee["not_analysed_reason"]
+    open_ = records("--ignore-view-position", "--ignore-body-part")
+    assert open_["ll.dcm"]["analysed"] and open_["knee.dcm"]["analysed"]
+    assert any("View Position check off" in w for w in open_["ll.dcm"]["warnings"])
