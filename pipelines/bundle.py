@@ -72,6 +72,10 @@ class BundleMetadata:
     # Youngest patient (years, from the DICOM header) the model is meant for; the pipeline withholds the
     # model's output for a younger patient and says why (pipelines/population.py). 0 = no limit.
     min_patient_age_years: float = 0.0
+    # One sentence a reader of the results must see beside this model's values (the SR carries it as a
+    # note): a known failure mode the card describes at length. Set when shipping
+    # (training.recipes.ship_bundle --extra-json). Empty: none.
+    reader_caution: str = ""
     # Filled by save_bundle: {"file": "models/model.pt", "sha256": ..., "dtype": ...}.
     weights: dict[str, str] = field(default_factory=dict)
 
@@ -91,7 +95,8 @@ class BundleMetadata:
 
     @property
     def info(self) -> ModelInfo:
-        return ModelInfo(name=self.name, version=self.version, task=self.task, architecture=self.architecture)
+        return ModelInfo(name=self.name, version=self.version, task=self.task, architecture=self.architecture,
+                         caution=self.reader_caution)
 
     def to_json(self) -> dict[str, Any]:
         """metadata.json content: MONAI's standard keys first, then ours."""

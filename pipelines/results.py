@@ -71,6 +71,8 @@ class ModelInfo:
     version: str
     task: str
     architecture: str
+    # The bundle's reader_caution: a known failure mode the result objects repeat beside its values.
+    caution: str = ""
 
 
 class Projection(StrEnum):

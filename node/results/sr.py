@@ -275,6 +275,8 @@ def build_sr(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext, *
     else:
         notes.append(f"Image not analysed: {result.not_analysed_reason or 'no reason given'}.")
     notes += [f"Pipeline warning: {w}" for w in result.warnings]
+    notes += [f"Model caution ({m.name} {m.version}): {m.caution}"
+              for m in result.models.values() if m.caution]
 
     settings = ctx.settings
     observer = device_observer(settings)

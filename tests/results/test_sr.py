@@ -205,3 +205,24 @@ def test_covid_group_names_the_lung_model_that_cut_its_input(
     assert points[:, 0].max() == pytest.approx(w // 2, abs=1)
     assert points[:, 1].min() == pytest.approx(h // 4, abs=1)
     assert points[:, 1].max() == pytest.approx(h // 2, abs=1)
+
+
+def test_a_models_reader_caution_is_a_note_beside_its_values(frontal_sets: dict[str, ResultSet],
+                                                             write_set) -> None:
+    rs = frontal_sets["dx_mono2_raw_ps"]
+    assert not [n for n in _notes(_groups(rs)[0]) if n.startswith("Model caution")]  # none without one
+    ggo_model = dataclasses.replace(rs.result.ggo.segmentation_model, caution="It over-calls normal lungs.")
+    ggo = dataclasses.replace(rs.result.ggo, segmentation_model=ggo_model)
+    result = dataclasses.replace(rs.result, ggo=ggo)
+    sr, _ = _groups(write_set("caution", rs.source_path, result))
+    assert f"Model caution ({ggo_model.name} {ggo_model.version}): It over-calls normal lungs." in _notes(sr)
+
+
+def test_the_shipped_cautions_load_from_the_bundles() -> None:
+    from pathlib import Path
+
+    from pipelines.bundle import read_metadata
+
+    models = Path(__file__).resolve().parents[2] / "models"
+    assert "over-calls normal lungs" in read_metadata(models / "ggo_segmentation").info.caution
+    assert "near chance" in read_metadata(models / "covid").info.caution
