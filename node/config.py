@@ -76,6 +76,9 @@ class PipelineSettings:
     # A Body Part Examined (0018,0015) that names a region without lungs (HAND, KNEE, ABDOMEN, ...;
     # pipelines.body_part) is not analysed. Empty or unknown values are analysed.
     use_body_part: bool = True
+    # A frontal call whose lung mask has the shape a lateral gives (one field across the chest;
+    # pipelines.lung_field) is not analysed. Off: analysed, with a warning.
+    use_lung_field: bool = True
 
 
 @dataclass

@@ -46,12 +46,13 @@ class ChestAnalyzer:
     """The real chain: ``load_dicom`` -> ``ChestPipeline.analyze`` -> ``build_result_objects``."""
 
     def __init__(self, models_dir: Path, device: str = "auto", institution_name: str = "",
-                 use_view_position: bool = True, use_body_part: bool = True) -> None:
+                 use_view_position: bool = True, use_body_part: bool = True,
+                 use_lung_field: bool = True) -> None:
         from pipelines.chest import ChestPipeline  # torch/MONAI: imported here, not at module load
 
         self._pipeline = ChestPipeline.from_models_dir(
             models_dir, device=None if device == "auto" else device, use_view_position=use_view_position,
-            use_body_part=use_body_part,
+            use_body_part=use_body_part, use_lung_field=use_lung_field,
         )
         self._institution_name = institution_name
 
@@ -71,7 +72,8 @@ class ChestAnalyzer:
 def chest_analyzer_factory(config: NodeConfig) -> Callable[[], Analyzer]:
     def factory() -> Analyzer:
         return ChestAnalyzer(config.models_dir, config.pipeline.device, config.pipeline.institution_name,
-                             config.pipeline.use_view_position, config.pipeline.use_body_part)
+                             config.pipeline.use_view_position, config.pipeline.use_body_part,
+                             config.pipeline.use_lung_field)
 
     return factory
 

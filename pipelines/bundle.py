@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import BundleError
+from pipelines.lung_field import LateralFieldRule
 from pipelines.preprocess import InputSpec
 from pipelines.results import ModelInfo
 
@@ -76,6 +77,11 @@ class BundleMetadata:
     # note): a known failure mode the card describes at length. Set when shipping
     # (training.recipes.ship_bundle --extra-json). Empty: none.
     reader_caution: str = ""
+    # Lungs bundles: the lung-field witness's rule measured on this model's masks
+    # ({"min_width": ..., "max_second": ..., "measured": "..."}; pipelines/lung_field.py). A frontal call
+    # whose mask matches it is not analysed. Empty: no such check. Written by
+    # training.recipes.lung_field_check --write-metadata.
+    lateral_field: dict[str, Any] = field(default_factory=dict)
     # Filled by save_bundle: {"file": "models/model.pt", "sha256": ..., "dtype": ...}.
     weights: dict[str, str] = field(default_factory=dict)
 
@@ -90,6 +96,14 @@ class BundleMetadata:
         if not float(self.min_patient_age_years) >= 0.0:
             raise BundleError(
                 f"bundle {self.name!r}: min_patient_age_years {self.min_patient_age_years} must be >= 0")
+        if self.lateral_field:
+            if self.task != "lungs":
+                raise BundleError(
+                    f"bundle {self.name!r}: lateral_field is for lungs bundles, not {self.task}")
+            try:
+                LateralFieldRule.from_metadata(self.lateral_field)
+            except ValueError as exc:
+                raise BundleError(f"bundle {self.name!r}: {exc}") from exc
         if "_target_" not in self.network_def:
             raise BundleError(f"bundle {self.name!r}: network_def has no _target_")
 

@@ -3,6 +3,9 @@
 Every bundle is loaded once, when the pipeline is built (a worker builds one per process). A lateral
 image stops after projection (``analysed=False`` with the reason): lateral by the projection model,
 or by a DICOM View Position of LL/RL (``use_view_position``; a disagreement either way is a warning).
+A frontal call is checked once more after the lungs stage: a lung mask with the shape a lateral gives
+(``pipelines.lung_field``: one field across the chest, by the rule the lungs bundle carries) stops the
+chain too (``use_lung_field``; off: a warning only).
 An image whose Body Part Examined names a region without lungs (``pipelines.body_part``) is not
 analysed either (``use_body_part``), nor is an image too small or too elongated to be a chest radiograph
 (:func:`unfit_geometry`: a thumbnail or a strip would be upsampled into the models' grids and read as lungs).
@@ -26,6 +29,7 @@ from typing import ParamSpec, TypeVar
 from pipelines.body_part import non_chest_body_part
 from pipelines.bundle import BundleRegistry, LoadedBundle
 from pipelines.errors import BundleError
+from pipelines.lung_field import LateralFieldRule, lung_field_shape
 from pipelines.population import below_minimum_age, describe_age
 from pipelines.results import (
     ChestResult,
@@ -57,6 +61,9 @@ MIN_SIDE_PX = 128
 MAX_ASPECT = 3.0
 GEOMETRY_REASON = ("image {rows}x{columns} px is not the shape of a chest radiograph (shorter side at least "
                    f"{MIN_SIDE_PX} px, sides at most {MAX_ASPECT:g}:1)")
+LUNG_FIELD_REASON = ("lateral projection by the shape of the lung mask ({shape}, as on a lateral view), "
+                     "although the projection model called it frontal (P={p:.2f}): the lung, COVID-19 and "
+                     "GGO models read frontal (PA/AP) images only")
 BODY_PART_REASON = ("not a chest radiograph by the DICOM header (Body Part Examined {part}): the lung, "
                     "COVID-19 and GGO models read chest radiographs only")
 STAGES = ("projection", "lungs", "covid", "ggo_detection", "ggo_segmentation")
@@ -103,6 +110,7 @@ class ChestPipeline:
         batch_size: int = 16,
         use_view_position: bool = True,
         use_body_part: bool = True,
+        use_lung_field: bool = True,
     ) -> None:
         self.projection = projection
         self.lungs = lungs
@@ -114,6 +122,9 @@ class ChestPipeline:
         # A header that says lateral stops the chain too (pipelines.tasks.projection says why).
         self.use_view_position = use_view_position
         self.use_body_part = use_body_part
+        # A lung mask shaped like a lateral's stops the chain (pipelines.lung_field); off: a warning only.
+        self.use_lung_field = use_lung_field
+        self._lateral_field = LateralFieldRule.from_metadata(lungs.bundle.metadata.lateral_field)
         # The COVID model's own lung model (the one it was trained with) cuts its input, unless it is
         # the pipeline's lung model: then the lungs stage's masks serve both. Decided once, here.
         own = covid.input_lungs
@@ -134,6 +145,7 @@ class ChestPipeline:
         batch_size: int = 16,
         use_view_position: bool = True,
         use_body_part: bool = True,
+        use_lung_field: bool = True,
     ) -> ChestPipeline:
         """Load one bundle per task from ``models_dir`` (raises BundleError naming what is missing)."""
         device = resolve_device(device)
@@ -153,6 +165,7 @@ class ChestPipeline:
             batch_size=batch_size,
             use_view_position=use_view_position,
             use_body_part=use_body_part,
+            use_lung_field=use_lung_field,
         )
 
     def analyze(self, image: SourceImage) -> ChestResult:
@@ -211,19 +224,43 @@ class ChestPipeline:
         frontal = [i for i, r in enumerate(results) if r.analysed]
         counts = {"projection": len(images)}
         if frontal:
-            f_images = [images[i] for i in frontal]
-            lungs: list[LungResult] = timer.run("lungs", self.lungs.predict, f_images)
-            self._covid(timer, f_images, lungs, [results[i] for i in frontal])
-            self._ggo(timer, f_images, lungs, [results[i] for i in frontal])
-            for i, lung in zip(frontal, lungs, strict=True):
-                results[i].lungs = lung
-            counts.update({stage: len(frontal) for stage in STAGES[1:]})
+            lungs: list[LungResult] = timer.run("lungs", self.lungs.predict, [images[i] for i in frontal])
+            counts["lungs"] = len(frontal)
+            by_index = dict(zip(frontal, lungs, strict=True))
+            for i in frontal:
+                self._lung_field_decision(results[i], by_index[i])
+            frontal = [i for i in frontal if results[i].analysed]
+        if frontal:
+            f_images, f_lungs = [images[i] for i in frontal], [by_index[i] for i in frontal]
+            self._covid(timer, f_images, f_lungs, [results[i] for i in frontal])
+            self._ggo(timer, f_images, f_lungs, [results[i] for i in frontal])
+            for i in frontal:
+                results[i].lungs = by_index[i]
+            counts.update({stage: len(frontal) for stage in STAGES[2:]})
         total = (time.perf_counter() - start) * 1000.0
         for r in results:
             per_stage = {s: timer.totals[s] / counts[s] for s in STAGES if s in timer.totals and r.analysed}
             per_stage["projection"] = timer.totals["projection"] / counts["projection"]
             r.timings_ms = {**per_stage, "total": total / len(images)}
         return results
+
+    def _lung_field_decision(self, result: ChestResult, lung: LungResult) -> None:
+        """A frontal call whose lung mask has a lateral's shape: not analysed (check off: a warning)."""
+        if self._lateral_field is None:
+            return
+        shape = lung_field_shape(lung.mask)
+        if not self._lateral_field.matches(shape):
+            return
+        assert shape is not None  # matches() is False for an empty mask
+        p = result.projection.probability
+        said = (f"projection: {shape.describe()}, the shape of a lateral view; the projection model said "
+                f"frontal (P={p:.2f})")
+        if not self.use_lung_field:
+            result.warnings.append(f"{said}; analysed as frontal (lung-field check off)")
+            return
+        result.analysed = False
+        result.not_analysed_reason = LUNG_FIELD_REASON.format(shape=shape.describe(), p=p)
+        result.warnings.append(f"{said}; not analysed")
 
     def _covid(self, timer: _Timer, images: list[SourceImage], lungs: list[LungResult],
                results: list[ChestResult]) -> None:

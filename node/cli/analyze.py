@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "LL/RL stops the chain by default; a disagreement stays a warning)")
     parser.add_argument("--ignore-body-part", action="store_true",
                         help="analyse images whose Body Part Examined names a region without lungs")
+    parser.add_argument("--ignore-lung-field", action="store_true",
+                        help="analyse a frontal call whose lung mask has a lateral's shape (one field across "
+                             "the chest; by default it is not analysed), with a warning")
 
 
 def _is_candidate(path: Path) -> bool:
@@ -189,7 +192,8 @@ def run(args: argparse.Namespace) -> int:
         pipeline = ChestPipeline.from_models_dir(
             args.models, device=None if args.device == "auto" else args.device,
             state_dir=args.state_dir, batch_size=args.batch_size,
-            use_view_position=not args.ignore_view_position, use_body_part=not args.ignore_body_part)
+            use_view_position=not args.ignore_view_position, use_body_part=not args.ignore_body_part,
+            use_lung_field=not args.ignore_lung_field)
     except PipelineError as exc:
         print(f"cxr-node analyze: error: cannot load the models: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE

@@ -112,3 +112,21 @@ def test_header_gates_and_their_switches(tmp_path: Path, chest_dicom: Path, rand
     open_ = records("--ignore-view-position", "--ignore-body-part")
     assert open_["ll.dcm"]["analysed"] and open_["knee.dcm"]["analysed"]
     assert any("View Position check off" in w for w in open_["ll.dcm"]["warnings"])
+
+
+def test_the_lung_field_gate_and_its_switch(tmp_path: Path, chest_png: Path, random_models: Path,
+                                            state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(random_models, models)
+    path = models / "random-lungs" / "configs" / "metadata.json"  # its mask: one field across the image
+    path.write_text(json.dumps({**json.loads(path.read_text()),
+                                "lateral_field": {"min_width": 0.45, "max_second": 0.4}}))
+    common = [str(chest_png), "--json", "--models", str(models), "--device", "cpu",
+              "--state-dir", str(state_dir)]
+
+    assert main(["analyze", *common, "--out", str(tmp_path / "gated")]) == 0
+    gated = json.loads(capsys.readouterr().out)
+    assert not gated["analysed"] and "shape of the lung mask" in gated["not_analysed_reason"]
+    assert main(["analyze", *common, "--out", str(tmp_path / "open"), "--ignore-lung-field"]) == 0
+    open_ = json.loads(capsys.readouterr().out)
+    assert open_["analysed"] and any("lung-field check off" in w for w in open_["warnings"])

@@ -124,6 +124,35 @@ def test_a_lateral_view_position_gets_an_sr_that_says_why(dicom_samples: Path, t
 
 
 @pytest.mark.slow
+def test_a_lateral_shaped_lung_mask_gets_an_sr_that_says_why(dicom_samples: Path, tmp_path: Path) -> None:
+    """The model calls the image frontal, the lung mask is one field across the chest (the lungs bundle's
+    lateral_field rule): SR only, naming both, and it validates."""
+    import json
+
+    from pipelines.chest import ChestPipeline
+    from pipelines.image import load_dicom
+    from pipelines.testing import write_random_bundles
+
+    models = tmp_path / "models"
+    write_random_bundles(models, seed=3, state_dir=tmp_path / "state")  # its lung mask: most of the image
+    path = models / "random-lungs" / "configs" / "metadata.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()),
+                                "lateral_field": {"min_width": 0.45, "max_second": 0.4}}))
+    pipeline = ChestPipeline.from_models_dir(models, device="cpu", state_dir=tmp_path / "state")
+    source = pydicom.dcmread(dicom_samples / "txv_siim_ptx_CR_chest_PA.dcm")
+    result = pipeline.analyze(load_dicom(source))
+    assert not result.analysed and result.projection.projection.value == "frontal"
+
+    (sr,) = build_result_objects(source, result)
+    sr.save_as(tmp_path / "SR.dcm", enforce_file_format=True)
+    output = run_tool(["dciodvfy", "-new", str(tmp_path / "SR.dcm")])
+    assert not [ln for ln in output.splitlines() if ln.startswith("Error")]
+    notes = [str(e.value) for e in sr.iterall() if e.keyword == "TextValue"]
+    assert any(n.startswith("Image not analysed: lateral projection by the shape of the lung mask (the lung "
+                            "mask is one field 100% of the image wide") for n in notes), notes
+    assert any(n.startswith("Pipeline warning: projection: the lung mask is one field") for n in notes), notes
+
+@pytest.mark.slow
 def test_an_img2dcm_secondary_capture_without_modality_gets_valid_results(shared_data: Path,
                                                                           tmp_path: Path) -> None:
     """dcmtk's img2dcm wraps a JPEG as a Secondary Capture with no Modality and an empty patient: the
