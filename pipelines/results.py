@@ -194,6 +194,7 @@ class ChestResult:
             else round(self.ggo.extent_percent, 3),
             "ggo_boxes": [] if self.ggo is None else [b.to_json() for b in self.ggo.boxes],
             "models": {name: m.version for name, m in self.models.items()},
+            "model_cautions": {name: m.caution for name, m in self.models.items() if m.caution},
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
             "warnings": list(self.warnings),
             "outputs": list(outputs or []),

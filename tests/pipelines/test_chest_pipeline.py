@@ -43,6 +43,7 @@ def test_frontal_dicom_end_to_end(pipeline, chest_dicom: Path) -> None:  # type:
     assert record["sop_instance_uid"] == image.sop_instance_uid
     assert set(record["models"]) == {"random-projection", "random-lungs", "random-covid",
                                      "random-ggo-detection", "random-ggo-segmentation"}
+    assert record["model_cautions"] == {}  # random bundles name no failure mode
 
 
 def test_batch_equals_one_by_one(pipeline, chest_dicom: Path, chest_png: Path) -> None:  # type: ignore[no-untyped-def]

@@ -93,6 +93,9 @@ def test_shipped_covid_model_is_withheld_for_children(shipped, dicom_samples: Pa
     unknown = load_dicom(unknown_ds)
     adult_r, child_r, unknown_r = shipped.analyze_batch([adult, child, unknown])
     assert adult_r.covid is not None and not adult_r.warnings
+    cautions = adult_r.to_json()["model_cautions"]  # the analyze --json record names the known failure modes
+    assert set(cautions) == {adult_r.covid.model.name, adult_r.ggo.segmentation_model.name}
+    assert "near chance" in cautions[adult_r.covid.model.name]
     assert unknown_r.covid is not None  # no age in the header: analysed as before
     assert unknown_r.covid.probability == pytest.approx(adult_r.covid.probability, abs=1e-5)
     assert child_r.covid is None
