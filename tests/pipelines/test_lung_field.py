@@ -47,6 +47,24 @@ def test_shape_figures_and_an_empty_mask() -> None:
     assert not RULE.matches(None)
 
 
+def test_a_full_size_mask_is_read_on_a_coarser_grid_with_the_same_figures() -> None:
+    """A 2446 x 2010 CR mask is read on every 5th pixel: same shares to within a pixel's rounding."""
+    import pipelines.lung_field as lung_field
+
+    rng = np.random.default_rng(0)
+    big = _mask((300, 2000, 210, 900), (500, 1500, 930, 1400), shape=(2446, 2010))  # a 30 px mediastinum
+    big &= rng.random(big.shape) > 0.01  # ragged: vessels read as holes
+    coarse = lung_field_shape(big)
+    try:
+        lung_field._GRID_PX = 10**6
+        full = lung_field_shape(big)
+    finally:
+        lung_field._GRID_PX = 512
+    assert coarse is not None and full is not None
+    assert coarse.largest_width == pytest.approx(full.largest_width, abs=0.003)
+    assert coarse.second_to_largest == pytest.approx(full.second_to_largest, abs=0.01)
+
+
 def test_the_rule_is_read_from_metadata_and_checked() -> None:
     assert LateralFieldRule.from_metadata({}) is None
     rule = LateralFieldRule.from_metadata({"min_width": 0.5, "max_second": 0.3, "measured": "text"})
