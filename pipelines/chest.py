@@ -249,9 +249,8 @@ class ChestPipeline:
         if self._lateral_field is None:
             return
         shape = lung_field_shape(lung.mask)
-        if not self._lateral_field.matches(shape):
+        if shape is None or not self._lateral_field.matches(shape):
             return
-        assert shape is not None  # matches() is False for an empty mask
         p = result.projection.probability
         said = (f"projection: {shape.describe()}, the shape of a lateral view; the projection model said "
                 f"frontal (P={p:.2f})")

@@ -66,9 +66,8 @@ class LateralFieldRule:
                              f"got {sorted(values)}")
         return cls(min_width=float(values["min_width"]), max_second=float(values["max_second"]))
 
-    def matches(self, shape: LungFieldShape | None) -> bool:
-        return (shape is not None and shape.largest_width >= self.min_width
-                and shape.second_to_largest < self.max_second)
+    def matches(self, shape: LungFieldShape) -> bool:
+        return shape.largest_width >= self.min_width and shape.second_to_largest < self.max_second
 
 
 def lung_field_shape(mask: np.ndarray) -> LungFieldShape | None:
