@@ -56,6 +56,10 @@ class NodeSettings:
     max_instance_bytes: int = 512 * 1024 * 1024
     max_pixels: int = 100_000_000  # rows x columns x frames
     min_free_disk_mb: int = 1024  # refuse new data (0xA700) below this much free space
+    # Finished studies (results delivered, nothing pending) leave the node once their newest object is
+    # this many days old (node/retention.py); 0 keeps everything. Checked every retention_check_seconds.
+    retention_days: float = 0.0
+    retention_check_seconds: float = 3600.0
     network_timeout: float = 60.0
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
@@ -161,6 +165,9 @@ def _validate(config: NodeConfig) -> None:
     names = [d.name for d in config.destinations]
     if len(names) != len(set(names)):
         raise ConfigError(f"destination names must be unique, got {names}")
+    if n.retention_days < 0 or n.retention_check_seconds <= 0:
+        raise ConfigError("[node].retention_days must be >= 0 and [node].retention_check_seconds > 0, got "
+                          f"{n.retention_days!r} and {n.retention_check_seconds!r}")
     if n.log_format not in ("text", "json"):
         raise ConfigError(f"[node].log_format must be 'text' or 'json', got {n.log_format!r}")
 

@@ -22,6 +22,7 @@ from node.delivery import DeliveryLoop
 from node.ingest import GroupCommitter
 from node.logs import log_event
 from node.repository import Repository, make_engine
+from node.retention import RetentionLoop
 from node.scheduler import Scheduler
 from node.scp import StoreHandler, start_listener
 from node.store import InstanceStore
@@ -91,6 +92,7 @@ class NodeService:
         self.scheduler: Scheduler | None = None
         self.workers: list[tuple[Worker, threading.Thread]] = []
         self.delivery_thread: threading.Thread | None = None
+        self.retention_thread: threading.Thread | None = None
 
     def start(self) -> None:
         removed = self.store.remove_temporaries()
@@ -103,6 +105,7 @@ class NodeService:
             durability=self.config.node.durability,
             destinations=",".join(d.name for d in self.config.destinations) or "-",
             workers=self.n_workers,
+            retention_days=self.config.node.retention_days,
             stale_temporaries_removed=removed,
         )
         if self.listen:
@@ -130,6 +133,11 @@ class NodeService:
             loop = DeliveryLoop(self.config, self.repo, self.store, self.stop_event, self.delivery_wake)
             self.delivery_thread = threading.Thread(target=loop.run, name="delivery", daemon=True)
             self.delivery_thread.start()
+        if self.schedule and self.config.node.retention_days > 0:
+            retention = RetentionLoop(self.repo, self.store, self.config.node.retention_days,
+                                      self.config.node.retention_check_seconds, self.stop_event)
+            self.retention_thread = threading.Thread(target=retention.run, name="retention", daemon=True)
+            self.retention_thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Graceful stop; every join is bounded by ``timeout``."""
@@ -148,6 +156,8 @@ class NodeService:
             thread.join(max(0.1, deadline - time.monotonic()))
         if self.delivery_thread is not None:
             self.delivery_thread.join(max(0.1, deadline - time.monotonic()))
+        if self.retention_thread is not None:
+            self.retention_thread.join(max(0.1, deadline - time.monotonic()))
         self.repo.engine.dispose()
         log_event(log, "node.stopped")
 

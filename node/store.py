@@ -128,6 +128,17 @@ class InstanceStore:
         except OSError as exc:
             raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
+    def remove(self, relpath: str) -> bool:
+        """Delete one instance file (retention); False when it was already gone."""
+        path = self.root / relpath
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StoreError(f"cannot remove {path}: {exc.strerror or exc}") from exc
+        return True
+
     def remove_temporaries(self) -> int:
         """At start-up: delete temporary files left by a killed process (never acknowledged)."""
         removed = 0

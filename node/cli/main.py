@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("node.cli.worker", "run only analysis workers against a shared database (scale-out)"),
     "status": ("node.cli.status", "print job, delivery and study counts"),
     "resend": ("node.cli.resend", "re-queue failed deliveries"),
+    "purge": ("node.cli.purge", "remove finished studies older than the retention period"),
     "analyze": ("node.cli.analyze", "analyse DICOM/PNG/JPEG files offline and write the result objects"),
     "datasets": ("node.cli.datasets", "scan public chest X-ray datasets into manifests and merge them"),
     "train": ("node.cli.train", "train a model from a run configuration and export a bundle"),
