@@ -583,25 +583,35 @@ class Repository:
         return int(result.rowcount)
 
     # -- retention --------------------------------------------------------------------------
-    def retention_candidates(self, cutoff: float, limit: int) -> list[str]:
-        """Finished studies whose newest instance (received or result) is older than ``cutoff``, oldest first.
+    @staticmethod
+    def _finished_studies(cutoff: float) -> Any:
+        """SELECT of the studies retention may remove: nothing open, newest instance older than ``cutoff``.
 
-        The same conditions as :meth:`purge_study`, which checks them again in its own transaction; here
-        they keep a study that is still waiting (a destination down for days) from hiding the ones after it.
+        Open: an instance without a job (the study is not complete yet), a queued or running job, a
+        pending delivery. Failed jobs and failed deliveries are final states (``cxr-node resend`` puts a
+        failed delivery back while the study is still here).
         """
         i, j, d = INSTANCES.c, JOBS.c, DELIVERIES.c
         open_jobs = select(j.study_instance_uid).where(j.state.in_(("queued", "running")))
         pending = (select(INSTANCES.c.study_instance_uid)
                    .join(DELIVERIES, d.instance_id == i.id).where(d.state == "pending"))
         unscheduled = func.sum(case((and_(i.derived.is_(False), i.job_id.is_(None)), 1), else_=0))
+        return (
+            select(i.study_instance_uid)
+            .where(i.study_instance_uid.not_in(open_jobs), i.study_instance_uid.not_in(pending))
+            .group_by(i.study_instance_uid)
+            .having(and_(func.max(i.received_at) < cutoff, unscheduled == 0))
+        )
+
+    def retention_candidates(self, cutoff: float, limit: int) -> list[str]:
+        """Finished studies whose newest instance (received or result) is older than ``cutoff``, oldest first.
+
+        Only finished ones, so that a study still waiting (a destination down for days) does not hide the
+        ones after it; :meth:`purge_study` checks again in its own transaction.
+        """
         with self._read() as conn:
             rows = conn.execute(
-                select(i.study_instance_uid)
-                .where(i.study_instance_uid.not_in(open_jobs), i.study_instance_uid.not_in(pending))
-                .group_by(i.study_instance_uid)
-                .having(and_(func.max(i.received_at) < cutoff, unscheduled == 0))
-                .order_by(func.max(i.received_at))
-                .limit(limit)
+                self._finished_studies(cutoff).order_by(func.max(INSTANCES.c.received_at)).limit(limit)
             ).all()
         return [str(r.study_instance_uid) for r in rows]
 
@@ -610,32 +620,19 @@ class Repository:
     ) -> list[tuple[str, int]] | None:
         """Delete a finished study's rows; returns its instances' (store path, size), or None when it is kept.
 
-        Kept (None) while any of its work is still open: an instance without a job (the study is not
-        complete yet), a queued or running job, a pending delivery; or when an instance arrived at or
-        after ``cutoff``. Failed jobs and failed deliveries are final states (``cxr-node resend`` puts a
-        failed delivery back while the study is still here). The caller removes the files after this
+        Kept (None) unless it is one of :meth:`_finished_studies` inside this transaction (something may
+        have arrived or been re-queued since it was listed). The caller removes the files after this
         commit: a crash in between leaves files without rows, never rows without files.
         """
         i, j, d = INSTANCES.c, JOBS.c, DELIVERIES.c
         with self._write() as conn:
+            finished = self._finished_studies(cutoff).where(i.study_instance_uid == study_uid)
+            if conn.execute(finished).first() is None:
+                return None
             rows = conn.execute(
-                select(i.id, i.path, i.size_bytes, i.received_at, i.derived, i.job_id)
-                .where(i.study_instance_uid == study_uid)
+                select(i.id, i.path, i.size_bytes, i.job_id).where(i.study_instance_uid == study_uid)
             ).all()
             ids = [r.id for r in rows]
-            open_work = (
-                not rows
-                or any(r.received_at >= cutoff or (not r.derived and r.job_id is None) for r in rows)
-                or conn.execute(
-                    select(func.count()).where(j.study_instance_uid == study_uid,
-                                               j.state.in_(("queued", "running")))
-                ).scalar_one()
-                or conn.execute(
-                    select(func.count()).where(d.instance_id.in_(ids), d.state == "pending")
-                ).scalar_one()
-            )
-            if open_work:
-                return None
             if not dry_run:
                 job_ids = {r.job_id for r in rows if r.job_id is not None}
                 conn.execute(DELIVERIES.delete().where(d.instance_id.in_(ids)))

@@ -230,13 +230,13 @@ class ChestPipeline:
             for i in frontal:
                 self._lung_field_decision(results[i], by_index[i])
             frontal = [i for i in frontal if results[i].analysed]
-        if frontal:
-            f_images, f_lungs = [images[i] for i in frontal], [by_index[i] for i in frontal]
-            self._covid(timer, f_images, f_lungs, [results[i] for i in frontal])
-            self._ggo(timer, f_images, f_lungs, [results[i] for i in frontal])
-            for i in frontal:
-                results[i].lungs = by_index[i]
-            counts.update({stage: len(frontal) for stage in STAGES[2:]})
+            if frontal:
+                f_images, f_lungs = [images[i] for i in frontal], [by_index[i] for i in frontal]
+                self._covid(timer, f_images, f_lungs, [results[i] for i in frontal])
+                self._ggo(timer, f_images, f_lungs, [results[i] for i in frontal])
+                for i in frontal:
+                    results[i].lungs = by_index[i]
+                counts.update({stage: len(frontal) for stage in STAGES[2:]})
         total = (time.perf_counter() - start) * 1000.0
         for r in results:
             per_stage = {s: timer.totals[s] / counts[s] for s in STAGES if s in timer.totals and r.analysed}
