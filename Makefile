@@ -7,7 +7,7 @@ CONFIG ?=
 PYTEST_ARGS ?=
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
-.PHONY: serve test env lint bench
+.PHONY: serve test check env lint bench
 
 env: $(VENV)/.synced
 
@@ -23,6 +23,11 @@ serve: env
 
 test: env
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Fast feedback: ruff, then every test not marked slow / postgres / ohif (the whole suite is `make test`).
+check: env
+	$(VENV)/bin/ruff check node pipelines training tests bench
+	$(PY) -m pytest -q -m "not slow and not postgres and not ohif" $(PYTEST_ARGS)
 
 lint: env
 	$(VENV)/bin/ruff check node pipelines training tests bench
