@@ -11,6 +11,7 @@ Layout of the file::
     [pipeline]    models_dir, device, result series settings
     [worker]      lease, retries, polling
     [delivery]    retries and backoff
+    [http]        dashboard, health probes, metrics, DICOMweb STOW-RS (node.http)
     [[destinations]]  where results go (several allowed)
 """
 
@@ -104,11 +105,20 @@ class DeliverySettings:
 
 
 @dataclass
+class HttpSettings:
+    port: int = 0  # > 0: serve the dashboard, /healthz, /readyz, /metrics and STOW-RS (node.http)
+    host: str = "127.0.0.1"
+    # When set, every path but /healthz needs "Authorization: Bearer <token>" (401 otherwise).
+    token: str = ""
+
+
+@dataclass
 class NodeConfig:
     node: NodeSettings = field(default_factory=NodeSettings)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
     destinations: list[Destination] = field(default_factory=list)
     source: str = "<defaults>"
     base_dir: Path = field(default_factory=Path.cwd)
@@ -162,6 +172,8 @@ def _validate(config: NodeConfig) -> None:
     for dest in config.destinations:
         if not 0 < len(dest.ae_title.strip()) <= 16:
             raise ConfigError(f"destination {dest.name!r}: ae_title must be 1-16 characters")
+    if not 0 <= config.http.port <= 65535:
+        raise ConfigError(f"[http].port must be 0 (off) or a TCP port, got {config.http.port!r}")
     names = [d.name for d in config.destinations]
     if len(names) != len(set(names)):
         raise ConfigError(f"destination names must be unique, got {names}")
@@ -174,7 +186,7 @@ def _validate(config: NodeConfig) -> None:
 
 def parse_config(data: dict[str, Any], source: str = "<dict>", base_dir: Path | None = None) -> NodeConfig:
     """Build a NodeConfig from parsed TOML, rejecting unknown keys and wrong types."""
-    top = {"node", "pipeline", "worker", "delivery", "destinations"}
+    top = {"node", "pipeline", "worker", "delivery", "http", "destinations"}
     unknown = sorted(set(data) - top)
     if unknown:
         raise ConfigError(f"unknown table(s) {unknown} in {source}; known: {sorted(top)}")
@@ -186,6 +198,7 @@ def parse_config(data: dict[str, Any], source: str = "<dict>", base_dir: Path | 
         pipeline=_fill(PipelineSettings, data.get("pipeline", {}), "[pipeline]"),
         worker=_fill(WorkerSettings, data.get("worker", {}), "[worker]"),
         delivery=_fill(DeliverySettings, data.get("delivery", {}), "[delivery]"),
+        http=_fill(HttpSettings, data.get("http", {}), "[http]"),
         destinations=[_fill(Destination, d, f"[[destinations]] #{i + 1}") for i, d in enumerate(dests)],
         source=source,
         base_dir=base_dir or Path.cwd(),

@@ -19,6 +19,8 @@ from types import FrameType
 
 from node.config import NodeConfig
 from node.delivery import DeliveryLoop
+from node.http.app import HttpContext, HttpServer
+from node.http.health import workers_ready
 from node.ingest import GroupCommitter
 from node.logs import log_event
 from node.repository import Repository, make_engine
@@ -93,6 +95,7 @@ class NodeService:
         self.workers: list[tuple[Worker, threading.Thread]] = []
         self.delivery_thread: threading.Thread | None = None
         self.retention_thread: threading.Thread | None = None
+        self.http: HttpServer | None = None
 
     def start(self) -> None:
         removed = self.store.remove_temporaries()
@@ -138,11 +141,15 @@ class NodeService:
                                       self.config.node.retention_check_seconds, self.stop_event)
             self.retention_thread = threading.Thread(target=retention.run, name="retention", daemon=True)
             self.retention_thread.start()
+        if self.config.http.port > 0:
+            self._start_http()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Graceful stop; every join is bounded by ``timeout``."""
         deadline = time.monotonic() + timeout
         log_event(log, "node.stopping")
+        if self.http is not None:  # no new STOW-RS; the requests in flight finish their commits
+            self.http.stop(min(10.0, timeout / 3))
         if self.server is not None:
             self._close_listener(min(10.0, timeout / 3))
         if self.committer is not None:
@@ -160,6 +167,18 @@ class NodeService:
             self.retention_thread.join(max(0.1, deadline - time.monotonic()))
         self.repo.engine.dispose()
         log_event(log, "node.stopped")
+
+    def _start_http(self) -> None:
+        """The HTTP face (node.http): STOW-RS shares the listener's group committer (or gets one)."""
+        if self.committer is None:
+            self.committer = GroupCommitter(
+                self.repo,
+                batch_max=self.config.node.commit_batch_max,
+                timeout=self.config.node.dimse_timeout,
+            )
+        self.http = HttpServer(HttpContext(self.config, self.repo, self.store, self.committer,
+                                           models_ready=lambda: workers_ready(self.workers)))
+        self.http.start()
 
     def _close_listener(self, grace: float) -> None:
         """Stop accepting; give running associations ``grace`` seconds to end, then abort them.

@@ -36,6 +36,10 @@ def run(args: argparse.Namespace) -> int:
         return 1
     try:
         return service.run_until_signal()
+    except NodeError as exc:  # e.g. the [http] port is in use (node.http.app.HttpServerError)
+        print(f"cxr-node serve: {exc}", file=sys.stderr)
+        service.stop(timeout=5)
+        return 1
     except OSError as exc:  # e.g. the port is in use
         print(
             f"cxr-node serve: cannot listen on {config.node.host}:{config.node.port}: {exc}", file=sys.stderr
