@@ -8,6 +8,12 @@ commit that acknowledges them, so that after a power loss a row never points to 
 
 Layout: ``<root>/<h>/<sop_instance_uid>.dcm`` with ``h`` the first two hex digits of the UID's
 SHA-1, which spreads instances over 256 directories (no huge directory, few directory fsyncs).
+Data sets being received are streamed by pynetdicom into ``<root>/.incoming/`` (same file
+system), so an accepted one is renamed into place, never copied.
+
+A stored file is never replaced by a different one: :meth:`InstanceStore.instance_lock`
+serialises the receptions of one SOP Instance UID, and the receive path compares a resend with
+the stored file (:func:`same_data_set`) before deciding (see node.ingest).
 """
 
 from __future__ import annotations
@@ -17,7 +23,10 @@ import io
 import os
 import re
 import shutil
+import struct
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
@@ -26,6 +35,8 @@ from node.errors import DiskFullError, StoreError
 
 # PS3.5 9.1: a UID is digits and dots, at most 64 characters; anything else never becomes a path.
 UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+INCOMING = ".incoming"  # data sets being received (pynetdicom writes them here)
+_COMPARE_CHUNK = 1 << 20
 
 
 def valid_uid(uid: str) -> bool:
@@ -40,8 +51,30 @@ class InstanceStore:
         self.fsync = fsync
         self.min_free_bytes = min_free_bytes
         self.root.mkdir(parents=True, exist_ok=True)
+        self.incoming = self.root / INCOMING
+        self.incoming.mkdir(exist_ok=True)
         self._made_dirs: set[str] = set()
         self._lock = threading.Lock()
+        self._busy_uids: set[str] = set()
+        self._uid_free = threading.Condition(self._lock)
+
+    @contextmanager
+    def instance_lock(self, sop_instance_uid: str) -> Iterator[None]:
+        """Serialise the handling of one SOP Instance UID within this process.
+
+        Two associations delivering the same UID at once would otherwise both see "not stored
+        yet" and the second rename would replace the first file under its committed row.
+        """
+        with self._uid_free:
+            while sop_instance_uid in self._busy_uids:
+                self._uid_free.wait()
+            self._busy_uids.add(sop_instance_uid)
+        try:
+            yield
+        finally:
+            with self._uid_free:
+                self._busy_uids.discard(sop_instance_uid)
+                self._uid_free.notify_all()
 
     def relpath(self, sop_instance_uid: str) -> str:
         if not valid_uid(sop_instance_uid):
@@ -93,6 +126,21 @@ class InstanceStore:
             raise StoreError(f"cannot write {final}: {exc.strerror or exc}") from exc
         return PendingFile(self, rel, tmp, final, fd)
 
+    def adopt(self, sop_instance_uid: str, received: Path) -> PendingFile:
+        """Take a received Part 10 file from the incoming folder; :meth:`PendingFile.finish`
+        fsyncs it and renames it to its final name (same file system: no copy)."""
+        rel = self.relpath(sop_instance_uid)
+        final = self.root / rel
+        if rel[:2] not in self._made_dirs:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            with self._lock:
+                self._made_dirs.add(rel[:2])
+        try:
+            fd = os.open(received, os.O_RDONLY)
+        except OSError as exc:
+            raise StoreError(f"cannot open the received file {received}: {exc.strerror or exc}") from exc
+        return PendingFile(self, rel, received, final, fd)
+
     def write(self, sop_instance_uid: str, *parts: bytes | memoryview) -> tuple[str, Path]:
         """Write one Part 10 file atomically and durably (per ``fsync``); returns
         (relative path, its directory)."""
@@ -142,13 +190,40 @@ class InstanceStore:
     def remove_temporaries(self) -> int:
         """At start-up: delete temporary files left by a killed process (never acknowledged)."""
         removed = 0
-        for tmp in self.root.glob("*/.*.tmp"):
+        for tmp in [*self.root.glob("*/.*.tmp"), *self.incoming.glob("*")]:
             try:
                 tmp.unlink()
                 removed += 1
             except OSError:
                 pass
         return removed
+
+
+def data_set_offset(path: Path) -> int:
+    """Where the data set starts in a Part 10 file: after the preamble, "DICM" and the File
+    Meta Information group whose length (0002,0000) is its first element (PS3.10 7.1)."""
+    with open(path, "rb") as f:
+        head = f.read(144)
+    if len(head) < 144 or head[128:132] != b"DICM" or head[132:136] != b"\x02\x00\x00\x00":
+        raise StoreError(f"{path} is not a Part 10 file with a File Meta group length")
+    return 144 + struct.unpack_from("<L", head, 140)[0]
+
+
+def same_data_set(a: Path, b: Path) -> bool:
+    """True when two Part 10 files carry byte-identical data sets (their File Meta may differ,
+    e.g. the Source AE Title of a resend from another sender). Reads both in 1 MiB chunks."""
+    a_at, b_at = data_set_offset(a), data_set_offset(b)
+    if a.stat().st_size - a_at != b.stat().st_size - b_at:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        fa.seek(a_at)
+        fb.seek(b_at)
+        while True:
+            chunk = fa.read(_COMPARE_CHUNK)
+            if chunk != fb.read(_COMPARE_CHUNK):
+                return False
+            if not chunk:
+                return True
 
 
 def _unlink_quietly(path: Path) -> None:
