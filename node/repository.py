@@ -29,6 +29,7 @@ from sqlalchemy import Connection, Engine, and_, case, create_engine, event, fun
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
+from node import status_queries
 from node.db import Base, Delivery, Instance, Job
 from node.errors import DatabaseError
 
@@ -643,120 +644,8 @@ class Repository:
 
     # -- status -----------------------------------------------------------------------------
     def status(self, max_studies: int = 50, max_errors: int = 10) -> dict[str, Any]:
-        """Counts by state, recent errors and per-study progress (``cxr-node status --json``)."""
-        i, j, d = INSTANCES.c, JOBS.c, DELIVERIES.c
-        with self._read() as conn:
-            jobs = dict.fromkeys(("queued", "running", "done", "failed"), 0)
-            jobs.update({s: n for s, n in conn.execute(select(j.state, func.count()).group_by(j.state))})
-            deliveries = dict.fromkeys(("pending", "sent", "failed"), 0)
-            deliveries.update(
-                {s: n for s, n in conn.execute(select(d.state, func.count()).group_by(d.state))}
-            )
-            received, derived = conn.execute(
-                select(func.count().filter(i.derived.is_(False)), func.count().filter(i.derived.is_(True)))
-            ).one()
-            study_rows = conn.execute(
-                select(
-                    i.study_instance_uid,
-                    func.max(i.accession_number),
-                    func.count().filter(i.derived.is_(False)),
-                    func.count().filter(i.derived.is_(True)),
-                    func.count().filter(and_(i.derived.is_(False), i.job_id.is_(None))),
-                    func.max(i.received_at),
-                )
-                .group_by(i.study_instance_uid)
-                .order_by(func.max(i.received_at).desc())
-                .limit(max_studies)
-            ).all()
-            uids = [r[0] for r in study_rows]
-            job_states: dict[str, dict[str, int]] = {}
-            for uid, state, n in conn.execute(
-                select(j.study_instance_uid, j.state, func.count())
-                .where(j.study_instance_uid.in_(uids))
-                .group_by(j.study_instance_uid, j.state)
-            ):
-                job_states.setdefault(uid, {})[state] = n
-            delivery_states: dict[str, dict[str, int]] = {}
-            for uid, state, n in conn.execute(
-                select(i.study_instance_uid, d.state, func.count())
-                .join(INSTANCES, INSTANCES.c.id == d.instance_id)
-                .where(i.study_instance_uid.in_(uids))
-                .group_by(i.study_instance_uid, d.state)
-            ):
-                delivery_states.setdefault(uid, {})[state] = n
-            job_errors = conn.execute(
-                select(j.id, j.study_instance_uid, j.state, j.attempts, j.error, j.updated_at)
-                .where(j.error.is_not(None))
-                .order_by(j.updated_at.desc())
-                .limit(max_errors)
-            ).all()
-            delivery_errors = conn.execute(
-                select(d.id, d.destination, d.state, d.attempts, d.error, i.sop_instance_uid)
-                .join(INSTANCES, INSTANCES.c.id == d.instance_id)
-                .where(d.error.is_not(None))
-                .order_by(d.id.desc())
-                .limit(max_errors)
-            ).all()
-        studies = []
-        for uid, accession, n_received, n_results, n_unscheduled, last in study_rows:
-            js = job_states.get(uid, {})
-            ds = delivery_states.get(uid, {})
-            if n_unscheduled:
-                progress = "receiving"
-            elif js.get("queued") or js.get("running"):
-                progress = "analysing"
-            elif js.get("failed"):
-                progress = "failed"
-            elif ds.get("pending"):
-                progress = "delivering"
-            elif ds.get("failed"):
-                progress = "delivery_failed"
-            else:
-                progress = "done"
-            studies.append(
-                {
-                    "study_instance_uid": uid,
-                    "accession_number": accession or "",
-                    "instances": n_received,
-                    "results": n_results,
-                    "unscheduled": n_unscheduled,
-                    "last_received_at": last,
-                    "jobs": js,
-                    "deliveries": ds,
-                    "state": progress,
-                }
-            )
-        return {
-            "jobs": jobs,
-            "deliveries": deliveries,
-            "instances": int(received),
-            "results": int(derived),
-            "studies": studies,
-            "errors": {
-                "jobs": [
-                    {
-                        "job_id": r.id,
-                        "study_instance_uid": r.study_instance_uid,
-                        "state": r.state,
-                        "attempts": r.attempts,
-                        "error": r.error,
-                        "at": r.updated_at,
-                    }
-                    for r in job_errors
-                ],
-                "deliveries": [
-                    {
-                        "delivery_id": r.id,
-                        "destination": r.destination,
-                        "state": r.state,
-                        "attempts": r.attempts,
-                        "error": r.error,
-                        "sop_instance_uid": r.sop_instance_uid,
-                    }
-                    for r in delivery_errors
-                ],
-            },
-        }
+        """Counts by state, recent errors and per-study progress: :func:`node.status_queries.overview`."""
+        return status_queries.overview(self.engine, max_studies=max_studies, max_errors=max_errors)
 
     def ping(self) -> None:
         with self._read() as conn:

@@ -8,6 +8,7 @@ derived from the rows, never stored.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -33,6 +34,21 @@ def _read(engine: Engine) -> Iterator[Connection]:
             yield conn
     except SQLAlchemyError as exc:
         raise DatabaseError(f"database read failed: {exc.__class__.__name__}: {exc}") from exc
+
+
+def study_state(unscheduled: int, jobs: dict[str, int], deliveries: dict[str, int]) -> str:
+    """A study's progress from its counts: receiving, analysing, failed, delivering, delivery_failed, done."""
+    if unscheduled:
+        return "receiving"
+    if jobs.get("queued") or jobs.get("running"):
+        return "analysing"
+    if jobs.get("failed"):
+        return "failed"
+    if deliveries.get("pending"):
+        return "delivering"
+    if deliveries.get("failed"):
+        return "delivery_failed"
+    return "done"
 
 
 def overview(engine: Engine, max_studies: int = 50, max_errors: int = 10) -> dict[str, Any]:
@@ -94,18 +110,7 @@ def overview(engine: Engine, max_studies: int = 50, max_errors: int = 10) -> dic
     for uid, accession, n_received, n_results, n_unscheduled, last in study_rows:
         js = job_states.get(uid, {})
         ds = delivery_states.get(uid, {})
-        if n_unscheduled:
-            progress = "receiving"
-        elif js.get("queued") or js.get("running"):
-            progress = "analysing"
-        elif js.get("failed"):
-            progress = "failed"
-        elif ds.get("pending"):
-            progress = "delivering"
-        elif ds.get("failed"):
-            progress = "delivery_failed"
-        else:
-            progress = "done"
+        progress = study_state(n_unscheduled, js, ds)
         studies.append(
             {
                 "study_instance_uid": uid,
@@ -181,8 +186,14 @@ def study_detail(engine: Engine, study_uid: str) -> dict[str, Any] | None:
             .order_by(d.id)
         ).all()
     instances = [dict(r._mapping) for r in rows]
+    received = [r for r in instances if not r["derived"]]
+    unscheduled = sum(1 for r in received if r["job_id"] is None)
+    job_counts = dict(Counter(str(r.state) for r in jobs))
+    delivery_counts = dict(Counter(str(r.state) for r in deliveries))
     return {
         "study_instance_uid": study_uid,
+        "state": study_state(unscheduled, job_counts, delivery_counts),
+        "last_received_at": max((r["received_at"] for r in received), default=None),
         "accession_number": max((r["accession_number"] or "" for r in instances), default=""),
         "sources": [r for r in instances if not r["derived"]],
         "results": [r for r in instances if r["derived"]],

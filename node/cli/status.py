@@ -8,6 +8,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from node import status_queries
 from node.config import load_config
 from node.errors import NodeError
 
@@ -61,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         from node.service import open_repository
 
-        status = open_repository(config).status(max_studies=args.studies)
+        # The same query as the dashboard's (node.status_queries): one set of numbers everywhere.
+        status = status_queries.overview(open_repository(config).engine, max_studies=args.studies)
     except NodeError as exc:
         print(f"cxr-node status: {exc}", file=sys.stderr)
         return 1

@@ -58,7 +58,9 @@ def test_a_post_needs_the_token_too(node: NodeService) -> None:
     with client(node.config) as http:
         media = 'multipart/related; type="application/dicom"; boundary=b'
         response = http.post("/dicomweb/studies", content=b"x", headers={"Content-Type": media})
+        resend = http.post("/resend", data={"destination": "pacs"})
     assert response.status_code == 401
+    assert resend.status_code == 401
 
 
 def test_readyz_reports_each_check(node: NodeService) -> None:
