@@ -323,7 +323,7 @@ def resend_requested(*, node_aet: str, destination: str | None, count: int) -> A
 
 
 def study_deleted(
-    *, node_aet: str, study_instance_uid: str, instances: int, command: str, by_operator: bool
+    *, node_aet: str, study_instance_uid: str, command: str, by_operator: bool, instances: int | None = None
 ) -> AuditMessage:
     """A study's objects removed from the node (``purge`` or the retention loop)."""
     participants = (Participant(node_aet, socket.gethostname(), not by_operator, APPLICATION_ROLE),)
@@ -335,7 +335,7 @@ def study_deleted(
         outcome=Outcome.SUCCESS,
         participants=participants,
         studies=(study_instance_uid,),
-        detail={"command": command, "instances": instances},
+        detail={"command": command} if instances is None else {"command": command, "instances": instances},
     )
 
 

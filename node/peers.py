@@ -20,6 +20,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from pynetdicom import evt
 
 from node.errors import ConfigError
 
@@ -151,3 +154,18 @@ class PeerTable:
         with self._lock:
             self._cache[name] = (now, addresses)
         return addresses
+
+
+def reject_calling_aet(assoc: Any) -> None:
+    """Answer an association request with A-ASSOCIATE-RJ rejected-permanent, service-user,
+    reason 3 calling-AE-title-not-recognized (PS3.8 9.3.4), from an EVT_REQUESTED handler.
+
+    These are the steps pynetdicom's own acceptor negotiation takes for a calling AE title
+    outside ``AE.require_calling_aet`` (which cannot look at the host): send the rejection,
+    notify EVT_REJECTED handlers, stop the association's DUL.
+    """
+    primitive = assoc.requestor.primitive
+    assoc.requestor.ae_title = primitive.calling_ae_title  # negotiation, which sets it, is skipped
+    assoc.acse.send_reject(0x01, 0x01, 0x03)
+    evt.trigger(assoc, evt.EVT_REJECTED, {})
+    assoc.kill()

@@ -233,11 +233,27 @@ def _utc(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 
+# getpeercert() spells attribute types out; logs and audit use the RFC 4514 short names.
+_RDN_NAMES = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU", "countryName": "C",
+              "localityName": "L", "stateOrProvinceName": "ST", "domainComponent": "DC"}
+
+
 def tls_peer(sock: object) -> TlsPeer | None:
     """TLS facts of an association's socket (None for plain TCP)."""
     if not isinstance(sock, ssl.SSLSocket):
         return None
     cipher = sock.cipher()
     cert = sock.getpeercert() or {}
-    subject = ",".join(f"{k}={v}" for rdn in cert.get("subject", ()) for k, v in rdn)
+    subject = ",".join(f"{_RDN_NAMES.get(k, k)}={v}" for rdn in cert.get("subject", ()) for k, v in rdn)
     return TlsPeer(version=sock.version() or "", cipher=cipher[0] if cipher else "", subject=subject)
+
+
+def check_tls_files(config: NodeConfig) -> None:
+    """Start-up check of every certificate and key the configuration names (the listener's and
+    each ``tls = true`` destination's): raises ConfigError naming the file before anything
+    listens, so ``serve`` stops with the reason instead of failing at the first association."""
+    if config.node.tls_port > 0:
+        node_listener_context(config)
+    for dest in config.destinations:
+        if dest.tls:
+            node_destination_context(config, dest)

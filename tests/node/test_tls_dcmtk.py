@@ -1,0 +1,283 @@
+"""DICOM TLS with real peers: dcmtk ``echoscu``/``storescu +tls`` into ``cxr-node serve``, a rogue
+certificate and a plain client refused on the TLS port, a dcmtk ``storescp +tls`` destination (in its
+default configuration: it asks for a client certificate and takes uncompressed syntaxes only) that
+receives the SEG, SR and SC, the audit trail of all of it without PHI, and the start-up checks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+import pytest
+from nodekit import REPO, NodeProcess, free_port, node_toml, wait_for, wait_port, which_or_fail, write_study
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from tlskit import Pki, make_pki
+
+sys.path.insert(0, str(REPO / "tests" / "results"))
+from factories import SPECS, make_result, make_source  # noqa: E402
+
+from node.config import load_config  # noqa: E402
+from node.delivery import DeliveryLoop  # noqa: E402
+from node.repository import InstanceRecord  # noqa: E402
+from node.results import build_result_objects  # noqa: E402
+from node.service import open_repository, open_store  # noqa: E402
+from node.store import encode_part10  # noqa: E402
+
+PHI = ("Test^Synthetic", "SYN001", "19700101", "Doe^Jane")  # nodekit.make_dx / factories names and dates
+SEG = "1.2.840.10008.5.1.4.1.1.66.4"
+SC = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def audit_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def dcmtk(tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([which_or_fail(tool), *args], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, check=False)
+
+
+def tls_args(pair_key: Path, pair_cert: Path, ca: Path) -> list[str]:
+    return ["+tls", str(pair_key), str(pair_cert), "+cf", str(ca)]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    which_or_fail("openssl")
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@dataclass
+class TlsNode:
+    process: NodeProcess
+    plain_port: int
+    tls_port: int
+    audit_path: Path
+
+    def audit(self) -> list[dict]:
+        return audit_records(self.audit_path)
+
+
+@pytest.fixture(scope="module")
+def node(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsNode]:
+    """``cxr-node serve`` with a plain port and a mutual-TLS port; paths relative to the config file."""
+    work = tmp_path_factory.mktemp("tlsnode")
+    for pair in (pki.node, pki.ca):
+        (work / pair.cert.name).write_bytes(pair.cert.read_bytes())
+    (work / pki.node.key.name).write_bytes(pki.node.key.read_bytes())
+    plain, tls = free_port(), free_port()
+    (work / "node.toml").write_text(node_toml(work / "var", plain, node={
+        "tls_port": tls, "tls_certificate": "node.pem", "tls_private_key": "node.key",
+        "tls_ca_certificates": "ca.pem"}))
+    process = NodeProcess(work / "node.toml", plain, work / "node.log")
+    process.start("--workers", "0")
+    wait_for(lambda: f"port={tls} transport=tls" in process.log(), 30, what="TLS listener")
+    try:
+        yield TlsNode(process, plain, tls, work / "var" / "audit" / "audit.jsonl")
+    finally:
+        process.terminate()
+
+
+def test_echoscu_over_mutual_tls(node: TlsNode, pki: Pki) -> None:
+    out = dcmtk("echoscu", *tls_args(pki.client.key, pki.client.cert, pki.ca.cert), "-aet", "TLSECHO",
+                "-aec", "CXRNODE", "127.0.0.1", str(node.tls_port))
+    assert out.returncode == 0, out.stderr
+    accepted = wait_for(lambda: [r for r in node.audit() if r["event"] == "security-alert"
+                                 and r["active_participants"][0]["user_id"] == "TLSECHO"], 10,
+                        what="association audit record")
+    record = accepted[0]
+    assert record["event_outcome_indicator"] == 0 and record["transport"] == "tls"
+    assert record["tls"]["peer_certificate_subject"] == "CN=TESTSCU"
+    assert record["tls"]["version"] in ("TLSv1.2", "TLSv1.3")
+    assert record["active_participants"][0]["network_access_point_id"] == "127.0.0.1"
+
+
+def test_storescu_over_mutual_tls_stores_and_audits_without_phi(node: TlsNode, pki: Pki,
+                                                                 tmp_path: Path) -> None:
+    files = write_study(tmp_path / "study", 2)
+    out = dcmtk("storescu", *tls_args(pki.client.key, pki.client.cert, pki.ca.cert), "-aet", "TLSSTORE",
+                "-aec", "CXRNODE", "127.0.0.1", str(node.tls_port), *map(str, files))
+    assert out.returncode == 0, out.stderr
+    uids = {str(pydicom.dcmread(f).SOPInstanceUID) for f in files}
+    study = str(pydicom.dcmread(files[0]).StudyInstanceUID)
+
+    def received() -> list[dict]:
+        return [r for r in node.audit() if r["event"] == "instances-transferred"
+                and r["participant_objects"][0]["sop_classes"][0]["instance_uids"][0] in uids]
+
+    records = wait_for(lambda: len(received()) == 2 and received(), 20, what="instance audit records")
+    for record in records:
+        assert record["event_action_code"] == "C" and record["event_outcome_indicator"] == 0
+        assert record["transport"] == "tls"
+        assert record["participant_objects"][0]["participant_object_id"] == study
+        assert record["active_participants"][0]["user_id"] == "TLSSTORE"
+    repo = open_repository(load_config(node.process.config_path))
+    assert all(repo.find_instance(uid) is not None for uid in uids)
+    text = node.audit_path.read_text() + node.process.log()
+    assert not [p for p in PHI if p in text]
+
+
+@pytest.mark.parametrize("who", ["rogue", "plain"])
+def test_rogue_certificate_and_plain_client_are_refused_on_the_tls_port(node: TlsNode, pki: Pki,
+                                                                        who: str) -> None:
+    before = len(node.audit())
+    args = tls_args(pki.rogue_client.key, pki.rogue_client.cert, pki.ca.cert) if who == "rogue" else []
+    out = dcmtk("echoscu", *args, "-aet", "INTRUDER", "-aec", "CXRNODE", "-to", "5", "-ta", "5",
+                "127.0.0.1", str(node.tls_port))
+    assert out.returncode != 0
+    refused = wait_for(lambda: [r for r in node.audit()[before:] if r["event"] == "security-alert"
+                                and r["event_outcome_indicator"] == 4], 10, what="refusal audit record")
+    record = refused[0]
+    assert record["transport"] == "tls"
+    assert record["active_participants"][0]["network_access_point_id"] == "127.0.0.1"
+    if who == "rogue":
+        assert "certificate verification failed" in record["event_outcome_description"]
+    assert not [r for r in node.audit()[before:] if r["event_outcome_indicator"] == 0]
+    assert "tls.refused" in node.process.log()
+
+
+def test_plain_port_stays_open_beside_tls(node: TlsNode) -> None:
+    out = dcmtk("echoscu", "-aet", "PLAIN", "-aec", "CXRNODE", "127.0.0.1", str(node.plain_port))
+    assert out.returncode == 0, out.stderr
+    records = wait_for(lambda: [r for r in node.audit() if r["event"] == "security-alert"
+                                and r["active_participants"][0]["user_id"] == "PLAIN"], 10, what="audit")
+    assert records[0]["transport"] == "tcp" and "tls" not in records[0]
+
+
+def test_port_zero_turns_plain_tcp_off(pki: Pki, tmp_path: Path) -> None:
+    plain, tls = free_port(), free_port()
+    (tmp_path / "node.toml").write_text(node_toml(tmp_path / "var", 0, node={
+        "tls_port": tls, "tls_certificate": str(pki.node.cert), "tls_private_key": str(pki.node.key)}))
+    process = NodeProcess(tmp_path / "node.toml", tls, tmp_path / "node.log")
+    process.start("--workers", "0")
+    try:
+        # no CA bundle: server-authenticated TLS; the node asks for no client certificate, so one
+        # from another CA does not matter, while dcmtk still verifies the node's against ca.pem
+        out = dcmtk("echoscu", *tls_args(pki.rogue_client.key, pki.rogue_client.cert, pki.ca.cert),
+                    "-aec", "CXRNODE", "127.0.0.1", str(tls))
+        assert out.returncode == 0, out.stderr
+        assert "transport=tcp" not in process.log()
+        out = dcmtk("echoscu", "-aec", "CXRNODE", "-to", "5", "127.0.0.1", str(plain))
+        assert out.returncode != 0
+    finally:
+        process.terminate()
+
+
+# -- a TLS destination ---------------------------------------------------------------------------
+def test_storescp_tls_destination_receives_seg_sr_and_sc(pki: Pki, tmp_path: Path) -> None:
+    port = free_port()
+    received = tmp_path / "received"
+    received.mkdir()
+    # storescp in its default configuration plus TLS: client certificate required (-rc), uncompressed only
+    scp = subprocess.Popen([which_or_fail("storescp"), *tls_args(pki.node.key, pki.node.cert, pki.ca.cert),
+                            "-aet", "TLSDEST", "-od", str(received), "-uf", str(port)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        wait_port(port, 30, scp)
+        destination = {"name": "secure", "ae_title": "TLSDEST", "host": "127.0.0.1", "port": port,
+                       "tls": True, "tls_ca_certificates": str(pki.ca.cert),
+                       "tls_certificate": str(pki.client.cert), "tls_private_key": str(pki.client.key)}
+        loop, objects, audit_path = _outbox(tmp_path, destination)
+        deadline = time.monotonic() + 60
+        while loop.repo.status()["deliveries"]["sent"] < 3 and time.monotonic() < deadline:
+            loop.run_once()
+            time.sleep(0.2)
+        assert loop.repo.status()["deliveries"] == {"pending": 0, "sent": 3, "failed": 0}
+    finally:
+        scp.terminate()
+        scp.wait(15)
+    got = {str(ds.SOPClassUID): ds for ds in map(pydicom.dcmread, received.iterdir())}  # "SR.<uid>" ...
+    assert set(got) == {str(o.SOPClassUID) for o in objects} and {SEG, SC} <= set(got)
+    for ds in objects:
+        assert got[str(ds.SOPClassUID)].SOPInstanceUID == ds.SOPInstanceUID
+    (record,) = [r for r in audit_records(audit_path) if r["event_action_code"] == "R"]
+    assert record["event_outcome_indicator"] == 0 and record["transport"] == "tls"
+    assert record["active_participants"][1]["user_id"] == "TLSDEST"
+    assert sum(c["number_of_instances"] for c in record["participant_objects"][0]["sop_classes"]) == 3
+    assert not [p for p in PHI if p in audit_path.read_text()]
+
+
+def test_tls_destination_with_a_server_from_another_ca_fails(pki: Pki, tmp_path: Path) -> None:
+    port = free_port()
+    scp = subprocess.Popen([which_or_fail("storescp"), "+tls", str(pki.rogue_client.key),
+                            str(pki.rogue_client.cert), "-ic", "-aet", "TLSDEST", "-od", str(tmp_path),
+                            str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           stdin=subprocess.DEVNULL)
+    try:
+        wait_port(port, 30, scp)
+        destination = {"name": "secure", "ae_title": "TLSDEST", "host": "127.0.0.1", "port": port,
+                       "tls": True, "tls_ca_certificates": str(pki.ca.cert)}
+        loop, _objects, audit_path = _outbox(tmp_path, destination)
+        loop.run_once()
+    finally:
+        scp.terminate()
+        scp.wait(15)
+    assert loop.repo.status()["deliveries"]["sent"] == 0
+    (record,) = [r for r in audit_records(audit_path) if r["event_action_code"] == "R"]
+    assert record["event_outcome_indicator"] == 4 and "TLS" in record["event_outcome_description"]
+    assert not list(tmp_path.glob("1.*"))
+
+
+def _outbox(tmp_path: Path, destination: dict) -> tuple[DeliveryLoop, list[pydicom.Dataset], Path]:
+    """A node data folder whose outbox holds one synthetic study's SEG, SR and SC (the result
+    writers' own objects, without running the models)."""
+    source = make_source(SPECS[0])
+    objects = build_result_objects(source, make_result(source))
+    config_path = tmp_path / "node.toml"
+    config_path.write_text(node_toml(tmp_path / "var", free_port(), destinations=[destination]))
+    config = load_config(config_path)
+    repo, store = open_repository(config), open_store(config)
+    study = str(source.StudyInstanceUID)
+    uid = generate_uid()
+    repo.record_instances([InstanceRecord(
+        sop_instance_uid=uid, sop_class_uid=str(source.SOPClassUID), study_instance_uid=study,
+        series_instance_uid=str(source.SeriesInstanceUID), transfer_syntax_uid=str(ExplicitVRLittleEndian),
+        path=f"x/{uid}", size_bytes=1, received_at=time.time() - 100)])
+    [job] = repo.schedule_stable_studies(time.time(), 10)
+    assert repo.claim_job("w", 60, 3) is not None
+    records = []
+    for ds in objects:
+        data = encode_part10(ds)
+        relpath, _ = store.write(str(ds.SOPInstanceUID), data)
+        records.append(InstanceRecord(
+            sop_instance_uid=str(ds.SOPInstanceUID), sop_class_uid=str(ds.SOPClassUID),
+            study_instance_uid=study, series_instance_uid=str(ds.SeriesInstanceUID),
+            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), path=relpath, size_bytes=len(data)))
+    assert repo.finish_job(job, "w", records, [destination["name"]])
+    return DeliveryLoop(config, repo, store, threading.Event()), objects, config.audit_path
+
+
+# -- start-up checks -----------------------------------------------------------------------------
+@pytest.mark.parametrize("case", ["missing", "mismatched", "expired", "destination-missing"])
+def test_serve_stops_naming_the_file(pki: Pki, tmp_path: Path, case: str) -> None:
+    cert, key = pki.node.cert, pki.node.key
+    destinations = []
+    if case == "missing":
+        cert = tmp_path / "absent.pem"
+    elif case == "mismatched":
+        key = pki.stray_key
+    elif case == "expired":
+        cert, key = pki.expired.cert, pki.expired.key
+    else:
+        destinations = [{"name": "secure", "tls": True,
+                         "tls_ca_certificates": str(tmp_path / "absent-ca.pem")}]
+    (tmp_path / "node.toml").write_text(node_toml(tmp_path / "var", free_port(), destinations=destinations,
+                                                  node={"tls_port": free_port(), "tls_certificate": str(cert),
+                                                        "tls_private_key": str(key)}))
+    command = [sys.executable, "-m", "node.cli.main", "serve", "--config", str(tmp_path / "node.toml"),
+               "--workers", "0"]
+    out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 2
+    expected = {"missing": f"file not found: {tmp_path / 'absent.pem'}",
+                "mismatched": f"private key {pki.stray_key} does not match the certificate {pki.node.cert}",
+                "expired": f"the certificate {pki.expired.cert} expired on",
+                "destination-missing": f"file not found: {tmp_path / 'absent-ca.pem'}"}[case]
+    assert expected in out.stderr, out.stderr
+    assert not (tmp_path / "var").exists()  # stopped before creating anything
