@@ -36,6 +36,11 @@ class Destination:
     host: str = "127.0.0.1"
     port: int = 4242
     type: str = "dicom"  # the sender registry key (node.delivery.SENDERS)
+    # C-STORE: transfer syntaxes to propose first, best first, as UIDs or pydicom keywords:
+    # ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless, JPEGLSLossless
+    # (node.results.encoding.SUPPORTED). Explicit and Implicit VR Little Endian are always proposed
+    # after them; empty: each object's stored syntax, then those two (node.delivery).
+    transfer_syntaxes: list[str] = field(default_factory=list)
 
 
 @dataclass

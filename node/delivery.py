@@ -7,9 +7,21 @@ success or warning status (PS3.4 B.2.3: 0x0000, 0xB000, 0xB006, 0xB007 mean the 
 stored); if the node dies between the send and that mark, the instance is sent again, which a
 PACS treats as the same SOP Instance (at-least-once delivery).
 
-Each association proposes only the SOP classes being sent, each with the one transfer syntax
-the stored file is encoded in (files are sent as stored, never transcoded), at most 128
-presentation contexts per association (PS3.8 9.3.2.2: context ids are odd numbers 1-255).
+Transfer syntax negotiation (PS3.8 9.3.2.2, PS3.5 10): each association proposes, for every SOP
+class being sent, one presentation context per transfer syntax the objects can be sent in
+(:func:`node.results.encoding.proposal`: the destination's ``transfer_syntaxes`` first, then the
+stored syntax, then Explicit and Implicit VR Little Endian), at most 128 contexts per association
+(context ids are odd numbers 1-255). Each object goes in the first of its syntaxes that the
+destination accepted: as stored (the file's bytes, read in chunks) when that one was accepted,
+otherwise re-encoded losslessly from the stored file (a JPEG 2000 SEG or secondary capture is
+sent uncompressed to an archive that takes only uncompressed data, such as dcmtk ``storescp``
+without options).
+
+A SOP class that the destination accepted in no proposed syntax is refused: no retry can change
+that, so those deliveries fail at once (:class:`node.repository.DeliveryFault` REFUSED) with an
+error naming the SOP class and the destination, shown by ``cxr-node status``; the study's other
+objects still go. No connection, a rejected or aborted association, a timeout and failure
+statuses (0xA7xx "out of resources", ...) are transient and retried with backoff.
 Destination types live in :data:`SENDERS` so that another transport (e.g. DICOMweb STOW-RS)
 can be added beside C-STORE.
 """
@@ -20,15 +32,19 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
+import pydicom
+from pydicom.uid import UID
 from pynetdicom import AE, _config
 
 from node.config import Destination, NodeConfig
 from node.errors import DatabaseError, DeliveryError
 from node.logs import log_event
-from node.repository import DueDelivery, Repository
+from node.repository import DeliveryFault, DeliveryState, DueDelivery, Repository
+from node.results.encoding import EncodingError, parse_transfer_syntax, proposal, reencode
 from node.store import InstanceStore
 
 log = logging.getLogger("node.delivery")
@@ -36,17 +52,52 @@ log = logging.getLogger("node.delivery")
 # PS3.4 B.2.3 Table B.2-1: success and the warnings (coercion, elements discarded, data set
 # does not match SOP class) all mean the SCP stored the instance.
 STORED_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}
+# PS3.7 C.4.2.1.4 / PS3.4 B.2.3: "Refused: SOP Class not supported".
+SOP_CLASS_NOT_SUPPORTED = 0x0122
 MAX_CONTEXTS = 128
+# Result SOP classes without pixel data (SR, KOS): sent in uncompressed syntaxes only.
+_NO_PIXELS_PREFIXES = ("1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4.1.1.11.")
+SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 # Send stored files as their bytes (read in chunks after the file meta), never decoded and
-# re-encoded: what the destination receives is exactly what the store holds.
+# re-encoded when the destination accepted the stored syntax.
 _config.STORE_SEND_CHUNKED_DATASET = True
 
 
+@dataclass(frozen=True)
+class DeliveryFailure:
+    """A failed attempt and its kind; a sender may also answer a plain string (transient)."""
+
+    message: str
+    fault: DeliveryFault = DeliveryFault.TRANSIENT
+
+
+Outcome = str | DeliveryFailure | None
+
+
 class Sender(Protocol):
-    def send(self, items: Sequence[DueDelivery]) -> dict[int, str | None]:
-        """Send ``items``; map delivery id -> None (stored) or an error message."""
+    def send(self, items: Sequence[DueDelivery]) -> dict[int, Outcome]:
+        """Send ``items``; map delivery id -> None (stored) or the failure (a message: transient)."""
         ...
+
+
+def sop_class_name(uid: str) -> str:
+    """'Segmentation Storage (1.2.840.10008.5.1.4.1.1.66.4)' for messages an operator reads."""
+    name = UID(uid).name
+    return f"{name} ({uid})" if name and name != uid else uid
+
+
+def _has_pixels(sop_class_uid: str) -> bool:
+    return not sop_class_uid.startswith(_NO_PIXELS_PREFIXES)
+
+
+def _bits_allocated(sop_class_uid: str) -> int:
+    """Bits Allocated of the node's own result objects, known from their class: BINARY SEG 1
+    (a FRACTIONAL SEG is 8, but is treated as 1 here: it is then only decompressed, never
+    compressed on the way out), secondary capture 8, no pixels 0."""
+    if not _has_pixels(sop_class_uid):
+        return 0
+    return 1 if sop_class_uid == SEG_STORAGE else 8
 
 
 class CStoreSender:
@@ -57,66 +108,103 @@ class CStoreSender:
         self.calling_aet = config.node.ae_title
         self.store = store
         self.timeouts = (config.node.acse_timeout, config.node.dimse_timeout, config.node.network_timeout)
+        try:
+            self.preferred = tuple(parse_transfer_syntax(str(ts)) for ts in destination.transfer_syntaxes)
+        except EncodingError as exc:
+            raise DeliveryError(f"destination {destination.name!r}: transfer_syntaxes: {exc}") from exc
 
-    def send(self, items: Sequence[DueDelivery]) -> dict[int, str | None]:
-        outcome: dict[int, str | None] = {}
-        for chunk in _chunks_by_contexts(items):
+    @property
+    def label(self) -> str:
+        dest = self.destination
+        return f"destination {dest.name!r} ({dest.ae_title}@{dest.host}:{dest.port})"
+
+    def syntaxes(self, item: DueDelivery) -> tuple[UID, ...]:
+        """The transfer syntaxes proposed for one object, best first."""
+        sop_class = item.instance.sop_class_uid
+        return proposal(item.instance.transfer_syntax_uid, self.preferred, has_pixels=_has_pixels(sop_class),
+                        bits_allocated=_bits_allocated(sop_class))
+
+    def send(self, items: Sequence[DueDelivery]) -> dict[int, Outcome]:
+        outcome: dict[int, Outcome] = {}
+        for chunk in _chunks_by_contexts(items, self.syntaxes):
             outcome.update(self._send_chunk(chunk))
         return outcome
 
-    def _send_chunk(self, items: Sequence[DueDelivery]) -> dict[int, str | None]:
+    def _send_chunk(self, items: Sequence[DueDelivery]) -> dict[int, Outcome]:
         dest = self.destination
         ae = AE(ae_title=self.calling_aet)
         ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = self.timeouts
         ae.connection_timeout = min(10.0, self.timeouts[0])
-        for sop_class, ts in sorted(
-            {(i.instance.sop_class_uid, i.instance.transfer_syntax_uid) for i in items}
-        ):
+        # One context per (SOP class, transfer syntax): the acceptor answers each on its own
+        # (PS3.8 9.3.3.2), so the node learns every syntax it takes, not just one per class.
+        pairs = {(i.instance.sop_class_uid, ts) for i in items for ts in self.syntaxes(i)}
+        for sop_class, ts in sorted(pairs):
             ae.add_requested_context(sop_class, ts)
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
         if not assoc.is_established:
             reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no connection"
             message = f"association to {dest.ae_title}@{dest.host}:{dest.port} {reason}"
             return {i.id: message for i in items}
-        outcome: dict[int, str | None] = {}
+        accepted: dict[str, set[UID]] = defaultdict(set)
+        for cx in assoc.accepted_contexts:
+            accepted[str(cx.abstract_syntax)].add(UID(cx.transfer_syntax[0]))
+        outcome: dict[int, Outcome] = {}
         try:
             for item in items:
                 if not assoc.is_established:
                     outcome[item.id] = "association ended before this instance was sent"
                     continue
-                path = self.store.path(item.instance.path)
-                try:
-                    status = assoc.send_c_store(path)
-                except (OSError, ValueError, RuntimeError) as exc:
-                    outcome[item.id] = f"cannot send {path}: {exc}"
-                    continue
-                code = int(getattr(status, "Status", -1)) if status else -1
-                if code in STORED_STATUSES:
-                    outcome[item.id] = None
-                elif code == -1:
-                    outcome[item.id] = "no C-STORE response (timeout or connection lost)"
-                else:
-                    outcome[item.id] = f"C-STORE failed with status 0x{code:04X}"
+                outcome[item.id] = self._send_one(assoc, item, accepted)
         finally:
             if assoc.is_established:
                 assoc.release()
         return outcome
 
+    def _send_one(self, assoc: object, item: DueDelivery, accepted: dict[str, set[UID]]) -> Outcome:
+        sop_class = item.instance.sop_class_uid
+        proposed = self.syntaxes(item)
+        chosen = next((ts for ts in proposed if ts in accepted.get(sop_class, set())), None)
+        if chosen is None:
+            names = ", ".join(ts.name for ts in proposed)
+            return DeliveryFailure(
+                f"{self.label} refused {sop_class_name(sop_class)}: no presentation context accepted "
+                f"in any proposed transfer syntax ({names})", DeliveryFault.REFUSED)
+        path = self.store.path(item.instance.path)
+        try:
+            if chosen == UID(item.instance.transfer_syntax_uid):
+                status = assoc.send_c_store(path)  # type: ignore[attr-defined]
+            else:
+                status = assoc.send_c_store(reencode(pydicom.dcmread(path), chosen))  # type: ignore[attr-defined]
+        except (OSError, ValueError, RuntimeError, EncodingError) as exc:
+            return f"cannot send {path} in {chosen.name}: {exc}"
+        code = int(getattr(status, "Status", -1)) if status else -1
+        if code in STORED_STATUSES:
+            return None
+        if code == -1:
+            return "no C-STORE response (timeout or connection lost)"
+        if code == SOP_CLASS_NOT_SUPPORTED:
+            return DeliveryFailure(f"{self.label} refused {sop_class_name(sop_class)}: C-STORE status 0x0122 "
+                                   "(SOP Class not supported)", DeliveryFault.REFUSED)
+        return f"C-STORE failed with status 0x{code:04X}"
 
-def _chunks_by_contexts(items: Sequence[DueDelivery]) -> list[list[DueDelivery]]:
+
+def _chunks_by_contexts(items: Sequence[DueDelivery], syntaxes: object) -> list[list[DueDelivery]]:
+    """Split ``items`` so that no association proposes more than MAX_CONTEXTS contexts."""
     chunks: list[list[DueDelivery]] = [[]]
     contexts: set[tuple[str, str]] = set()
     for item in items:
-        key = (item.instance.sop_class_uid, item.instance.transfer_syntax_uid)
-        if key not in contexts and len(contexts) >= MAX_CONTEXTS:
+        keys = {(item.instance.sop_class_uid, str(ts)) for ts in syntaxes(item)}  # type: ignore[operator]
+        if len(contexts | keys) > MAX_CONTEXTS and chunks[-1]:
             chunks.append([])
             contexts = set()
-        contexts.add(key)
+        contexts |= keys
         chunks[-1].append(item)
     return [c for c in chunks if c]
 
 
-SENDERS: dict[str, type[CStoreSender]] = {"dicom": CStoreSender}
+SenderFactory = Callable[[Destination, NodeConfig, InstanceStore], Sender]
+# Registry of destination types: [[destinations]] type -> the sender class made for each one.
+SENDERS: dict[str, SenderFactory] = {"dicom": CStoreSender}
 
 
 def backoff(attempts_done: int, base: float, cap: float) -> float:
@@ -157,7 +245,7 @@ class DeliveryLoop:
         for name, items in by_dest.items():
             sender = self.senders.get(name)
             if sender is None:
-                outcome: dict[int, str | None] = {
+                outcome: dict[int, Outcome] = {
                     i.id: f"destination {name!r} is not configured" for i in items
                 }
             else:
@@ -165,7 +253,7 @@ class DeliveryLoop:
             self._record(name, items, outcome)
         return len(due)
 
-    def _record(self, name: str, items: Sequence[DueDelivery], outcome: dict[int, str | None]) -> None:
+    def _record(self, name: str, items: Sequence[DueDelivery], outcome: dict[int, Outcome]) -> None:
         settings = self.config.delivery
         sent = [i for i in items if outcome.get(i.id, "not attempted") is None]
         self.repo.mark_sent([i.id for i in sent])
@@ -181,21 +269,25 @@ class DeliveryLoop:
             )
         now = time.time()
         for item in items:
-            error = outcome.get(item.id, "not attempted")
-            if error is None:
+            failure = outcome.get(item.id, "not attempted")
+            if failure is None:
                 continue
+            if not isinstance(failure, DeliveryFailure):
+                failure = DeliveryFailure(str(failure))
             delay = backoff(item.attempts + 1, settings.backoff_seconds, settings.backoff_max_seconds)
-            state = self.repo.mark_attempt_failed(item.id, error, settings.max_attempts, now + delay)
+            state = self.repo.mark_attempt_failed(
+                item.id, failure.message, settings.max_attempts, now + delay, failure.fault)
             log_event(
                 log,
-                "delivery.failed" if state == "failed" else "delivery.retry",
+                "delivery.failed" if state == DeliveryState.FAILED else "delivery.retry",
                 logging.WARNING,
                 destination=name,
                 delivery_id=item.id,
                 sop_instance_uid=item.instance.sop_instance_uid,
                 attempt=item.attempts + 1,
-                retry_in=delay if state == "pending" else "",
-                error=error,
+                fault=failure.fault.value,
+                retry_in=delay if state == DeliveryState.PENDING else "",
+                error=failure.message,
             )
 
     def run(self) -> None:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, case, create_engine, event, func, or_, select, text, update
@@ -149,6 +150,29 @@ class ClaimedJob:
     accession_number: str
     attempts: int
     lease_owner: str
+
+
+class DeliveryState(StrEnum):
+    """States of an outbox row (``deliveries.state``): pending -> sent | failed."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"  # final until ``cxr-node resend`` puts it back to pending
+
+
+class DeliveryFault(StrEnum):
+    """Why a delivery attempt failed, which decides what happens next.
+
+    TRANSIENT: the destination may take it later (no connection, association rejected or aborted,
+    timeout, C-STORE 0xA7xx "out of resources", any other failure status): retried with backoff
+    until ``[delivery].max_attempts``. REFUSED: the destination accepted no presentation context
+    for the object's SOP Class in any syntax the node can send (PS3.8 9.3.3.2 result 3 or 4) or
+    answered 0x0122 "SOP Class not supported" (PS3.4 B.2.3): no retry can succeed, so the row is
+    failed at once; ``cxr-node resend`` re-queues it once the destination is configured to take it.
+    """
+
+    TRANSIENT = "transient"
+    REFUSED = "refused"
 
 
 @dataclass(frozen=True)
@@ -474,7 +498,7 @@ class Repository:
                             {
                                 "instance_id": instance_id,
                                 "destination": d,
-                                "state": "pending",
+                                "state": DeliveryState.PENDING.value,
                                 "attempts": 0,
                                 "next_attempt_at": 0.0,
                                 "created_at": now,
@@ -534,7 +558,7 @@ class Repository:
                     d.id.label("delivery_id"), d.destination, d.attempts.label("delivery_attempts"), INSTANCES
                 )
                 .join(INSTANCES, INSTANCES.c.id == d.instance_id)
-                .where(d.state == "pending", d.next_attempt_at <= now)
+                .where(d.state == DeliveryState.PENDING.value, d.next_attempt_at <= now)
                 .order_by(d.id)
                 .limit(limit)
             ).all()
@@ -551,21 +575,30 @@ class Repository:
             conn.execute(
                 update(DELIVERIES)
                 .where(DELIVERIES.c.id.in_(list(delivery_ids)))
-                .values(state="sent", sent_at=now, attempts=DELIVERIES.c.attempts + 1, error=None)
+                .values(state=DeliveryState.SENT.value, sent_at=now, attempts=DELIVERIES.c.attempts + 1,
+                        error=None)
             )
 
     def mark_attempt_failed(
-        self, delivery_id: int, error: str, max_attempts: int, next_attempt_at: float
+        self,
+        delivery_id: int,
+        error: str,
+        max_attempts: int,
+        next_attempt_at: float,
+        fault: DeliveryFault = DeliveryFault.TRANSIENT,
     ) -> str:
-        """Count a failed attempt: pending with a later ``next_attempt_at``, or failed after the last."""
+        """Count a failed attempt: pending with a later ``next_attempt_at``, or failed after the last;
+        failed at once when the destination refused the object (:class:`DeliveryFault`)."""
         d = DELIVERIES.c
+        last = max_attempts if fault is DeliveryFault.TRANSIENT else 0
         with self._write() as conn:
             row = conn.execute(
                 update(DELIVERIES)
-                .where(d.id == delivery_id, d.state == "pending")
+                .where(d.id == delivery_id, d.state == DeliveryState.PENDING.value)
                 .values(
                     attempts=d.attempts + 1,
-                    state=case((d.attempts + 1 >= max_attempts, "failed"), else_="pending"),
+                    state=case((d.attempts + 1 >= last, DeliveryState.FAILED.value),
+                               else_=DeliveryState.PENDING.value),
                     next_attempt_at=next_attempt_at,
                     error=error[:4000],
                 )
@@ -576,11 +609,12 @@ class Repository:
     def resend_failed(self, destination: str | None = None) -> int:
         """``cxr-node resend``: failed deliveries back to pending with a fresh attempt count."""
         d = DELIVERIES.c
-        stmt = update(DELIVERIES).where(d.state == "failed")
+        stmt = update(DELIVERIES).where(d.state == DeliveryState.FAILED.value)
         if destination:
             stmt = stmt.where(d.destination == destination)
         with self._write() as conn:
-            result = conn.execute(stmt.values(state="pending", attempts=0, next_attempt_at=0.0))
+            result = conn.execute(
+                stmt.values(state=DeliveryState.PENDING.value, attempts=0, next_attempt_at=0.0))
         return int(result.rowcount)
 
     # -- retention --------------------------------------------------------------------------

@@ -203,7 +203,7 @@ class NodeProcess:
             cwd=REPO,
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=180,  # a loaded 2-core machine: the CLI's imports alone can take seconds
             check=True,
         )
         return json.loads(out.stdout)
@@ -214,7 +214,7 @@ class NodeProcess:
             cwd=REPO,
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=180,  # a loaded 2-core machine: the CLI's imports alone can take seconds
             check=True,
         )
         return out.stdout
@@ -297,15 +297,19 @@ class System:
 
 # -- dcmtk storescp as a destination ----------------------------------------------------------
 class StoreSCP:
-    def __init__(self, folder: Path, port: int, aet: str = "DEST") -> None:
-        self.folder, self.port, self.aet = folder, port, aet
+    """dcmtk ``storescp`` in its default configuration (storage SOP classes in uncompressed transfer
+    syntaxes only, like many archives); ``accept_all`` adds ``+xa`` (every transfer syntax)."""
+
+    def __init__(self, folder: Path, port: int, aet: str = "DEST", *, accept_all: bool = False) -> None:
+        self.folder, self.port, self.aet, self.accept_all = folder, port, aet, accept_all
         self.proc: subprocess.Popen | None = None
         folder.mkdir(parents=True, exist_ok=True)
 
     def start(self) -> StoreSCP:
-        # +xa: accept every transfer syntax (the node sends SEG/SC as JPEG 2000); -uf: file names by UID
+        # -od/-uf only say where files go (folder, names by UID); no option about what is accepted
+        options = ["+xa"] if self.accept_all else []
         self.proc = subprocess.Popen(
-            ["storescp", "-aet", self.aet, "+xa", "-od", str(self.folder), "-uf", str(self.port)],
+            ["storescp", "-aet", self.aet, *options, "-od", str(self.folder), "-uf", str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -316,6 +320,41 @@ class StoreSCP:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(15)
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.folder.iterdir() if p.is_file())  # -uf: named by UID, no suffix
+
+
+# -- a pynetdicom SCP that stores only some SOP classes ---------------------------------------
+class OnlySomeClassesSCP:
+    """A Storage SCP accepting only ``sop_classes`` (in the default transfer syntaxes): an archive
+    that takes SR but not SEG or secondary capture. Received datasets are written to ``folder``."""
+
+    def __init__(self, folder: Path, port: int, sop_classes: list[str], aet: str = "SRONLY") -> None:
+        from pynetdicom import AE, evt
+
+        self.folder, self.port = folder, port
+        folder.mkdir(parents=True, exist_ok=True)
+        self.ae = AE(ae_title=aet)
+        for uid in sop_classes:
+            self.ae.add_supported_context(uid)
+        self.handlers = [(evt.EVT_C_STORE, self._on_store)]
+        self.server = None
+
+    def _on_store(self, event) -> int:  # noqa: ANN001 - pynetdicom event
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        ds.save_as(self.folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+        return 0x0000
+
+    def start(self) -> OnlySomeClassesSCP:
+        self.server = self.ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=self.handlers)
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
 
     def files(self) -> list[Path]:
         return sorted(self.folder.glob("*.dcm"))
@@ -370,6 +409,11 @@ class Orthanc:
 
     def get(self, path: str) -> object:
         return self.request("GET", path, timeout=5)
+
+    def get_bytes(self, path: str) -> bytes:
+        """A raw resource, e.g. ``/instances/ID/file`` (the stored DICOM file)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=30) as resp:
+            return bytes(resp.read())
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
