@@ -23,7 +23,7 @@ from starlette.templating import Jinja2Templates
 
 from node.config import NodeConfig
 from node.errors import NodeError
-from node.http import dashboard, health, metrics
+from node.http import dashboard, health, metrics, stow
 from node.http.auth import BearerTokenBackend, unauthorized
 from node.ingest import GroupCommitter
 from node.logs import log_event
@@ -53,7 +53,7 @@ class HttpContext:
 
 
 def build_app(ctx: HttpContext) -> Starlette:
-    routes = [*health.ROUTES, *metrics.ROUTES, *dashboard.ROUTES]
+    routes = [*health.ROUTES, *metrics.ROUTES, *dashboard.ROUTES, *stow.ROUTES]
     app = Starlette(
         routes=routes,
         middleware=[Middleware(AuthenticationMiddleware, backend=BearerTokenBackend(ctx.config.http.token),
