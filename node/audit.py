@@ -326,7 +326,9 @@ def study_deleted(
     *, node_aet: str, study_instance_uid: str, command: str, by_operator: bool, instances: int | None = None
 ) -> AuditMessage:
     """A study's objects removed from the node (``purge`` or the retention loop)."""
-    participants = (Participant(node_aet, socket.gethostname(), not by_operator, APPLICATION_ROLE),)
+    participants: tuple[Participant, ...] = (
+        Participant(node_aet, socket.gethostname(), not by_operator, APPLICATION_ROLE),
+    )
     if by_operator:
         participants = (_operator(), *participants)
     return AuditMessage(
@@ -348,7 +350,7 @@ def _operator() -> Participant:
 
 
 # -- the trail ---------------------------------------------------------------------------------
-def parse_syslog_address(text: str) -> tuple[str | tuple[str, int], int]:
+def parse_syslog_address(text: str) -> tuple[str | tuple[str, int], socket.SocketKind]:
     """``/dev/log`` (a Unix socket), ``udp://host:port`` / ``host:port`` or ``tcp://host:port``
     -> (address, socket type) for :class:`logging.handlers.SysLogHandler`."""
     value = text.strip()

@@ -243,8 +243,9 @@ def tls_peer(sock: object) -> TlsPeer | None:
     if not isinstance(sock, ssl.SSLSocket):
         return None
     cipher = sock.cipher()
-    cert = sock.getpeercert() or {}
-    subject = ",".join(f"{_RDN_NAMES.get(k, k)}={v}" for rdn in cert.get("subject", ()) for k, v in rdn)
+    cert: dict[str, Any] = dict(sock.getpeercert() or {})
+    rdns: tuple[tuple[tuple[str, str], ...], ...] = cert.get("subject", ())
+    subject = ",".join(f"{_RDN_NAMES.get(k, k)}={v}" for rdn in rdns for k, v in rdn)
     return TlsPeer(version=sock.version() or "", cipher=cipher[0] if cipher else "", subject=subject)
 
 
