@@ -26,13 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from pipelines.image import load_image
+from pipelines.preprocess import InputSpec, prepare_input
 from training.manifest import ManifestRow, file_sha256
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
-UNLABELLED_PIXEL = 2  # value of a target-mask pixel that no label covers (weak labels: ``ggo_labelled``)
 VARIANTS = ("normal", "lungs_removed", "lungs_only_view")
 
 
@@ -42,8 +44,6 @@ def load_mask(spec: str, shape: tuple[int, int] | None = None) -> np.ndarray:
     V7 masks mark "Ignore" with 127: it is not lung. A mask whose size differs from the image
     is an error naming both, never a silent resize.
     """
-    from PIL import Image
-
     out: np.ndarray | None = None
     for part in spec.split("|"):
         with Image.open(part) as img:
@@ -61,13 +61,10 @@ class Source:
     pixels: np.ndarray
     lung_mask: np.ndarray | None
     ggo_mask: np.ndarray | None
-    ggo_labelled: np.ndarray | None = None  # pixels ggo_mask labels (None = all)
 
 
 def load_source(row: ManifestRow, *, lung_mask: np.ndarray | None = None) -> Source:
     """Decode the image of ``row`` and its masks on the image's own grid."""
-    from pipelines.image import load_image
-
     pixels = load_image(row.image_path).pixels
     lungs = (
         lung_mask
@@ -75,8 +72,7 @@ def load_source(row: ManifestRow, *, lung_mask: np.ndarray | None = None) -> Sou
         else (load_mask(row.lung_mask, pixels.shape) if row.lung_mask else None)
     )
     ggo = load_mask(row.ggo_mask, pixels.shape) if row.ggo_mask else None
-    labelled = load_mask(row.ggo_labelled, pixels.shape) if row.ggo_labelled else None
-    return Source(pixels=pixels, lung_mask=lungs, ggo_mask=ggo, ggo_labelled=labelled)
+    return Source(pixels=pixels, lung_mask=lungs, ggo_mask=ggo)
 
 
 class ArrayCache:
@@ -105,8 +101,6 @@ class ArrayCache:
             "lung_mask": self._mask_hash(row.lung_mask) if uses_lungs else "",
             "ggo_mask": self._mask_hash(row.ggo_mask) if uses_ggo else "",
         }
-        if uses_ggo and row.ggo_labelled:  # only then: keys of fully labelled rows stay as they were
-            payload["ggo_labelled"] = self._mask_hash(row.ggo_labelled)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def _paths(self, key: str, names: tuple[str, ...]) -> list[Path]:
@@ -151,8 +145,6 @@ def classification_input(
 
     ``lung_mask`` overrides the manifest's (e.g. a mask predicted by a lungs bundle).
     """
-    from pipelines.preprocess import InputSpec, prepare_input
-
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; known: {VARIANTS}")
     spec = InputSpec.from_dict(spec_dict)
@@ -189,11 +181,8 @@ def segmentation_pair(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(C, S, S) float32 input and (1, S, S) uint8 target mask in the model grid, cached.
 
-    ``target`` is ``lungs`` or ``ggo``; the geometry is the whole-image letterbox of the input. A GGO
-    row with ``ggo_labelled`` marks the pixels outside it :data:`UNLABELLED_PIXEL` (not a label).
+    ``target`` is ``lungs`` or ``ggo``; the geometry is the whole-image letterbox of the input.
     """
-    from pipelines.preprocess import InputSpec, prepare_input
-
     spec = InputSpec.from_dict(spec_dict)
     if spec.mode != "whole_image":
         raise ValueError("segmentation inputs are whole-image")
@@ -212,7 +201,5 @@ def segmentation_pair(
         raise ValueError(f"{row.image_path}: no {target} mask in the manifest")
     prepared = prepare_input(src.pixels, spec)
     model_mask = prepared.geometry.mask_to_model(mask)[None].astype(np.uint8)
-    if target == "ggo" and src.ggo_labelled is not None:
-        model_mask[0][~prepared.geometry.mask_to_model(src.ggo_labelled)] = UNLABELLED_PIXEL
     cache.put(key, {"image": prepared.array.astype(np.float32), "mask": model_mask})
     return prepared.array, model_mask

@@ -47,11 +47,6 @@ class ModelConfig:
     architecture: str = "resnet18"
     params: dict[str, Any] = field(default_factory=dict)
     yolo_cfg: str = "yolo11n.yaml"
-    # Optional start weights for torch tasks: a state_dict file (e.g. an earlier bundle's models/model.pt,
-    # float16 is cast) of the same network; "" = random initialisation. init_sha256, when set, must
-    # match the file (a re-run cannot silently start from other weights).
-    init_weights: str = ""
-    init_sha256: str = ""
 
 
 @dataclass
@@ -67,33 +62,6 @@ class TrainConfig:
     max_batches_per_epoch: int = 0  # 0 = all (smoke runs cap it)
     threads: int = 0  # torch threads per process; 0 = cores / processes
     patience: int = 0  # early stopping on the validation metric; 0 = off
-    # classification: also blur / noise / down-up-sampling / gamma (acquisition cues), see data.py
-    augment_acquisition: bool = False
-    # classification: also mirror left-right (p = 0.5). Off by default (anatomy is sided); for a lungs-only
-    # COVID-19 input, whose finding is bilateral, it doubles the pictures a small training set offers.
-    augment_hflip: bool = False
-    # Segmentation only. seg_loss: "dice_bce" = soft Dice per image + BCE (default); "batch_dice_bce" =
-    # soft Dice over the whole batch + BCE (an image with an empty mask then adds only false positives to
-    # the batch's Dice instead of a per-image loss of ~1 for any foreground at all); "pos_dice_bce" =
-    # batch soft Dice over the images WITH foreground only + BCE over all images.
-    seg_loss: str = "dice_bce"
-    # seg_metric (epoch selection and the mask threshold, on validation): "dice" = mean per-image Dice
-    # (an empty truth scores 1 if the prediction is empty, else 0; default); "dice_fp" = mean Dice over
-    # images WITH foreground minus seg_fp_weight x the mean predicted-foreground fraction of the frame
-    # over images with an EMPTY truth (normal lungs): a graded penalty for over-calling normals.
-    seg_metric: str = "dice"
-    seg_fp_weight: float = 3.0
-    # Classification only: weight of the class-conditional source adversary (training/adversary.py), a
-    # head that guesses a NEGATIVE image's collection through gradient reversal; 0 = off.
-    source_adversary: float = 0.0
-    # Classification only: weight of the training-only "any finding" head (training/finding_head.py), fed
-    # by the images of finding_aux_datasets (datasets whose findings are complete: empty or "No Finding"
-    # = normal lungs); 0 = off.
-    finding_aux: float = 0.0
-    # Classification only: "license" reweights the draw so that, inside each dataset, a row's licence (the
-    # sub-collection trace ieee8023's metadata keeps) does not predict its label (training/data.py); "" = off.
-    balance_within: str = ""
-    finding_aux_datasets: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -123,7 +91,7 @@ class RunConfig:
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     # A lungs bundle folder: when set, EVERY covid image gets its lung mask from it (as at inference;
-    # manual masks exist only for some classes, see trainers/loop.lung_masks_for). "" = manual masks
+    # manual masks exist only for some classes, see training/inputs.lung_masks_for). "" = manual masks
     # only (lungs_only mode then drops images without one; the shortcut check uses those it has).
     lung_bundle: str = ""
     # Written into the bundle (BundleMetadata.min_patient_age_years): the node gives no output of this
@@ -139,20 +107,6 @@ class RunConfig:
                 f"{self.source_file}: [train] sampling {self.train.sampling!r} "
                 "is not shuffle, class_balanced or source_balanced"
             )
-        if self.train.seg_loss not in ("dice_bce", "batch_dice_bce", "pos_dice_bce"):
-            raise ConfigError(f"{self.source_file}: [train] seg_loss {self.train.seg_loss!r} unknown")
-        if self.train.source_adversary < 0:
-            raise ConfigError(f"{self.source_file}: [train] source_adversary must be >= 0")
-        if self.train.balance_within not in ("", "license"):
-            raise ConfigError(
-                f"{self.source_file}: [train] balance_within {self.train.balance_within!r} unknown"
-            )
-        if self.train.finding_aux < 0:
-            raise ConfigError(f"{self.source_file}: [train] finding_aux must be >= 0")
-        if self.train.finding_aux > 0 and not self.train.finding_aux_datasets:
-            raise ConfigError(f"{self.source_file}: [train] finding_aux needs finding_aux_datasets")
-        if self.train.seg_metric not in ("dice", "dice_fp"):
-            raise ConfigError(f"{self.source_file}: [train] seg_metric {self.train.seg_metric!r} unknown")
         if self.data.aux_mask_datasets and self.task not in ("lungs", "ggo_segmentation"):
             raise ConfigError(f"{self.source_file}: [data] aux_mask_datasets is for segmentation tasks only")
         if self.min_patient_age_years < 0:

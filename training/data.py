@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.transforms import Compose, RandAffined, RandScaleIntensityd, RandShiftIntensityd
 from torch.utils.data import Dataset
 
-from training.cache import UNLABELLED_PIXEL, ArrayCache, classification_input, segmentation_pair
+from training.cache import ArrayCache, classification_input, segmentation_pair
 from training.config import RunConfig
 from training.datasets import scan_dataset
 from training.distributed import DistContext
@@ -135,50 +136,14 @@ def split_rows(rows: Sequence[ManifestRow], split: str) -> list[ManifestRow]:
     return [r for r in rows if r.split == split]
 
 
-def sample_weights(
-    rows: Sequence[ManifestRow], spec: TaskSpec, mode: str, balance_within: str = ""
-) -> list[float] | None:
-    """Per-row sampling weights: every class (or every source x class) drawn equally often.
-
-    ``balance_within = "license"`` then divides each row's weight by P(label | dataset, licence),
-    counted on ``rows``, and rescales every dataset x class back to the total weight that ``mode`` gave
-    it: under the weighted draw a row's licence, the one trace of its sub-collection that ieee8023's
-    metadata keeps, no longer predicts its label inside its dataset, wherever the sub-collection holds
-    both labels.
-    """
-    base = _balanced_weights(rows, spec, mode)
-    if not balance_within:
-        return base
-    if balance_within != "license":
-        raise ValueError(f"balance_within {balance_within!r} unknown; known: 'license'")
-    before = base or [1.0] * len(rows)
-    group = [(r.dataset, r.license.strip() or "(none)") for r in rows]
-    label = [_label(spec, r) for r in rows]
-    in_group: dict[tuple[str, str], int] = defaultdict(int)
-    in_group_label: dict[tuple[tuple[str, str], int], int] = defaultdict(int)
-    for g, y in zip(group, label, strict=True):
-        in_group[g] += 1
-        in_group_label[(g, y)] += 1
-    after = [w * in_group[g] / in_group_label[(g, y)] for w, g, y in zip(before, group, label, strict=True)]
-    cell = [(r.dataset, y) for r, y in zip(rows, label, strict=True)]
-    mass_before: dict[tuple[str, int], float] = defaultdict(float)
-    mass_after: dict[tuple[str, int], float] = defaultdict(float)
-    for c, b, a in zip(cell, before, after, strict=True):
-        mass_before[c] += b
-        mass_after[c] += a
-    return [a * mass_before[c] / mass_after[c] for c, a in zip(cell, after, strict=True)]
-
-
-def _label(spec: TaskSpec, row: ManifestRow) -> int:
-    return spec.label_of(row) if spec.label_of else 0
-
-
-def _balanced_weights(rows: Sequence[ManifestRow], spec: TaskSpec, mode: str) -> list[float] | None:
+def sample_weights(rows: Sequence[ManifestRow], spec: TaskSpec, mode: str) -> list[float] | None:
+    """Per-row sampling weights: every class (or every source x class) drawn equally often; None for
+    ``shuffle``."""
     if mode == "shuffle":
         return None
 
     def group(r: ManifestRow) -> tuple[str, int]:
-        return (r.source if mode == "source_balanced" else "", _label(spec, r))
+        return (r.source if mode == "source_balanced" else "", spec.label_of(r) if spec.label_of else 0)
 
     counts: dict[tuple[str, int], int] = defaultdict(int)
     for r in rows:
@@ -186,10 +151,8 @@ def _balanced_weights(rows: Sequence[ManifestRow], spec: TaskSpec, mode: str) ->
     return [1.0 / counts[group(r)] for r in rows]
 
 
-def _augmentation(keys: list[str], seed: int, size: int, hflip: bool = False):  # noqa: ANN202 - MONAI Compose
-    """Mild geometric + intensity augmentation; left-right flips only when asked (anatomy is sided)."""
-    from monai.transforms import Compose, RandAffined, RandFlipd, RandScaleIntensityd, RandShiftIntensityd
-
+def augmentation(keys: list[str], seed: int, size: int) -> Compose:
+    """Mild geometric + intensity augmentation; no left-right flips (anatomy is sided)."""
     modes = ["bilinear"] + ["nearest"] * (len(keys) - 1)
     chain = Compose(
         [
@@ -204,42 +167,13 @@ def _augmentation(keys: list[str], seed: int, size: int, hflip: bool = False):  
             ),
             RandScaleIntensityd(keys=["image"], factors=0.1, prob=0.5),
             RandShiftIntensityd(keys=["image"], offsets=0.1, prob=0.5),
-            *([RandFlipd(keys=keys, prob=0.5, spatial_axis=1)] if hflip else []),
         ]
     )
     chain.set_random_state(seed=seed)
     return chain
 
 
-def _acquisition_augmentation(seed: int):  # noqa: ANN202 - MONAI Compose
-    """Acquisition-cue augmentation on the network input: blur, down-up-sampling, noise, gamma.
-
-    Devices and hospitals differ in sharpness, resolution, noise and tone curve; randomising them
-    in training keeps a classifier from reading the acquisition instead of the lungs.
-    """
-    from monai.transforms import (
-        Compose,
-        RandAdjustContrast,
-        RandGaussianNoise,
-        RandGaussianSmooth,
-        RandSimulateLowResolution,
-    )
-
-    chain = Compose(
-        [
-            RandAdjustContrast(prob=0.3, gamma=(0.7, 1.5)),
-            RandGaussianSmooth(sigma_x=(0.25, 1.2), sigma_y=(0.25, 1.2), prob=0.3),
-            RandSimulateLowResolution(
-                prob=0.3, zoom_range=(0.4, 0.9), downsample_mode="area", upsample_mode="bilinear"
-            ),
-            RandGaussianNoise(prob=0.3, mean=0.0, std=0.1),
-        ]
-    )
-    chain.set_random_state(seed=seed)
-    return chain
-
-
-def augment_about(transform, x: torch.Tensor, outside: float) -> torch.Tensor:  # noqa: ANN001 - MONAI Compose
+def augment_about(transform: Compose, x: torch.Tensor, outside: float) -> torch.Tensor:
     """Run a geometric augmentation with ``outside`` as its zero.
 
     The affine pads with 0: shifted so that 0 is the input's outside value while it runs, a non-zero
@@ -260,15 +194,12 @@ class ClassificationData(Dataset):
         seed: int,
         variant: str = "normal",
         lung_masks: dict[str, np.ndarray] | None = None,
-        acquisition: bool = False,
-        hflip: bool = False,
     ) -> None:
         self.rows, self.spec, self.cache, self.input_spec = list(rows), spec, cache, input_spec
         self.variant, self.lung_masks = variant, lung_masks or {}
         size = int(input_spec.get("size", 256))
         self.outside = float(input_spec.get("outside_value", 0.0))
-        self.transform = _augmentation(["image"], seed, size, hflip=hflip) if augment else None
-        self.acquisition = _acquisition_augmentation(seed + 1) if augment and acquisition else None
+        self.transform = augmentation(["image"], seed, size) if augment else None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -285,8 +216,6 @@ class ClassificationData(Dataset):
         x = torch.from_numpy(np.array(arr, dtype=np.float32))
         if self.transform is not None:
             x = augment_about(self.transform, x, self.outside)
-        if self.acquisition is not None:
-            x = torch.as_tensor(self.acquisition(x)).float()
         return x, torch.tensor(float(self.spec.label_of(row)))
 
 
@@ -298,8 +227,7 @@ class SegmentationData(Dataset):
 
     ``aux_datasets`` (``[data] aux_mask_datasets``): a row of ``aux_datasets[i]`` has its mask in
     channel ``i + 1`` and :data:`UNLABELLED` in every other channel; any other row has its mask in
-    channel 0. Without aux datasets the target is the usual single channel. A pixel no label covers
-    (a weakly labelled row, ``ggo_labelled``) is :data:`UNLABELLED` in the target.
+    channel 0. Without aux datasets the target is the usual single channel.
     """
 
     def __init__(
@@ -316,10 +244,7 @@ class SegmentationData(Dataset):
         self.rows, self.spec, self.cache, self.input_spec = list(rows), spec, cache, input_spec
         self.aux_datasets = list(aux_datasets)
         size = int(input_spec.get("size", 256))
-        # the unlabelled region moves with the picture; its own key only where a row has one, so that
-        # fully labelled sets draw the augmentation exactly as before
-        self.keys = ["image", "mask"] + ["unlabelled"] * any(r.ggo_labelled for r in self.rows)
-        self.transform = _augmentation(self.keys, seed, size) if augment else None
+        self.transform = augmentation(["image", "mask"], seed, size) if augment else None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -327,15 +252,10 @@ class SegmentationData(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = segmentation_pair(self.cache, self.rows[i], self.input_spec, self.spec.seg_target)
         x = torch.from_numpy(np.array(image, dtype=np.float32))
-        m = np.asarray(mask)
-        y = torch.from_numpy((m == 1).astype(np.float32))
-        unlabelled = torch.from_numpy((m == UNLABELLED_PIXEL).astype(np.float32))
+        y = torch.from_numpy(np.array(mask, dtype=np.float32))
         if self.transform is not None:
-            out = self.transform({"image": x, "mask": y, "unlabelled": unlabelled})
+            out = self.transform({"image": x, "mask": y})
             x, y = torch.as_tensor(out["image"]).float(), (torch.as_tensor(out["mask"]) > 0.5).float()
-            if "unlabelled" in self.keys:
-                unlabelled = torch.as_tensor(out["unlabelled"]).float()
-        y[unlabelled > 0.5] = UNLABELLED
         if not self.aux_datasets:
             return x, y
         row = self.rows[i]
@@ -343,3 +263,24 @@ class SegmentationData(Dataset):
         target = torch.full((1 + len(self.aux_datasets), *y.shape[1:]), UNLABELLED)
         target[head] = y[0]
         return x, target
+
+
+def task_dataset(
+    spec: TaskSpec,
+    rows: Sequence[ManifestRow],
+    cache: ArrayCache,
+    input_spec: dict,
+    *,
+    augment: bool,
+    seed: int,
+    lung_masks: dict[str, np.ndarray] | None = None,
+    aux_datasets: Sequence[str] = (),
+) -> Dataset:
+    """The task's dataset: (input, label) for a classifier, (input, target mask) for a segmenter."""
+    if spec.kind == "classification":
+        return ClassificationData(
+            rows, spec, cache, input_spec, augment=augment, seed=seed, lung_masks=lung_masks
+        )
+    return SegmentationData(
+        rows, spec, cache, input_spec, augment=augment, seed=seed, aux_datasets=aux_datasets
+    )

@@ -20,15 +20,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from scipy import ndimage
 
+from pipelines.bundle import input_lungs_dir, load_bundle, read_metadata
+from pipelines.image import load_image
+from pipelines.preprocess import InputSpec, prepare_input, prepare_yolo_image
+from pipelines.runtime import foreground_probability, positive_probability
+from pipelines.tasks.lungs import LungSegmenter, postprocess_lung_mask
 from training.cache import ArrayCache, classification_input, load_mask, load_source, rows_with_input
 from training.manifest import ManifestRow, read_manifest
 from training.metrics import (
     binary_classification_report,
+    box_iou,
     detection_report,
     roc_auc,
     segmentation_report,
 )
+from training.tasks import TASK_SPECS
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +54,6 @@ def classification_scores(
     batch_size: int = 16,
 ) -> np.ndarray:
     """P(positive label) per row, through the pipeline's own preprocessing and probability rule."""
-    import torch
-
-    from pipelines.runtime import positive_probability
-
     lung_masks = lung_masks or {}
     out: list[float] = []
     net.eval()
@@ -161,11 +166,6 @@ def segmentation_source_pairs(
     postprocess: bool = False,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(predicted, true) boolean masks on each image's own grid."""
-    import torch
-
-    from pipelines.preprocess import InputSpec, prepare_input
-    from pipelines.runtime import foreground_probability
-
     spec = InputSpec.from_dict(in_spec)
     pairs = []
     net.eval()
@@ -179,8 +179,6 @@ def segmentation_source_pairs(
             prob = foreground_probability(net(torch.from_numpy(prepared.array[None]).to(device)))[0].cpu()
         pred = prepared.geometry.mask_to_source(prob, threshold)
         if postprocess:
-            from pipelines.tasks.lungs import postprocess_lung_mask
-
             pred = postprocess_lung_mask(pred)
         pairs.append((pred, truth))
     return pairs
@@ -191,8 +189,6 @@ def mask_boxes(mask: np.ndarray, *, min_area_fraction: float = 0.0005) -> np.nda
 
     Components smaller than ``min_area_fraction`` of the image are annotation specks, not findings.
     """
-    from scipy import ndimage
-
     labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
     boxes = []
     min_area = min_area_fraction * mask.size
@@ -213,9 +209,6 @@ def detection_predictions(
     yolo: Any, rows: Sequence[ManifestRow], imgsz: int, *, conf: float = 0.001, device: str = "cpu"
 ) -> list[np.ndarray]:
     """(N, 5) source-grid boxes + confidence per row, from the pipeline's YOLO input."""
-    from pipelines.image import load_image
-    from pipelines.preprocess import prepare_yolo_image
-
     out = []
     for row in rows:
         image, geometry = prepare_yolo_image(load_image(row.image_path).pixels, imgsz)
@@ -240,8 +233,6 @@ def evaluate_detection(
 
 def box_f1(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray], iou: float = 0.5) -> dict[str, Any]:
     """Precision/recall/F1 of boxes (IoU >= ``iou``, greedy by confidence) over a set of images."""
-    from training.metrics import box_iou
-
     tp = fp = fn = 0
     for p, t in zip(preds, truths, strict=True):
         order = np.argsort(-p[:, 4]) if len(p) else np.zeros(0, dtype=int)
@@ -265,10 +256,6 @@ def predict_lung_masks(
     bundle_dir: Path, rows: Sequence[ManifestRow], cache: ArrayCache
 ) -> dict[str, np.ndarray]:
     """Lung masks from a lungs bundle (as the pipeline computes them), cached per image and bundle."""
-    from pipelines.bundle import load_bundle, read_metadata
-    from pipelines.image import load_image
-    from pipelines.tasks.lungs import LungSegmenter
-
     meta = read_metadata(bundle_dir)
     segmenter: LungSegmenter | None = None
     masks: dict[str, np.ndarray] = {}
@@ -304,9 +291,6 @@ def evaluate_bundle(
     A lungs-only covid bundle gets its input masks from ``lung_bundle`` when given, else from the
     lungs bundle it carries (``input_lungs/``), as in the pipeline.
     """
-    from pipelines.bundle import input_lungs_dir, load_bundle, read_metadata
-    from training.tasks import TASK_SPECS
-
     bundle_dir = Path(bundle_dir)
     meta = read_metadata(bundle_dir)
     spec = TASK_SPECS[meta.task]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 from collections import Counter
 from collections.abc import Sequence
@@ -18,10 +19,16 @@ from typing import Any
 
 import numpy as np
 
-from training.cache import ArrayCache
+from pipelines.bundle import INPUT_LUNGS_DIR, BundleMetadata, read_metadata, save_bundle
+from pipelines.networks import DEFAULT_TARGET_LAYERS
 from training.config import RunConfig
+from training.data import task_dataset
+from training.evaluate import evaluate_classification, segmentation_source_pairs
 from training.manifest import ManifestRow
+from training.metrics import choose_threshold, dice_iou, segmentation_report
 from training.tasks import TaskSpec
+from training.trained import TrainedModel
+from training.validation import predict
 
 log = logging.getLogger(__name__)
 
@@ -65,39 +72,13 @@ def training_data_summary(rows: Sequence[ManifestRow], spec: TaskSpec, manifest_
     }
 
 
-def segmentation_threshold(
-    probs: Sequence[np.ndarray],
-    truths: Sequence[np.ndarray],
-    seg_metric: str = "dice",
-    fp_weight: float = 3.0,
-) -> tuple[float, str]:
-    """The probability cut (0.30..0.70) maximising mean per-image validation Dice; with
-    ``seg_metric="dice_fp"`` the cut (0.30..0.95) maximising Dice on images with foreground minus
-    ``fp_weight`` x the foreground fraction predicted on empty-truth images (training.trainers.loop)."""
-    from training.metrics import dice_iou
-    from training.trainers.loop import seg_dice_fp
-
-    if seg_metric == "dice_fp":
-        top = 0.95
-
-        def score(t: float) -> float:
-            return seg_dice_fp(list(probs), list(truths), t, fp_weight)
-    else:
-        top = 0.70
-
-        def score(t: float) -> float:
-            return float(np.mean([dice_iou(p >= t, m)[0] for p, m in zip(probs, truths, strict=True)]))
-
+def segmentation_threshold(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> tuple[float, str]:
+    """The probability cut (0.30..0.70) maximising mean per-image validation Dice."""
     best_t, best_v = 0.5, -np.inf
-    for t in np.round(np.arange(0.3, top + 0.01, 0.05), 2):
-        v = score(float(t))
+    for t in np.round(np.arange(0.3, 0.71, 0.05), 2):
+        v = float(np.mean([dice_iou(p >= t, m)[0] for p, m in zip(probs, truths, strict=True)]))
         if v > best_v + 1e-9:
             best_t, best_v = float(t), v
-    if seg_metric == "dice_fp":
-        return best_t, (
-            f"max validation [mean Dice on images with GGO - {fp_weight:g} x mean foreground fraction on "
-            f"empty-truth images] over 0.30..0.95 ({best_v:.4f})"
-        )
     return best_t, f"max mean validation Dice over 0.30..0.70 (Dice {best_v:.4f})"
 
 
@@ -178,100 +159,69 @@ def model_card(cfg: RunConfig, spec: TaskSpec, metadata: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def export_torch_bundle(
-    cfg: RunConfig,
-    spec: TaskSpec,
-    net: Any,
-    definition: dict[str, Any],
-    in_spec: dict,
-    rows: Sequence[ManifestRow],
-    manifest_sha: str,
-    cache: ArrayCache,
-    *,
-    best_epoch: int | list[int],
-    lung_masks: dict[str, np.ndarray],
-    loss_fn: Any,
-    selection: Any,
-) -> Path:
-    from pipelines.bundle import BundleMetadata
-    from pipelines.networks import DEFAULT_TARGET_LAYERS
-    from training.data import ClassificationData, SegmentationData
-    from training.evaluate import evaluate_classification, segmentation_source_pairs
-    from training.metrics import choose_threshold, segmentation_report
-    from training.trainers.loop import predict
+def classification_threshold(cfg: RunConfig, labels: np.ndarray, scores: np.ndarray) -> tuple[float, str]:
+    """The operating threshold by ``[threshold]`` on the validation outputs, and how it was chosen."""
+    if cfg.threshold.method == "fixed" or len(set(labels.tolist())) < 2:
+        return cfg.threshold.value, f"fixed {cfg.threshold.value} (configured or one-class validation)"
+    threshold = choose_threshold(labels, scores, method=cfg.threshold.method, target=cfg.threshold.target)
+    method = f"{cfg.threshold.method} on the validation split"
+    if cfg.threshold.method == "sensitivity":
+        method += f" (target sensitivity {cfg.threshold.target})"
+    return threshold, method
 
+
+def export_torch_bundle(cfg: RunConfig, model: TrainedModel) -> Path:
+    """Threshold on validation, validation and test reports, then the bundle with its card."""
+    spec, net, rows = model.spec, model.net, model.rows
     device = next(net.parameters()).device.type
     val_rows = [r for r in rows if r.split == "validation"]
     test_rows = [r for r in rows if r.split == "test"]
     n_boot = cfg.evaluation.n_bootstrap
+    if spec.kind == "classification" and model.in_spec["mode"] == "lungs_only":
+        val_rows = [r for r in val_rows if r.lung_mask or r.image_path in model.lung_masks]
+    data = task_dataset(
+        spec, val_rows, model.cache, model.in_spec, augment=False, seed=0, lung_masks=model.lung_masks
+    )
+    pred = predict(net, data, spec, model.loss_fn, device, cfg.train.batch_size)
     if spec.kind == "classification":
-        if in_spec["mode"] == "lungs_only":
-            val_rows = [r for r in val_rows if r.lung_mask or r.image_path in lung_masks]
-        data = ClassificationData(
-            val_rows, spec, cache, in_spec, augment=False, seed=0, lung_masks=lung_masks
-        )
-        pred = predict(net, data, spec, loss_fn, device, cfg.train.batch_size)
-        if cfg.threshold.method == "fixed" or len(set(pred.labels.tolist())) < 2:
-            threshold, method = (
-                cfg.threshold.value,
-                f"fixed {cfg.threshold.value} (configured or one-class validation)",
-            )
-        else:
-            threshold = choose_threshold(
-                pred.labels, pred.scores, method=cfg.threshold.method, target=cfg.threshold.target
-            )
-            method = f"{cfg.threshold.method} on the validation split" + (
-                f" (target sensitivity {cfg.threshold.target})"
-                if cfg.threshold.method == "sensitivity"
-                else ""
-            )
-        def report(rows: Sequence[ManifestRow]) -> dict[str, Any]:
+        threshold, method = classification_threshold(cfg, pred.labels, pred.scores)
+
+        def report(split_rows: Sequence[ManifestRow]) -> dict[str, Any]:
             return evaluate_classification(
                 spec.task,
                 net,
-                rows,
-                cache,
-                in_spec,
+                split_rows,
+                model.cache,
+                model.in_spec,
                 threshold,
                 labels_of=spec.label_of,
-                lung_masks=lung_masks,
+                lung_masks=model.lung_masks,
                 device=device,
                 n_boot=n_boot,
                 seed=cfg.seed,
             )
-
-        val_report = report(val_rows)
-        test_report = report(test_rows) if test_rows else {}
     else:
-        data = SegmentationData(val_rows, spec, cache, in_spec, augment=False, seed=0)
-        pred = predict(net, data, spec, loss_fn, device, cfg.train.batch_size)
-        threshold, method = segmentation_threshold(
-            pred.seg_probs or [], pred.seg_truth or [], cfg.train.seg_metric, cfg.train.seg_fp_weight
-        )
-        post = spec.task == "lungs"
-        val_report = segmentation_report(
-            segmentation_source_pairs(
-                net, val_rows, in_spec, spec.seg_target, threshold, device=device, postprocess=post
-            ),
-            n_boot=n_boot,
-            seed=cfg.seed,
-        )
-        test_report = (
-            segmentation_report(
-                segmentation_source_pairs(
-                    net, test_rows, in_spec, spec.seg_target, threshold, device=device, postprocess=post
-                ),
-                n_boot=n_boot,
-                seed=cfg.seed,
+        threshold, method = segmentation_threshold(pred.seg_probs or [], pred.seg_truth or [])
+
+        def report(split_rows: Sequence[ManifestRow]) -> dict[str, Any]:
+            pairs = segmentation_source_pairs(
+                net,
+                split_rows,
+                model.in_spec,
+                spec.seg_target,
+                threshold,
+                device=device,
+                postprocess=spec.task == "lungs",
             )
-            if test_rows
-            else {}
-        )
-    name, value = selection(pred, val_rows)
-    for report in (val_report, test_report):
-        report.pop("dice_per_image", None)
+            return segmentation_report(pairs, n_boot=n_boot, seed=cfg.seed)
+
+    val_report = report(val_rows)
+    test_report = report(test_rows) if test_rows else {}
+    name, value = model.selection(pred, val_rows)
+    for figures in (val_report, test_report):
+        figures.pop("dice_per_image", None)
     metrics = {
-        "best_epoch": best_epoch,
+        "best_epoch": model.best_epoch,
         "selection_metric": name,
         "selection_value": value,
         "validation": val_report,
@@ -283,25 +233,25 @@ def export_torch_bundle(
         version=cfg.version,
         task=spec.task,
         architecture=arch,
-        network_def=definition,
-        input=in_spec,
+        network_def=model.definition,
+        input=model.in_spec,
         labels=list(spec.labels),
         operating_threshold=float(threshold),
         threshold_method=method,
         description=cfg.description or f"{spec.task} model trained by cxr-node training",
         target_layer=DEFAULT_TARGET_LAYERS.get(arch) if spec.kind == "classification" else None,
         metrics=metrics,
-        training_data={**training_data_summary(rows, spec, manifest_sha), "config": cfg.to_dict()},
+        training_data={**training_data_summary(rows, spec, model.manifest_sha), "config": cfg.to_dict()},
         git_commit=git_commit(),
-        manifest_sha256=manifest_sha,
+        manifest_sha256=model.manifest_sha,
         min_patient_age_years=float(cfg.min_patient_age_years),
     )
-    return _save(cfg, spec, metadata, net.state_dict())
+    return save(cfg, spec, metadata, net.state_dict())
 
 
-def _save(cfg: RunConfig, spec: TaskSpec, metadata: Any, weights: Any) -> Path:
-    from pipelines.bundle import save_bundle
-
+def save(cfg: RunConfig, spec: TaskSpec, metadata: BundleMetadata, weights: Any) -> Path:
+    """Write the bundle (weights, metadata, card) under ``<run>/bundles/<name>``; a lungs-only covid
+    bundle first gets its lungs bundle (:func:`copy_input_lungs`)."""
     card = model_card(cfg, spec, {**metadata.to_json(), "input": metadata.input.to_dict()})
     target = cfg.run_dir / "bundles" / cfg.name
     if spec.task == "covid" and cfg.lung_bundle and metadata.input.mode == "lungs_only":
@@ -317,10 +267,6 @@ def copy_input_lungs(lung_bundle: Path, covid_bundle: Path) -> Path:
     Written before the covid bundle's own metadata, so that a bundle the registry can see always has
     it. Its weights keep their sha256, which load_bundle checks like any bundle's.
     """
-    import shutil
-
-    from pipelines.bundle import INPUT_LUNGS_DIR, read_metadata
-
     if read_metadata(lung_bundle).task != "lungs":
         raise ValueError(f"{lung_bundle}: not a lungs bundle")
     target = covid_bundle / INPUT_LUNGS_DIR

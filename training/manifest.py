@@ -58,10 +58,6 @@ class ManifestRow:
     findings: list[str] = field(default_factory=list)
     lung_mask: str = ""
     ggo_mask: str = ""
-    # Where ``ggo_mask`` is a label: a mask of the pixels it speaks for ("" = every pixel). A weakly
-    # labelled picture (a Brixia zone both raters score 0 is clear lung) labels only part of itself;
-    # training ignores the rest and such a row is for training only.
-    ggo_labelled: str = ""
     boxes: list[BoxLabel] = field(default_factory=list)
     license: str = ""
     source: str = ""  # hospital / collection inside a dataset; per-source metrics group by it
@@ -149,28 +145,22 @@ def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-# Columns added after manifests were first hashed into bundles, newest last: a manifest whose later
-# columns are blank in every row is the same data as the older file without them (session 10 added
-# ``ggo_labelled``; the GGO bundle shipped before names the sha of the file without it).
-LATER_COLUMNS: tuple[str, ...] = ("ggo_labelled",)
-
-
 def manifest_shas(path: Path | str) -> set[str]:
-    """The file's sha256, plus the sha256 it had in each older format whose dropped columns are all blank.
+    """The file's sha256, plus the sha256 of its rows as :func:`write_manifest` writes them today when
+    the file has columns this code does not know and they are blank in every row.
 
-    Lets a bundle's recorded ``manifest_sha256`` be checked against a manifest rebuilt by today's code:
-    the rows are rewritten exactly as :func:`write_manifest` did then (same writer, same order).
+    A manifest written while an experimental column existed (``ggo_labelled``) is then checked against
+    a bundle's recorded ``manifest_sha256`` as the same data it is.
     """
     shas = {file_sha256(path)}
     with open(path, newline="", encoding="utf-8") as fh:
-        records = list(csv.DictReader(fh))
-    header = list(COLUMNS)
-    for column in reversed(LATER_COLUMNS):
-        if any(r.get(column) for r in records):
-            break
-        header.remove(column)
+        reader = csv.DictReader(fh)
+        records = list(reader)
+        header = list(reader.fieldnames or [])
+    extra = [c for c in header if c not in COLUMNS]
+    if extra and set(COLUMNS) <= set(header) and not any(r.get(c) for r in records for c in extra):
         buf = io.StringIO(newline="")
-        writer = csv.DictWriter(buf, fieldnames=header, extrasaction="ignore")
+        writer = csv.DictWriter(buf, fieldnames=list(COLUMNS), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(records)
         shas.add(hashlib.sha256(buf.getvalue().encode("utf-8")).hexdigest())

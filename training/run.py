@@ -1,29 +1,40 @@
 """Run one training configuration: ``python -m training.run CONFIG.toml`` (also under torchrun).
 
-``cxr-node train`` calls :func:`train_from_config`; ``torchrun --nproc_per_node 2 -m training.run
+``cxr-node train`` calls :func:`train_from_config`: the task's trainer fits the model (every rank),
+then rank 0 exports the best checkpoint as a bundle. ``torchrun --nproc_per_node 2 -m training.run
 CONFIG.toml`` runs the same code in two DDP processes (gloo on CPU, NCCL on GPUs).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
+import tomllib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from training import distributed
 from training.config import RunConfig, load_config
 from training.errors import TrainingError
+from training.export import export_torch_bundle
+from training.trainers import covid, ggo_detection, ggo_segmentation, lungs, projection
 
 log = logging.getLogger(__name__)
 
-TRAINERS = {
-    "projection": "training.trainers.projection",
-    "lungs": "training.trainers.lungs",
-    "covid": "training.trainers.covid",
-    "ggo_detection": "training.trainers.ggo_detection",
-    "ggo_segmentation": "training.trainers.ggo_segmentation",
+
+class Trainer(NamedTuple):
+    fit: Callable[..., Any]  # (cfg, ctx, *, resume) -> the trained model on rank 0, else None
+    export: Callable[[RunConfig, Any], Path]  # (cfg, trained model) -> bundle folder
+
+
+TRAINERS: dict[str, Trainer] = {
+    "projection": Trainer(projection.fit, export_torch_bundle),
+    "lungs": Trainer(lungs.fit, export_torch_bundle),
+    "covid": Trainer(covid.fit, export_torch_bundle),
+    "ggo_segmentation": Trainer(ggo_segmentation.fit, export_torch_bundle),
+    "ggo_detection": Trainer(ggo_detection.fit, ggo_detection.export),
 }
 
 
@@ -31,8 +42,9 @@ def train_from_config(cfg: RunConfig, *, resume: bool = False, device: str | Non
     """Train ``cfg`` in this process (a DDP rank under torchrun); the bundle folder on rank 0."""
     ctx = distributed.init(device)
     try:
-        module = importlib.import_module(TRAINERS[cfg.task])
-        bundle = module.train(cfg, ctx, resume=resume)
+        trainer = TRAINERS[cfg.task]
+        trained = trainer.fit(cfg, ctx, resume=resume)
+        bundle = trainer.export(cfg, trained) if trained is not None else None
         # Rank 0 evaluates and exports after the last epoch while the other ranks are done. Tearing the
         # gloo group down on one rank while another still holds it aborted that rank now and then
         # ("terminate called without an active exception", test_ddp): every rank leaves together.
@@ -59,8 +71,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_overrides(items: list[str]) -> dict[str, object]:
-    import tomllib
-
     out: dict[str, object] = {}
     for item in items:
         key, sep, raw = item.partition("=")

@@ -21,7 +21,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from pipelines.image import load_image
 from training.errors import LeakageError
 from training.manifest import ManifestRow
 
@@ -135,12 +137,8 @@ def check_leakage(rows: Sequence[ManifestRow]) -> None:
 
 def thumbnail(path: str | Path, size: int = 32) -> np.ndarray:
     """A zero-mean, unit-norm ``size x size`` grey thumbnail (area averaging) of an image file."""
-    from PIL import Image
-
     suffix = Path(path).suffix.lower()
     if suffix == ".dcm" or not suffix:
-        from pipelines.image import load_image
-
         pixels = load_image(path).pixels
         img = Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8))
     else:

@@ -82,8 +82,7 @@ GGO_DETECTION = TaskSpec(
     task="ggo_detection",
     kind="detection",
     labels=("ground_glass_opacity",),
-    # a weakly labelled picture (ggo_labelled) says nothing of where boxes are: not a detection label
-    accepts=lambda r: bool(r.ggo_mask) and not r.ggo_labelled,
+    accepts=lambda r: bool(r.ggo_mask),
     stratum=_ggo_stratum,
     threshold_meaning="boxes with confidence at or above it are reported",
 )

@@ -29,7 +29,7 @@ def test_aux_heads_unet_serves_its_first_channel_in_eval_mode_with_a_plain_unet_
 
 def test_heads_loss_learns_each_channel_only_from_the_rows_labelled_in_it() -> None:
     from training.data import UNLABELLED
-    from training.trainers.loop import HeadsSegLoss, SegLoss
+    from training.losses import HeadsSegLoss, SegLoss
 
     target = torch.full((2, 2, 8, 8), UNLABELLED)
     target[0, 0] = 0.0

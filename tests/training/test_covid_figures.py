@@ -1,4 +1,4 @@
-"""The covid evaluation figures (training/recipes/covid_compare.py): each AUC is taken on the images
+"""The covid evaluation figures (training/covid_figures.py): each AUC is taken on the images
 it names, so a score that reads the collection is told from one that reads the lungs."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.recipes.covid_compare import finding_figures, split_report
+from training.covid_figures import finding_figures, split_report
 
 
 def _images() -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[str]]]:

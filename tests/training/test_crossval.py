@@ -1,4 +1,4 @@
-"""training.recipes.crossval: patient-level folds, nested fold runs, pooled out-of-fold figures."""
+"""training.crossval (and its recipe): patient-level folds, nested fold runs, pooled out-of-fold figures."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from training.crossval import assign_folds, fold_rows
 from training.errors import ConfigError
 from training.manifest import ManifestRow, write_manifest
-from training.recipes.crossval import assign_folds, fold_rows
 from training.splits import check_leakage, covid_stratum
 
 
@@ -149,26 +149,6 @@ def test_tiny_cross_validation_scores_every_pool_image_once_and_never_reads_test
     assert raw["crossval"]["pooled"]["within_ieee8023_auc"]["auc"] == pooled["within_ieee8023_auc"]["auc"]
     assert raw["metrics"]["test"]["n"] == len(test)  # the recipe's test split, untouched by every member
 
-    # A second seed on the same folds: the mean of both runs is reported and both runs' fold models exported.
-    seed = ["--set", "run.seed=4", "--set", "run.name=tiny-cv-s4"]
-    assert main([str(config), "--folds", "3", "--n-boot", "20", *seed]) == 0
-    s4 = out / "crossval" / "tiny-cv-s4"
-    other = [rec for k in range(3) for rec in csv.DictReader((s4 / f"oof_fold{k}.csv").open())]
-    assert [r["image_path"] for r in other] == [r["image_path"] for r in scored]
-    capsys.readouterr()
-    both = ["--with-runs", "tiny-cv-s4", "--export-ensemble", "tiny-cv-ens2", "0.0.4"]
-    assert main([str(config), "--folds", "3", "--n-boot", "20", *both]) == 0
-    bundle2 = Path(capsys.readouterr().out.split("bundle: ")[1].split()[0])
-    mean_report = json.loads((out / "crossval" / "tiny-cv+1" / "report.json").read_text())
-    assert mean_report["runs"] == ["tiny-cv", "tiny-cv-s4"] and mean_report["images"] == report["images"]
-    raw2 = json.loads((bundle2 / "configs" / "metadata.json").read_text())
-    assert [m["fold"] for m in raw2["ensemble"]["members"]] == [0, 1, 2, 0, 1, 2]
-    assert read_metadata(bundle2).operating_threshold == pytest.approx(mean_report["pooled_threshold_youden"])
-    assert len(load_bundle(bundle2, "covid").network.members) == 6
-    assert json.loads((root / "report.json").read_text())["runs"] == ["tiny-cv"]  # not overwritten
-    assert main([str(config), "--folds", "3", "--aggregate", "--with-runs", "tiny-cv-missing"]) == 2
-    assert "no out-of-fold scores" in capsys.readouterr().err
-
     # Another fold count on the same folder is refused rather than mixed with the saved folds.
     assert main([str(config), "--folds", "4"]) == 2
     assert "another pool or fold count" in capsys.readouterr().err
@@ -181,7 +161,7 @@ def test_paired_difference_compares_two_recipes_on_the_same_out_of_fold_images(
     from tiny_runs import tiny_config
 
     from training.config import config_from_dict
-    from training.recipes.crossval import OOF_COLUMNS, cv_dir, paired_difference
+    from training.crossval import OOF_COLUMNS, cv_dir, paired_difference
 
     rng = np.random.default_rng(0)
     images = [(f"/i/{d}{i}.png", d, y) for d, n in (("ieee8023", 40), ("openist", 20))

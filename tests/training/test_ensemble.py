@@ -1,4 +1,4 @@
-"""training.recipes.ensemble: seeded runs (covid, lungs) averaged into one bundle the pipeline runs."""
+"""training.ensemble (and its recipe): seeded runs averaged into one bundle the pipeline runs."""
 
 from __future__ import annotations
 
@@ -81,8 +81,8 @@ def test_members_that_differ_beyond_the_seed_are_refused(
     tiny_models: dict[str, Path], shared_data: Path, training_root: Path, tmp_path: Path
 ) -> None:
     from training.config import load_config
+    from training.ensemble import check_members
     from training.errors import TrainingError
-    from training.recipes.ensemble import check_members
 
     manifest = tiny_models["covid"].parent.parent / "manifest.csv"
     out = training_root / "ensemble_refused"
@@ -174,9 +174,10 @@ def test_mixed_recipes_are_allowed_only_on_the_same_validation_and_test_images(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from training.config import load_config
+    from training.ensemble import check_members
     from training.errors import TrainingError
     from training.manifest import read_manifest, write_manifest
-    from training.recipes.ensemble import check_members, main
+    from training.recipes.ensemble import main
 
     out = training_root / "ensemble_mixed"
     a = _lungs_member(tiny_models, tmp_path, 51, out, shared_data)
@@ -219,7 +220,7 @@ def test_mixed_recipes_are_allowed_only_on_the_same_validation_and_test_images(
 
 
 def test_member_bundle_arguments_name_a_bundle_or_the_members_of_an_ensemble_bundle(tmp_path: Path) -> None:
-    from training.recipes.ensemble import MemberSource, parse_member_bundles
+    from training.ensemble import MemberSource, parse_member_bundles
 
     a, b, c = (str(tmp_path / f"{n}.toml") for n in "abc")
     sources = parse_member_bundles([f"{a},{b}=models/lungs", f"{c}=runs/x"])

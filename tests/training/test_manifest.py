@@ -61,24 +61,26 @@ def test_rows_refuse_nonsense() -> None:
         BoxLabel(10, 10, 5, 20, "x")
 
 
-def test_a_manifest_without_weak_labels_also_has_its_older_format_sha(tmp_path: Path) -> None:
-    """Bundles hashed their manifest before ``ggo_labelled`` existed; rebuilt today, it must still match."""
+def test_a_manifest_with_a_blank_unknown_column_also_has_its_sha_without_it(tmp_path: Path) -> None:
+    """A manifest written with a column this code no longer has, blank in every row, is the same data."""
     import csv
-    import dataclasses
 
     from training.manifest import COLUMNS, file_sha256, manifest_shas
 
     rows = [_row(1, split="train"), _row(2, split="test")]
     path = write_manifest(rows, tmp_path / "m.csv")
-    old = tmp_path / "old.csv"  # what write_manifest wrote before the column was added
-    with old.open("w", newline="", encoding="utf-8") as fh:
-        header = [c for c in COLUMNS if c != "ggo_labelled"]
-        writer = csv.DictWriter(fh, fieldnames=header, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(r.to_csv() for r in rows)
-    assert file_sha256(old) != file_sha256(path)
-    assert manifest_shas(path) == {file_sha256(path), file_sha256(old)}
+    assert manifest_shas(path) == {file_sha256(path)}
 
-    weak = write_manifest([dataclasses.replace(rows[0], ggo_labelled="/m/zones.png"), rows[1]],
-                          tmp_path / "weak.csv")
-    assert manifest_shas(weak) == {file_sha256(weak)}  # the older format could not hold this file
+    def with_column(name: str, value: str) -> Path:
+        out = tmp_path / f"{name}-{bool(value)}.csv"
+        with out.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=[*COLUMNS, name])
+            writer.writeheader()
+            writer.writerows({**r.to_csv(), name: value} for r in rows)
+        return out
+
+    blank = with_column("ggo_labelled", "")
+    assert file_sha256(blank) != file_sha256(path)
+    assert manifest_shas(blank) == {file_sha256(blank), file_sha256(path)}
+    filled = with_column("ggo_labelled", "/m/zones.png")
+    assert manifest_shas(filled) == {file_sha256(filled)}  # that column held data: not the same manifest

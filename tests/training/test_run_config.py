@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,12 +13,32 @@ from training.errors import ConfigError
 from training.run import parse_overrides
 
 CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
-@pytest.mark.parametrize("name", ["projection", "lungs", "covid", "ggo_detection", "ggo_segmentation"])
+SHIPPED = {  # config -> the bundle it builds (or, for lungs_member*, the ensemble it is part of)
+    "projection": "projection",
+    "lungs_member1": "lungs",
+    "lungs_member2": "lungs",
+    "lungs_member3": "lungs",
+    "lungs_member4": "lungs",
+    "covid": "covid",
+    "covid_input_lungs": "covid/input_lungs",
+    "ggo_segmentation": "ggo_segmentation",
+    "ggo_detection": "ggo_detection",
+}
+
+
+def test_one_config_per_shipped_model() -> None:
+    assert sorted(p.stem for p in CONFIGS.glob("*.toml")) == sorted(SHIPPED)
+    assert not [p for p in CONFIGS.rglob("*") if p.is_dir()]
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_shipped_configs_parse_and_resolve(name: str, shared_data: Path) -> None:
     cfg = load_config(CONFIGS / f"{name}.toml", data_root=str(shared_data))
-    assert cfg.task == name and cfg.data.root == str(shared_data)
+    bundle = MODELS / SHIPPED[name] / "configs" / "metadata.json"
+    assert cfg.task == json.loads(bundle.read_text())["task"] and cfg.data.root == str(shared_data)
     for source in cfg.data.sources:
         assert source.adapter in ADAPTERS and (shared_data / source.path).is_dir()
     assert load_config(CONFIGS / f"{name}.toml").data.root == "../shared/data"
@@ -34,8 +55,7 @@ def test_overrides_and_errors(tmp_path: Path) -> None:
         config_from_dict({"run": {"task": "covid", "name": "x"}, "train": {"sampling": "random"}})
     with pytest.raises(ConfigError, match="min_patient_age_years"):
         config_from_dict({"run": {"task": "covid", "name": "x", "min_patient_age_years": -2}})
-    shipped = load_config(CONFIGS / "default" / "covid_ms_zscore.toml")  # the shipped covid recipe
-    assert shipped.min_patient_age_years == 18
+    assert load_config(CONFIGS / "covid.toml").min_patient_age_years == 18  # the shipped covid recipe
     (tmp_path / "bad.toml").write_text("[run\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(tmp_path / "bad.toml")

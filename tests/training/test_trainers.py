@@ -125,7 +125,7 @@ def test_resume_continues_exactly(
     """Two epochs straight == two epochs with a crash in epoch 2 and ``--resume`` (same weights)."""
     from tiny_runs import tiny_config
 
-    import training.trainers.loop as loop
+    import training.validation as validation
     from training.config import config_from_dict
     from training.run import train_from_config
 
@@ -137,7 +137,7 @@ def test_resume_continues_exactly(
         return train_from_config(config_from_dict(cfg), resume=resume, device="cpu")  # type: ignore[return-value]
 
     straight = run("straight")
-    real_metric, calls = loop.validation_metric, []
+    real_metric, calls = validation.validation_metric, []
 
     def crash_in_second_epoch(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         calls.append(1)
@@ -145,10 +145,10 @@ def test_resume_continues_exactly(
             raise KeyboardInterrupt("simulated crash after training epoch 2, before its checkpoint")
         return real_metric(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "validation_metric", crash_in_second_epoch)
+    monkeypatch.setattr(validation, "validation_metric", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         run("resumed")
-    monkeypatch.setattr(loop, "validation_metric", real_metric)
+    monkeypatch.setattr(validation, "validation_metric", real_metric)
     resumed = run("resumed", resume=True)
     a = torch.load(straight.parent.parent / "checkpoints" / "last.pt", weights_only=False)
     b = torch.load(resumed.parent.parent / "checkpoints" / "last.pt", weights_only=False)

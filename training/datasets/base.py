@@ -102,7 +102,7 @@ def finish(rows: list[ManifestRow], *, hash_images: bool = True, workers: int = 
     A missing image or mask is an error naming the file: a partial download must not turn
     silently into a smaller, differently balanced dataset.
     """
-    specs = [spec for r in rows for spec in (r.image_path, r.lung_mask, r.ggo_mask, r.ggo_labelled)]
+    specs = [spec for r in rows for spec in (r.image_path, r.lung_mask, r.ggo_mask)]
     listed = [p for spec in specs for p in spec.split("|") if p]
     missing = [p for p in listed if not Path(p).is_file()]
     if missing:

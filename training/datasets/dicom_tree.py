@@ -11,6 +11,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import pydicom
+from pydicom.errors import InvalidDicomError
+
 from training.datasets.base import projection_from_view
 from training.errors import DatasetLayoutError
 
@@ -31,9 +34,6 @@ class DicomHeader:
 
 
 def read_header(path: Path) -> DicomHeader:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, OSError, ValueError) as exc:

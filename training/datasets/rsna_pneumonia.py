@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from training.datasets.base import cell, finish, read_table, require_dir
+from training.datasets.dicom_tree import read_header
 from training.manifest import BoxLabel, ManifestRow
 
 NAME = "rsna_pneumonia"
@@ -50,7 +51,6 @@ def scan(root: Path, *, hash_images: bool = True) -> list[ManifestRow]:
             if "Lung Opacity" not in row.findings:
                 row.findings.append("Lung Opacity")
     out = finish(list(rows.values()), hash_images=hash_images)
-    from training.datasets.dicom_tree import read_header
 
     for row in out:  # the view is only in the DICOM header (ViewPosition AP/PA)
         header = read_header(Path(row.image_path))

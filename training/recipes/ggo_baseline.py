@@ -25,6 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
+
+from pipelines.bundle import load_bundle
+from training.cache import load_source
+from training.evaluate import detection_predictions, mask_boxes, truth_boxes
+from training.manifest import read_manifest
+from training.metrics import detection_report, dice_iou, segmentation_report
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,8 +41,6 @@ THRESHOLDS = np.round(np.arange(-0.5, 3.01, 0.25), 2)
 
 def lung_z(pixels: np.ndarray, lungs: np.ndarray) -> np.ndarray:
     """Blurred intensity, z-scored over the lung pixels (z = 0 outside the lungs)."""
-    from scipy import ndimage
-
     blurred = ndimage.gaussian_filter(pixels.astype(np.float32), sigma=0.004 * max(pixels.shape))
     values = blurred[lungs]
     z = (blurred - values.mean()) / (values.std() + 1e-6)
@@ -44,8 +49,6 @@ def lung_z(pixels: np.ndarray, lungs: np.ndarray) -> np.ndarray:
 
 def baseline_boxes(pred: np.ndarray, z: np.ndarray) -> np.ndarray:
     """(N, 5) boxes + confidence from the connected components of a baseline mask."""
-    from training.evaluate import mask_boxes
-
     boxes = mask_boxes(pred)
     out = []
     for x0, y0, x1, y1 in boxes:
@@ -59,8 +62,6 @@ def bootstrap_detection(
     preds: list[np.ndarray], truths: list[np.ndarray], n_boot: int = 1000, seed: int = 0
 ) -> dict[str, Any]:
     """mAP50 and mAP50-95 with percentile CIs from resampling images."""
-    from training.metrics import detection_report
-
     report = detection_report(preds, truths)
     rng = np.random.default_rng(seed)
     m50, m5095 = [], []
@@ -82,11 +83,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-boot", type=int, default=1000)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    from training.cache import load_source
-    from training.evaluate import truth_boxes
-    from training.manifest import read_manifest
-    from training.metrics import dice_iou, segmentation_report
 
     rows = [r for r in read_manifest(args.manifest) if r.ggo_mask and r.lung_mask]
     data = []
@@ -116,9 +112,6 @@ def main(argv: list[str] | None = None) -> int:
         "detection_test": det,
     }
     if args.detection_bundle:
-        from pipelines.bundle import load_bundle
-        from training.evaluate import detection_predictions
-
         bundle = load_bundle(args.detection_bundle, "ggo_detection")
         test_rows = [r for r, _, _ in test]
         preds = detection_predictions(bundle.network, test_rows, bundle.metadata.input.size)

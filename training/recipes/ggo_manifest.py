@@ -1,4 +1,4 @@
-"""The GGO training manifest with normal lungs as negatives (issue "Default models").
+"""The GGO training manifest with normal lungs as negatives (ggo_segmentation 1.0.0: ``--per-source 15``).
 
     .venv/bin/python -m training.recipes.ggo_manifest [--data-root ../shared/data] [--out runs/manifests]
 
@@ -11,13 +11,12 @@ of ``shared_generalblockchain`` (seed 20260101, 70/15/15, as ``runs/ggo-unet/man
 negatives get their own patient-level split with the same fractions and seed. The leakage check runs
 on the merged manifest.
 
-Options added for issue 6 (over-calling normal lungs); without them the manifest is the one above:
+Options for measuring over-calls on normal lungs; without them the manifest is the one above:
 
 - ``--heldout N``: BEFORE the negatives are drawn, N normal patients per source (OpenIST, NIH "No
   Finding", Kermany pediatric normals) and N ieee8023 COVID-19 frontal pictures that are not in
   GeneralBlockchain are set aside in ``<out>/<name minus .csv>_heldout.csv`` (split column "test"):
-  no GGO run trains or chooses anything on them; ``training.recipes.ggo_normal_extent`` measures
-  the GGO extent the pipeline reports on them.
+  no GGO run trains or chooses anything on them (``training.recipes.ggo_decision`` measures on them).
 - ``--ieee-normals``: also the ieee8023 "No Finding" frontals (the collection the GGO masks come
   from, so that "looks like ieee8023" is not "has GGO"), with their own patient-level split.
 """
@@ -33,6 +32,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from training.datasets import scan_dataset
+from training.manifest import write_manifest
+from training.splits import assign_splits, check_leakage, near_duplicate_pairs, thumbnails
+from training.tasks import GGO_SEGMENTATION
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,11 +65,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ieee-normals", action="store_true", help="add ieee8023 'No Finding' frontals")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    from training.datasets import scan_dataset
-    from training.manifest import write_manifest
-    from training.splits import assign_splits, check_leakage, near_duplicate_pairs, thumbnails
-    from training.tasks import GGO_SEGMENTATION
 
     gb = scan_dataset("shared_generalblockchain", args.data_root / "generalblockchain_cxr_seg")
     gb = [r for r in gb if GGO_SEGMENTATION.accepts(r)]

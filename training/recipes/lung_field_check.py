@@ -24,6 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.bundle import load_bundle
+from pipelines.image import load_image
+from pipelines.lung_field import LateralFieldRule, lung_field_shape
+from pipelines.tasks.lungs import LungSegmenter
+from training.datasets import scan_dataset
+
 REPO = Path(__file__).resolve().parents[2]
 FOLDERS = {
     "shared_ieee8023": "ieee8023_covid_cxr",
@@ -97,12 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "lung_field_check.json")
     ap.add_argument("--md", type=Path, help="write the card table (markdown) here")
     args = ap.parse_args(argv)
-
-    from pipelines.bundle import load_bundle
-    from pipelines.image import load_image
-    from pipelines.lung_field import LateralFieldRule, lung_field_shape
-    from pipelines.tasks.lungs import LungSegmenter
-    from training.datasets import scan_dataset
 
     rule = LateralFieldRule(min_width=args.min_width, max_second=args.max_second)
     segmenter = LungSegmenter(load_bundle(args.lungs, "lungs"))

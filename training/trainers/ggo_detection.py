@@ -15,14 +15,23 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from pipelines.bundle import BundleMetadata
+from pipelines.image import load_image
+from pipelines.networks import network_def
+from pipelines.preprocess import InputSpec, prepare_yolo_image
+from pipelines.yolo_env import prepare_ultralytics
 from training.config import RunConfig
 from training.data import prepare_rows, split_rows
 from training.distributed import DistContext
 from training.errors import TrainingError
+from training.evaluate import box_f1, detection_predictions, evaluate_detection, truth_boxes
+from training.export import git_commit, save, training_data_summary
 from training.manifest import ManifestRow
 from training.tasks import GGO_DETECTION as SPEC
 
@@ -33,12 +42,6 @@ YOLO_SPLITS = {"train": "train", "validation": "val", "test": "test"}
 
 def write_yolo_dataset(rows: list[ManifestRow], out: Path, imgsz: int) -> Path:
     """images/<split>/<n>.png + labels/<split>/<n>.txt (class cx cy w h, normalised) + data.yaml."""
-    from PIL import Image
-
-    from pipelines.image import load_image
-    from pipelines.preprocess import prepare_yolo_image
-    from training.evaluate import truth_boxes
-
     if out.exists():
         shutil.rmtree(out)
     for i, row in enumerate(rows):
@@ -68,8 +71,6 @@ def write_yolo_dataset(rows: list[ManifestRow], out: Path, imgsz: int) -> Path:
 
 def choose_confidence(preds: list[np.ndarray], truths: list[np.ndarray]) -> tuple[float, str]:
     """The minimum box confidence maximising box F1 (IoU >= 0.5) on the validation split."""
-    from training.evaluate import box_f1
-
     best_c, best_f = 0.25, -1.0
     for c in np.round(np.arange(0.05, 0.91, 0.05), 2):
         f1 = box_f1([p[p[:, 4] >= c] for p in preds], truths)["f1"]
@@ -78,14 +79,18 @@ def choose_confidence(preds: list[np.ndarray], truths: list[np.ndarray]) -> tupl
     return best_c, f"max box F1 at IoU 0.5 on the validation split (F1 {best_f:.3f})"
 
 
-def train(cfg: RunConfig, ctx: DistContext, *, resume: bool = False) -> Path | None:
-    from pipelines.bundle import BundleMetadata
-    from pipelines.networks import network_def
-    from pipelines.preprocess import InputSpec
-    from pipelines.yolo_env import prepare_ultralytics
-    from training.evaluate import detection_predictions, evaluate_detection, truth_boxes
-    from training.export import _save, git_commit, training_data_summary
+@dataclass
+class YoloRun:
+    """A finished detector run: ultralytics' ``best.pt`` (chosen by its fitness on our validation split)."""
 
+    best: Path
+    rows: list[ManifestRow]
+    manifest_sha: str
+    imgsz: int
+
+
+def fit(cfg: RunConfig, ctx: DistContext, *, resume: bool = False) -> YoloRun | None:
+    """Train YOLO on rank 0 (ultralytics runs its own DDP); None on the other ranks."""
     rows, _, manifest_sha = prepare_rows(cfg, SPEC, ctx)
     if not ctx.is_main:
         return None
@@ -129,19 +134,24 @@ def train(cfg: RunConfig, ctx: DistContext, *, resume: bool = False) -> Path | N
     best = project / "train" / "weights" / "best.pt"
     if not best.is_file():
         raise TrainingError(f"{project}: ultralytics wrote no best.pt")
-    yolo = ultralytics.YOLO(str(best), task="detect")
-    val_rows, test_rows = split_rows(rows, "validation"), split_rows(rows, "test")
-    val_preds = detection_predictions(yolo, val_rows, imgsz)
+    return YoloRun(best=best, rows=rows, manifest_sha=manifest_sha, imgsz=imgsz)
+
+
+def export(cfg: RunConfig, run: YoloRun) -> Path:
+    """Box confidence on validation, validation and test reports, then the bundle (the checkpoint as is)."""
+    yolo = prepare_ultralytics(None).YOLO(str(run.best), task="detect")
+    val_rows, test_rows = split_rows(run.rows, "validation"), split_rows(run.rows, "test")
+    val_preds = detection_predictions(yolo, val_rows, run.imgsz)
     threshold, method = choose_confidence(val_preds, [truth_boxes(r) for r in val_rows])
-    val_report = evaluate_detection(yolo, val_rows, imgsz, threshold)
-    test_report = evaluate_detection(yolo, test_rows, imgsz, threshold) if test_rows else {}
+    val_report = evaluate_detection(yolo, val_rows, run.imgsz, threshold)
+    test_report = evaluate_detection(yolo, test_rows, run.imgsz, threshold) if test_rows else {}
     metadata = BundleMetadata(
         name=cfg.name,
         version=cfg.version,
         task=SPEC.task,
         architecture="yolo",
         network_def=network_def("yolo", cfg=cfg.model.yolo_cfg, num_classes=1),
-        input=InputSpec(size=imgsz, normalization="unit", channels=3).to_dict(),
+        input=InputSpec(size=run.imgsz, normalization="unit", channels=3).to_dict(),
         labels=list(SPEC.labels),
         operating_threshold=threshold,
         threshold_method=method,
@@ -152,8 +162,8 @@ def train(cfg: RunConfig, ctx: DistContext, *, resume: bool = False) -> Path | N
             "validation": val_report,
             "test": test_report,
         },
-        training_data={**training_data_summary(rows, SPEC, manifest_sha), "config": cfg.to_dict()},
+        training_data={**training_data_summary(run.rows, SPEC, run.manifest_sha), "config": cfg.to_dict()},
         git_commit=git_commit(),
-        manifest_sha256=manifest_sha,
+        manifest_sha256=run.manifest_sha,
     )
-    return _save(cfg, SPEC, metadata, best)
+    return save(cfg, SPEC, metadata, run.best)

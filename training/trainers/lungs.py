@@ -6,13 +6,12 @@ mediastinum, data README): keep the dataset column in mind when mixing sources.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from training.config import RunConfig
 from training.distributed import DistContext
 from training.tasks import LUNGS as SPEC
-from training.trainers.loop import train_torch_task
+from training.trained import TrainedModel
+from training.trainers.fit import fit as fit_torch
 
 
-def train(cfg: RunConfig, ctx: DistContext, *, resume: bool = False) -> Path | None:
-    return train_torch_task(cfg, SPEC, ctx, resume=resume)
+def fit(cfg: RunConfig, ctx: DistContext, *, resume: bool = False) -> TrainedModel | None:
+    return fit_torch(cfg, SPEC, ctx, resume=resume)
