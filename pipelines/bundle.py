@@ -29,6 +29,7 @@ from pipelines.errors import BundleError
 from pipelines.lung_field import LateralFieldRule
 from pipelines.preprocess import InputSpec
 from pipelines.results import ModelInfo
+from pipelines.tasks.ggo_decision import GgoDecisionRule
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,10 @@ class BundleMetadata:
     # whose mask matches it is not analysed. Empty: no such check. Written by
     # training.recipes.lung_field_check --write-metadata.
     lateral_field: dict[str, Any] = field(default_factory=dict)
+    # ggo_segmentation bundles: the image-level "GGO present" decision (pipelines/tasks/ggo_decision.py),
+    # fitted with this model and the detector whose sha256 it names. Empty: no decision (GGO reported
+    # unchecked, with a warning). Written by training.recipes.ggo_decision --write-metadata.
+    ggo_decision: dict[str, Any] = field(default_factory=dict)
     # Filled by save_bundle: {"file": "models/model.pt", "sha256": ..., "dtype": ...}.
     weights: dict[str, str] = field(default_factory=dict)
 
@@ -102,6 +107,14 @@ class BundleMetadata:
                     f"bundle {self.name!r}: lateral_field is for lungs bundles, not {self.task}")
             try:
                 LateralFieldRule.from_metadata(self.lateral_field)
+            except ValueError as exc:
+                raise BundleError(f"bundle {self.name!r}: {exc}") from exc
+        if self.ggo_decision:
+            if self.task != "ggo_segmentation":
+                raise BundleError(
+                    f"bundle {self.name!r}: ggo_decision is for ggo_segmentation bundles, not {self.task}")
+            try:
+                GgoDecisionRule.from_metadata(self.ggo_decision)
             except ValueError as exc:
                 raise BundleError(f"bundle {self.name!r}: {exc}") from exc
         if "_target_" not in self.network_def:

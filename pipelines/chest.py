@@ -9,6 +9,9 @@ chain too (``use_lung_field``; off: a warning only).
 An image whose Body Part Examined names a region without lungs (``pipelines.body_part``) is not
 analysed either (``use_body_part``), nor is an image too small or too elongated to be a chest radiograph
 (:func:`unfit_geometry`: a thumbnail or a strip would be upsampled into the models' grids and read as lungs).
+GGO is reported specific first: a GGO segmentation bundle that carries an image-level decision
+(``pipelines.tasks.ggo_decision``) gets its boxes, mask and extent reported only on an image the decision
+calls present; otherwise the result says GGO not detected, with the decision's score.
 A covid bundle that names ``min_patient_age_years`` gives no COVID-19 output for a patient whose
 DICOM header says younger (``pipelines.population``); a warning says why and every other finding
 stays. Per-stage wall times are in ``ChestResult.timings_ms``; in :meth:`ChestPipeline.analyze_batch`
@@ -26,14 +29,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
+import numpy as np
+
 from pipelines.body_part import non_chest_body_part
 from pipelines.bundle import BundleRegistry, LoadedBundle
 from pipelines.errors import BundleError
 from pipelines.lung_field import LateralFieldRule, lung_field_shape
 from pipelines.population import below_minimum_age, describe_age
 from pipelines.results import (
+    Box,
     ChestResult,
     CovidResult,
+    GgoDecision,
     GgoResult,
     LungResult,
     Projection,
@@ -42,7 +49,8 @@ from pipelines.results import (
 )
 from pipelines.runtime import chunks, resolve_device
 from pipelines.tasks.covid import CovidClassifier
-from pipelines.tasks.ggo import GgoDetector, GgoSegmenter, ggo_extent_percent
+from pipelines.tasks.ggo import GgoDetector, GgoSegmenter, ggo_extent_percent, ggo_mask_in_lungs
+from pipelines.tasks.ggo_decision import GgoDecisionRule, decision_features
 from pipelines.tasks.lungs import LungSegmenter
 from pipelines.tasks.projection import ProjectionClassifier, header_projection
 
@@ -125,6 +133,15 @@ class ChestPipeline:
         # A lung mask shaped like a lateral's stops the chain (pipelines.lung_field); off: a warning only.
         self.use_lung_field = use_lung_field
         self._lateral_field = LateralFieldRule.from_metadata(lungs.bundle.metadata.lateral_field)
+        # The image-level GGO decision (pipelines.tasks.ggo_decision) was fitted on one detector's scores.
+        self._ggo_rule = GgoDecisionRule.from_metadata(ggo_segmentation.bundle.metadata.ggo_decision)
+        detector_sha = ggo_detection.bundle.metadata.weights.get("sha256")
+        if self._ggo_rule is not None and self._ggo_rule.detector_sha256 != detector_sha:
+            raise BundleError(
+                f"{ggo_segmentation.bundle.path}: its ggo_decision was fitted with the GGO detector whose "
+                f"weights have sha256 {self._ggo_rule.detector_sha256[:12]}..., not with "
+                f"{ggo_detection.bundle.path} ({str(detector_sha)[:12]}...); refit it "
+                "(training.recipes.ggo_decision --write-metadata)")
         # The COVID model's own lung model (the one it was trained with) cuts its input, unless it is
         # the pipeline's lung model: then the lungs stage's masks serve both. Decided once, here.
         own = covid.input_lungs
@@ -290,7 +307,9 @@ class ChestPipeline:
 
     def _ggo(self, timer: _Timer, images: list[SourceImage], lungs: list[LungResult],
              results: list[ChestResult]) -> None:
-        boxes = timer.run("ggo_detection", self.ggo_detection.predict, images)
+        rule = self._ggo_rule
+        floor = None if rule is None else min(rule.box_floor, self.ggo_detection.threshold)
+        boxes = timer.run("ggo_detection", self.ggo_detection.predict, images, floor)
         need = self.ggo_segmentation.needs_lungs
         usable = [i for i, lung in enumerate(lungs) if lung.area_px > 0 or not need]
         for i in set(range(len(images))) - set(usable):
@@ -298,11 +317,40 @@ class ChestPipeline:
         masks = timer.run("ggo_segmentation", self.ggo_segmentation.predict,
                           [images[i] for i in usable], [lungs[i].mask for i in usable])
         for i, (mask, prob) in zip(usable, masks, strict=True):
-            extent = ggo_extent_percent(mask, lungs[i].mask)
-            if extent is None:
+            ggo = (self._ggo_unchecked(results[i], boxes[i], mask, prob, lungs[i].mask)
+                   if rule is None else self._ggo_decided(rule, boxes[i], prob, lungs[i].mask))
+            results[i].ggo = ggo
+            if ggo.detected and ggo.extent_percent is None:
                 results[i].warnings.append("ggo: extent undefined, the lung mask is empty")
-            results[i].ggo = GgoResult(
-                boxes=boxes[i], mask=mask, probability_map=prob, extent_percent=extent,
-                detection_model=self.ggo_detection.bundle.info,
-                segmentation_model=self.ggo_segmentation.bundle.info,
-            )
+
+    def _ggo_unchecked(self, result: ChestResult, boxes: list[Box], mask: np.ndarray, prob: np.ndarray,
+                       lung: np.ndarray) -> GgoResult:
+        """A GGO bundle without a decision: the models' output as it is, and a warning that says so."""
+        result.warnings.append(
+            f"ggo: {self.ggo_segmentation.bundle.info.name} carries no image-level GGO decision; GGO is "
+            "reported unchecked and over-calls normal lungs (see its model card)")
+        return GgoResult(boxes=boxes, mask=mask, probability_map=prob,
+                         extent_percent=ggo_extent_percent(mask, lung),
+                         detection_model=self.ggo_detection.bundle.info,
+                         segmentation_model=self.ggo_segmentation.bundle.info)
+
+    def _ggo_decided(self, rule: GgoDecisionRule, boxes: list[Box], prob: np.ndarray, lung: np.ndarray
+                     ) -> GgoResult:
+        """Specific first: GGO is reported only when the image-level decision says present; then the mask is
+        the model's at the rule's pixel threshold inside the lungs, and the boxes those at the detector's own
+        operating threshold. Absent: no box, an empty mask, no probability map, no extent."""
+        features = decision_features(boxes, prob, lung)
+        score = rule.score(features)
+        decision = GgoDecision(present=rule.present(score), score=score, threshold=rule.threshold,
+                               features=features.to_json(), method=rule.describe())
+        detection, segmentation = self.ggo_detection.bundle.info, self.ggo_segmentation.bundle.info
+        if not decision.present:
+            return GgoResult(boxes=[], mask=np.zeros(prob.shape, dtype=bool), probability_map=None,
+                             extent_percent=None, detection_model=detection, segmentation_model=segmentation,
+                             decision=decision)
+        mask = ggo_mask_in_lungs(prob, lung, rule.mask_threshold)
+        return GgoResult(
+            boxes=[b for b in boxes if b.confidence >= self.ggo_detection.threshold], mask=mask,
+            probability_map=np.where(lung, prob, 0.0).astype(np.float32),
+            extent_percent=ggo_extent_percent(mask, lung), detection_model=detection,
+            segmentation_model=segmentation, decision=decision)

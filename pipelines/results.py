@@ -127,15 +127,44 @@ class Box:
         return {"x0": self.x0, "y0": self.y0, "x1": self.x1, "y1": self.y1, "confidence": self.confidence}
 
 
+@dataclass(frozen=True)
+class GgoDecision:
+    """The image-level "GGO present" decision (``pipelines.tasks.ggo_decision``), made before any GGO is
+    reported. ``score`` is its logistic score in [0, 1]; GGO is present at or above ``threshold``.
+    """
+
+    present: bool
+    score: float
+    threshold: float
+    features: dict[str, float]
+    # One phrase naming what the score combines, for the SR and --json.
+    method: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"present": self.present, "score": round(self.score, 6), "threshold": round(self.threshold, 6),
+                "features": dict(self.features), "method": self.method}
+
+
 @dataclass
 class GgoResult:
+    """GGO of one image. With a decision that says absent nothing is reported: no boxes, an all-False
+    mask, no probability map, no extent (specific first: no GGO segment in the SEG, "not detected" in the SR).
+    """
+
     boxes: list[Box]
-    mask: np.ndarray  # bool, source grid
+    mask: np.ndarray  # bool, source grid; inside the lungs when the decision says present
     probability_map: np.ndarray | None  # float32 in [0, 1], source grid; for a FRACTIONAL SEG
-    # GGO area inside the lungs / lung area, in percent; None when the lung mask is empty.
+    # GGO area inside the lungs / lung area, in percent; None when the lung mask is empty or GGO is absent.
     extent_percent: float | None
     detection_model: ModelInfo
     segmentation_model: ModelInfo
+    # None: the GGO bundle carries no decision, GGO is reported unchecked (the result warns).
+    decision: GgoDecision | None = None
+
+    @property
+    def detected(self) -> bool:
+        """GGO is reported: the decision says present, or there is no decision."""
+        return self.decision is None or self.decision.present
 
 
 @dataclass
@@ -193,6 +222,10 @@ class ChestResult:
             "ggo_extent_percent": None if self.ggo is None or self.ggo.extent_percent is None
             else round(self.ggo.extent_percent, 3),
             "ggo_boxes": [] if self.ggo is None else [b.to_json() for b in self.ggo.boxes],
+            # True / False: GGO reported / not detected; None: not assessed (stage skipped, not analysed).
+            "ggo_detected": None if self.ggo is None else self.ggo.detected,
+            "ggo_decision": None if self.ggo is None or self.ggo.decision is None
+            else self.ggo.decision.to_json(),
             "models": {name: m.version for name, m in self.models.items()},
             "model_cautions": {name: m.caution for name, m in self.models.items() if m.caution},
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},

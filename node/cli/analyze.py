@@ -134,7 +134,10 @@ def _summary(result: ChestResult, outputs: list[str]) -> str:
     if result.lungs is not None:
         mm2 = "" if result.lungs.area_mm2 is None else f" / {result.lungs.area_mm2:.0f} mm2"
         parts.append(f"lungs {result.lungs.area_px} px{mm2}")
-    if result.ggo is not None:
+    if result.ggo is not None and not result.ggo.detected and result.ggo.decision is not None:
+        parts.append(f"GGO not detected (score {result.ggo.decision.score:.3f} < "
+                     f"{result.ggo.decision.threshold:.3f})")
+    elif result.ggo is not None:
         extent = "n/a" if result.ggo.extent_percent is None else f"{result.ggo.extent_percent:.1f}%"
         parts.append(f"GGO {extent}, {len(result.ggo.boxes)} box(es)")
     parts.append(f"{len(outputs)} file(s) written")

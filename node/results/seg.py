@@ -88,7 +88,10 @@ def build_seg(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext,
     """The SEG of an analysed frontal image: segment 1 lungs, segment 2 GGO.
 
     The GGO segment is left out when the pipeline skipped the GGO stage (``result.ggo`` None,
-    e.g. lungs-only input with an empty lung mask): an empty segment would claim "no GGO".
+    e.g. lungs-only input with an empty lung mask): an empty segment would claim "no GGO". It is
+    left out too when the image-level GGO decision says absent (``ggo.detected`` False, specific
+    first): the SR then says "not detected" with the decision's score. The lung segment always stays,
+    so the SEG is never without a segment.
     """
     if not result.analysed or result.lungs is None:
         raise ResultInputError(f"result for {source.SOPInstanceUID} has no lung mask (not analysed)")
@@ -98,7 +101,7 @@ def build_seg(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext,
         _description(LUNG_SEGMENT, LUNG_LABEL, codes.ANATOMICAL_STRUCTURE, codes.LUNG,
                      result.lungs.model, LUNG_RGB, lung_tracking_uid),
     ]
-    ggo = result.ggo
+    ggo = result.ggo if result.ggo is not None and result.ggo.detected else None
     fractional = ctx.settings.fractional_ggo and ggo is not None and ggo.probability_map is not None
     if ggo is not None:
         if fractional:

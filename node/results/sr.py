@@ -41,7 +41,16 @@ from node.results.common import (
 from node.results.geometry import image_outline, mask_outlines
 from node.results.seg import GGO_SEGMENT, LUNG_SEGMENT
 from node.results.settings import RESEARCH_USE_NOTE, ResultSettings
-from pipelines.results import Box, ChestResult, CovidResult, LungResult, ModelInfo, Projection, SpacingSource
+from pipelines.results import (
+    Box,
+    ChestResult,
+    CovidResult,
+    GgoResult,
+    LungResult,
+    ModelInfo,
+    Projection,
+    SpacingSource,
+)
 
 # OHIF (cornerstone adapters) hydrates a measurement group only when its Tracking Identifier
 # names one of its tools as "<adapter version>:<tool>".
@@ -49,6 +58,7 @@ OHIF_BOX_TRACKING_IDENTIFIER = "Cornerstone3DTools@^0.1.0:PlanarFreehandROI"
 TRACKING_PROJECTION = "CXR projection"
 TRACKING_COVID = "COVID-19 classification"
 TRACKING_GGO_EXTENT = "GGO extent"
+TRACKING_GGO_DECISION = "GGO decision"
 TRACKING_LUNG_AREA = "Lung area"
 
 _AREA_METHOD = {
@@ -110,6 +120,41 @@ def _covid_group(covid: CovidResult, result: ChestResult, src_ref: pydicom.Datas
         ],
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(src_ref)],
     )
+
+
+def _ggo_decision_group(ggo: GgoResult, lung_outlines: list[np.ndarray], src_ref: pydicom.Dataset) -> _Group:
+    """The image-level GGO decision (``pipelines.tasks.ggo_decision``): GGO Present / Absent, its score as
+    Certainty of Finding and the threshold as NUMs, over the lungs. Absent: no GGO box, extent or segment
+    is written, so this group is how the SR says "GGO not detected" and with what score."""
+    decision = ggo.decision
+    if decision is None:
+        raise ResultInputError("a GGO decision group needs the pipeline's GGO decision")
+    parameters = [f"decision={decision.method}"[:64],
+                  f"detector={ggo.detection_model.name} {ggo.detection_model.version}"[:64]]
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=TRACKING_GGO_DECISION),
+        finding_type=codes.GROUND_GLASS_OPACITY,
+        finding_sites=[hd.sr.FindingSite(anatomic_location=codes.LUNG)],
+        algorithm_id=_algorithm(ggo.segmentation_model, parameters),
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(
+            name=codes.GROUND_GLASS_OPACITY, value=codes.PRESENT if decision.present else codes.ABSENT)],
+        measurements=[
+            hd.sr.Measurement(name=codes.CERTAINTY_OF_FINDING, value=_num(decision.score),
+                              unit=codes.UNIT_NONE, referenced_coordinates=_regions(lung_outlines, src_ref)),
+            hd.sr.Measurement(name=codes.THRESHOLD_VALUE, value=_num(decision.threshold),
+                              unit=codes.UNIT_NONE),
+        ],
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(src_ref)],
+    )
+
+
+def ggo_decision_note(ggo: GgoResult) -> str | None:
+    """The sentence a reader sees when GGO was not reported; None when it was (or no decision exists)."""
+    if ggo.decision is None or ggo.decision.present:
+        return None
+    return (f"GGO not detected: image-level GGO decision score {ggo.decision.score:.3f} below its threshold "
+            f"{ggo.decision.threshold:.3f} ({ggo.segmentation_model.name} {ggo.segmentation_model.version}); "
+            "no GGO segment, box or extent is reported.")
 
 
 def _regions(outlines: list[np.ndarray], src_ref: pydicom.Dataset) -> list[hd.sr.CoordinatesForMeasurement]:
@@ -260,7 +305,12 @@ def build_sr(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext, *
         lung_outlines = mask_outlines(result.lungs.mask) or [image_outline(*result.image_shape)]
         if result.covid is not None:
             groups.append(_covid_group(result.covid, result, src_ref))
-        if result.ggo is not None:
+        if result.ggo is not None and result.ggo.decision is not None:
+            groups.append(_ggo_decision_group(result.ggo, lung_outlines, src_ref))
+            note = ggo_decision_note(result.ggo)
+            if note is not None:
+                notes.append(note)
+        if result.ggo is not None and result.ggo.detected:
             groups += [_box_group(b, result.ggo.detection_model, src_ref) for b in result.ggo.boxes]
             if result.ggo.extent_percent is not None:
                 groups.append(_segment_group(

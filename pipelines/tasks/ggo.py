@@ -38,12 +38,15 @@ class GgoDetector:
         self.threshold = float(bundle.metadata.operating_threshold)
         self.half = bundle.device.startswith("cuda")
 
-    def predict(self, images: Sequence[SourceImage]) -> list[list[Box]]:
+    def predict(self, images: Sequence[SourceImage], min_confidence: float | None = None) -> list[list[Box]]:
+        """Boxes per image, highest confidence first, down to ``min_confidence`` (default: the bundle's
+        operating threshold; the GGO decision reads them down to its own lower floor)."""
         if not images:
             return []
+        conf = self.threshold if min_confidence is None else float(min_confidence)
         prepared = [prepare_yolo_image(im.pixels, self.size) for im in images]
         outputs = self.bundle.network.predict(
-            [arr for arr, _ in prepared], imgsz=self.size, conf=self.threshold, iou=NMS_IOU,
+            [arr for arr, _ in prepared], imgsz=self.size, conf=conf, iou=NMS_IOU,
             max_det=MAX_BOXES, device=self.bundle.device, half=self.half, verbose=False, save=False,
         )
         results: list[list[Box]] = []
@@ -56,6 +59,11 @@ class GgoDetector:
                     boxes.append(Box(float(x0), float(y0), float(x1), float(y1), float(c)))
             results.append(sorted(boxes, key=lambda b: -b.confidence))
         return results
+
+
+def ggo_mask_in_lungs(probability_map: np.ndarray, lung_mask: np.ndarray, threshold: float) -> np.ndarray:
+    """The reported GGO mask: P(GGO) at/above ``threshold`` and inside the lungs (GGO is a lung finding)."""
+    return np.logical_and(probability_map >= threshold, lung_mask)
 
 
 class GgoSegmenter:
