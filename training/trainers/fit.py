@@ -28,13 +28,14 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from pipelines.networks import build_network, network_def
-from training.cache import rows_with_input
+from training.cache import ArrayCache, rows_with_input
 from training.config import RunConfig
 from training.data import prepare_rows, sample_weights, split_rows, task_dataset
 from training.distributed import DistContext, EpochSampler
 from training.errors import ConfigError, TrainingError
 from training.inputs import input_spec_dict, lung_masks_for, run_cache
 from training.losses import build_loss
+from training.manifest import ManifestRow
 from training.tasks import TaskSpec
 from training.trained import TrainedModel
 from training.validation import Selection, default_selection, predict
@@ -62,6 +63,21 @@ class Progress:
     best_epoch: int = -1
 
 
+@dataclass
+class RunData:
+    """The run's split manifest, network inputs and the train / validation datasets built on them."""
+
+    rows: list[ManifestRow]
+    manifest_sha: str
+    cache: ArrayCache
+    in_spec: dict[str, Any]
+    lung_masks: dict[str, np.ndarray]
+    train_rows: list[ManifestRow]
+    val_rows: list[ManifestRow]
+    train_data: Dataset
+    val_data: Dataset
+
+
 def fit(
     cfg: RunConfig,
     spec: TaskSpec,
@@ -80,50 +96,22 @@ def fit(
     ckpt_dir = cfg.run_dir / "checkpoints"
     if ctx.is_main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-    rows, manifest_path, manifest_sha = prepare_rows(cfg, spec, ctx)
-    cache = run_cache(cfg)
-    in_spec = input_spec_dict(cfg, spec)
-    lung_masks = lung_masks_for(cfg, spec, rows)
-    train_rows = rows_with_input(split_rows(rows, "train"), in_spec, lung_masks)
-    val_rows = rows_with_input(split_rows(rows, "validation"), in_spec, lung_masks)
-    if not train_rows or not val_rows:
-        raise TrainingError(
-            f"{manifest_path}: empty train ({len(train_rows)}) or validation ({len(val_rows)})"
-        )
-
-    def dataset(rs: list, augment: bool) -> Dataset:
-        return task_dataset(
-            spec,
-            rs,
-            cache,
-            in_spec,
-            augment=augment,
-            seed=cfg.seed + ctx.rank,
-            lung_masks=lung_masks,
-            aux_datasets=cfg.data.aux_mask_datasets,
-        )
-
-    train_data, val_data = dataset(train_rows, cfg.train.augment), dataset(val_rows, False)
+    data = load_run_data(cfg, spec, ctx)
     select = selection or default_selection(spec)
-    net, definition = build_model(cfg, spec, in_spec["channels"])
+    net, definition = build_model(cfg, spec, data.in_spec["channels"])
     net = net.to(ctx.device)
     model: nn.Module = nn.parallel.DistributedDataParallel(net) if ctx.distributed else net
-    loss_fn = build_loss(cfg, spec, train_rows, ctx.device)
+    loss_fn = build_loss(cfg, spec, data.train_rows, ctx.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.train.epochs))
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     progress = Progress()
     if resume and last_path.is_file():
-        progress = load_checkpoint(last_path, net, optimizer, scheduler, manifest_sha)
-        log.info(
-            "resumed %s at epoch %d (best %s at %d)",
-            cfg.run_dir,
-            progress.start_epoch,
-            progress.best_metric,
-            progress.best_epoch,
-        )
-    weights = sample_weights(train_rows, spec, cfg.train.sampling)
-    loader, sampler = _loader(train_data, cfg, ctx, weights, cfg.seed)
+        progress = load_checkpoint(last_path, net, optimizer, scheduler, data.manifest_sha)
+        log.info("resumed %s at epoch %d (best %s at %d)", cfg.run_dir, progress.start_epoch,
+                 progress.best_metric, progress.best_epoch)
+    weights = sample_weights(data.train_rows, spec, cfg.train.sampling)
+    loader, sampler = _loader(data.train_data, cfg, ctx, weights, cfg.seed)
     metrics_csv = cfg.run_dir / "metrics.csv"
     if ctx.is_main and not (resume and metrics_csv.is_file()):
         with metrics_csv.open("w", newline="") as fh:
@@ -132,49 +120,26 @@ def fit(
     for epoch in range(progress.start_epoch, cfg.train.epochs):
         t0 = time.monotonic()
         sampler.set_epoch(epoch)
-        train_loss = ctx.mean(
-            train_epoch(
-                model,
-                loader,
-                loss_fn,
-                optimizer,
-                cfg,
-                ctx,
-                f"{spec.task} epoch {epoch + 1}/{cfg.train.epochs}",
-            )
-        )
+        desc = f"{spec.task} epoch {epoch + 1}/{cfg.train.epochs}"
+        train_loss = ctx.mean(train_epoch(model, loader, loss_fn, optimizer, cfg, ctx, desc))
         scheduler.step()
         is_best = False
         if ctx.is_main:
-            pred = predict(net, val_data, spec, loss_fn, ctx.device, cfg.train.batch_size)
-            name, value = select(pred, val_rows)
+            pred = predict(net, data.val_data, spec, loss_fn, ctx.device, cfg.train.batch_size)
+            name, value = select(pred, data.val_rows)
             is_best = value > progress.best_metric
             if is_best:
                 progress.best_metric, progress.best_epoch = value, epoch
                 torch.save({"model": net.state_dict(), "epoch": epoch, "metric": value}, best_path)
-            state = checkpoint(net, optimizer, scheduler, epoch, progress, cfg, manifest_sha, definition)
+            state = checkpoint(net, optimizer, scheduler, epoch, progress, cfg, data.manifest_sha, definition)
             torch.save(state, last_path)
+            lr = scheduler.get_last_lr()[0]
+            row = [epoch, f"{train_loss:.6f}", f"{pred.loss:.6f}", f"{value:.6f}", name, f"{lr:.3g}",
+                   f"{time.monotonic() - t0:.1f}", int(is_best)]
             with metrics_csv.open("a", newline="") as fh:
-                csv.writer(fh).writerow(
-                    [
-                        epoch,
-                        f"{train_loss:.6f}",
-                        f"{pred.loss:.6f}",
-                        f"{value:.6f}",
-                        name,
-                        f"{scheduler.get_last_lr()[0]:.3g}",
-                        f"{time.monotonic() - t0:.1f}",
-                        int(is_best),
-                    ]
-                )
-            log.info(
-                "epoch %d: train loss %.4f, validation %s %.4f%s",
-                epoch,
-                train_loss,
-                name,
-                value,
-                " (best)" if is_best else "",
-            )
+                csv.writer(fh).writerow(row)
+            log.info("epoch %d: train loss %.4f, validation %s %.4f%s", epoch, train_loss, name, value,
+                     " (best)" if is_best else "")
         stale = 0 if ctx.broadcast_flag(is_best) else stale + 1
         if cfg.train.patience and stale >= cfg.train.patience:
             log.info("early stop: no validation improvement for %d epochs", stale)
@@ -187,17 +152,33 @@ def fit(
     net.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["model"])
     net.eval()
     return TrainedModel(
-        spec=spec,
-        net=net,
-        definition=definition,
-        best_epoch=progress.best_epoch,
-        in_spec=in_spec,
-        rows=rows,
-        manifest_sha=manifest_sha,
-        cache=cache,
-        lung_masks=lung_masks,
-        loss_fn=loss_fn,
-        selection=select,
+        spec=spec, net=net, definition=definition, best_epoch=progress.best_epoch, in_spec=data.in_spec,
+        rows=data.rows, manifest_sha=data.manifest_sha, cache=data.cache, lung_masks=data.lung_masks,
+        loss_fn=loss_fn, selection=select,
+    )
+
+
+def load_run_data(cfg: RunConfig, spec: TaskSpec, ctx: DistContext) -> RunData:
+    """Split manifest (written once, read by every rank), inputs, lung masks, the two datasets."""
+    rows, manifest_path, manifest_sha = prepare_rows(cfg, spec, ctx)
+    cache = run_cache(cfg)
+    in_spec = input_spec_dict(cfg, spec)
+    lung_masks = lung_masks_for(cfg, spec, rows)
+    train_rows = rows_with_input(split_rows(rows, "train"), in_spec, lung_masks)
+    val_rows = rows_with_input(split_rows(rows, "validation"), in_spec, lung_masks)
+    if not train_rows or not val_rows:
+        raise TrainingError(
+            f"{manifest_path}: empty train ({len(train_rows)}) or validation ({len(val_rows)})"
+        )
+
+    def dataset(rs: list[ManifestRow], augment: bool) -> Dataset:
+        return task_dataset(spec, rs, cache, in_spec, augment=augment, seed=cfg.seed + ctx.rank,
+                            lung_masks=lung_masks, aux_datasets=cfg.data.aux_mask_datasets)
+
+    return RunData(
+        rows=rows, manifest_sha=manifest_sha, cache=cache, in_spec=in_spec, lung_masks=lung_masks,
+        train_rows=train_rows, val_rows=val_rows, train_data=dataset(train_rows, cfg.train.augment),
+        val_data=dataset(val_rows, False),
     )
 
 
