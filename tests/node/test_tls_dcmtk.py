@@ -5,10 +5,8 @@ receives the SEG, SR and SC, the audit trail of all of it without PHI, and the s
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,26 +15,15 @@ from pathlib import Path
 import pydicom
 import pytest
 from nodekit import REPO, NodeProcess, free_port, node_toml, wait_for, wait_port, which_or_fail, write_study
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from outboxkit import audit_records, outbox_with_results
 from tlskit import Pki, make_pki
 
-sys.path.insert(0, str(REPO / "tests" / "results"))
-from factories import SPECS, make_result, make_source  # noqa: E402
-
-from node.config import load_config  # noqa: E402
-from node.delivery import DeliveryLoop  # noqa: E402
-from node.repository import InstanceRecord  # noqa: E402
-from node.results import build_result_objects  # noqa: E402
-from node.service import open_repository, open_store  # noqa: E402
-from node.store import encode_part10  # noqa: E402
+from node.config import load_config
+from node.service import open_repository
 
 PHI = ("Test^Synthetic", "SYN001", "19700101", "Doe^Jane")  # nodekit.make_dx / factories names and dates
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 SC = "1.2.840.10008.5.1.4.1.1.7"
-
-
-def audit_records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def dcmtk(tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -184,7 +171,7 @@ def test_storescp_tls_destination_receives_seg_sr_and_sc(pki: Pki, tmp_path: Pat
         destination = {"name": "secure", "ae_title": "TLSDEST", "host": "127.0.0.1", "port": port,
                        "tls": True, "tls_ca_certificates": str(pki.ca.cert),
                        "tls_certificate": str(pki.client.cert), "tls_private_key": str(pki.client.key)}
-        loop, objects, audit_path = _outbox(tmp_path, destination)
+        loop, objects, audit_path = outbox_with_results(tmp_path, destination)
         deadline = time.monotonic() + 60
         while loop.repo.status()["deliveries"]["sent"] < 3 and time.monotonic() < deadline:
             loop.run_once()
@@ -214,7 +201,7 @@ def test_tls_destination_with_a_server_from_another_ca_fails(pki: Pki, tmp_path:
         wait_port(port, 30, scp)
         destination = {"name": "secure", "ae_title": "TLSDEST", "host": "127.0.0.1", "port": port,
                        "tls": True, "tls_ca_certificates": str(pki.ca.cert)}
-        loop, _objects, audit_path = _outbox(tmp_path, destination)
+        loop, _objects, audit_path = outbox_with_results(tmp_path, destination)
         loop.run_once()
     finally:
         scp.terminate()
@@ -223,35 +210,6 @@ def test_tls_destination_with_a_server_from_another_ca_fails(pki: Pki, tmp_path:
     (record,) = [r for r in audit_records(audit_path) if r["event_action_code"] == "R"]
     assert record["event_outcome_indicator"] == 4 and "TLS" in record["event_outcome_description"]
     assert not list(tmp_path.glob("1.*"))
-
-
-def _outbox(tmp_path: Path, destination: dict) -> tuple[DeliveryLoop, list[pydicom.Dataset], Path]:
-    """A node data folder whose outbox holds one synthetic study's SEG, SR and SC (the result
-    writers' own objects, without running the models)."""
-    source = make_source(SPECS[0])
-    objects = build_result_objects(source, make_result(source))
-    config_path = tmp_path / "node.toml"
-    config_path.write_text(node_toml(tmp_path / "var", free_port(), destinations=[destination]))
-    config = load_config(config_path)
-    repo, store = open_repository(config), open_store(config)
-    study = str(source.StudyInstanceUID)
-    uid = generate_uid()
-    repo.record_instances([InstanceRecord(
-        sop_instance_uid=uid, sop_class_uid=str(source.SOPClassUID), study_instance_uid=study,
-        series_instance_uid=str(source.SeriesInstanceUID), transfer_syntax_uid=str(ExplicitVRLittleEndian),
-        path=f"x/{uid}", size_bytes=1, received_at=time.time() - 100)])
-    [job] = repo.schedule_stable_studies(time.time(), 10)
-    assert repo.claim_job("w", 60, 3) is not None
-    records = []
-    for ds in objects:
-        data = encode_part10(ds)
-        relpath, _ = store.write(str(ds.SOPInstanceUID), data)
-        records.append(InstanceRecord(
-            sop_instance_uid=str(ds.SOPInstanceUID), sop_class_uid=str(ds.SOPClassUID),
-            study_instance_uid=study, series_instance_uid=str(ds.SeriesInstanceUID),
-            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), path=relpath, size_bytes=len(data)))
-    assert repo.finish_job(job, "w", records, [destination["name"]])
-    return DeliveryLoop(config, repo, store, threading.Event()), objects, config.audit_path
 
 
 # -- start-up checks -----------------------------------------------------------------------------
