@@ -36,11 +36,6 @@ class Destination:
     host: str = "127.0.0.1"
     port: int = 4242
     type: str = "dicom"  # the sender registry key (node.delivery.SENDERS)
-    # C-STORE: transfer syntaxes to propose first, best first, as UIDs or pydicom keywords:
-    # ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless, JPEGLSLossless
-    # (node.results.encoding.SUPPORTED). Explicit and Implicit VR Little Endian are always proposed
-    # after them; empty: each object's stored syntax, then those two (node.delivery).
-    transfer_syntaxes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -54,6 +49,12 @@ class NodeSettings:
     study_stable_seconds: float = 10.0
     allowed_calling_aets: list[str] = field(default_factory=list)  # empty: any calling AE
     max_associations: int = 16
+    # Connections open at once from one remote address (node.scp_transport): half-open sockets from
+    # one host cannot take every association slot. Keep it below max_associations.
+    max_associations_per_host: int = 8
+    # Maximum P-DATA-TF PDU length the listener advertises (PS3.8 D.1) and accepts; bounds the
+    # memory a peer can make an association hold. 0 = unlimited (not recommended).
+    max_pdu_bytes: int = 1048576
     # "fsync": file fsync + directory fsync + SQLite synchronous=FULL before the success
     #          status: an acknowledged instance survives a process kill AND a power loss.
     # "os":    written and renamed (page cache) + SQLite synchronous=NORMAL: survives a kill
@@ -170,6 +171,13 @@ def _fill(cls: type, table: dict[str, Any], where: str) -> Any:
 
 def _validate(config: NodeConfig) -> None:
     n = config.node
+    if not 0 < n.max_associations_per_host <= n.max_associations:
+        raise ConfigError(
+            f"[node].max_associations_per_host must be 1..max_associations ({n.max_associations}), "
+            f"got {n.max_associations_per_host!r}"
+        )
+    if n.max_pdu_bytes != 0 and not 4096 <= n.max_pdu_bytes <= 2**31:
+        raise ConfigError(f"[node].max_pdu_bytes must be 0 (unlimited) or 4096..2^31, got {n.max_pdu_bytes!r}")
     if n.durability not in DURABILITY_MODES:
         raise ConfigError(f"[node].durability must be one of {DURABILITY_MODES}, got {n.durability!r}")
     if not 0 < len(n.ae_title.strip()) <= 16:

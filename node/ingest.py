@@ -399,11 +399,11 @@ def inspect_file(
         raise InvalidInstanceError("data set is empty", STATUS_CANNOT_UNDERSTAND)
     ts = UID(transfer_syntax)
     scratch: Path | None = None
-    if ts == DeflatedExplicitVRLittleEndian:
-        scratch = path.with_name(path.name + ".inflated")
-        inflate_file(path, offset, scratch, max_bytes)
-        path, offset = scratch, 0
     try:
+        if ts == DeflatedExplicitVRLittleEndian:
+            scratch = path.with_name(path.name + ".inflated")
+            inflate_file(path, offset, scratch, max_bytes)
+            path, offset = scratch, 0
         with open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size <= offset:
                 raise InvalidInstanceError("data set is empty", STATUS_CANNOT_UNDERSTAND)

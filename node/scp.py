@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 import weakref
+from pathlib import Path
 from typing import Any
 
 import pydicom.pixels
@@ -43,11 +44,15 @@ from node.ingest import (
     STATUS_OUT_OF_RESOURCES,
     STATUS_SUCCESS,
     GroupCommitter,
+    Header,
     file_meta_bytes,
     inspect_dataset,
+    inspect_file,
     store_durably,
+    store_received,
 )
 from node.logs import log_event
+from node.scp_transport import IncomingFile, NodeAE, ReceiveLimits
 from node.store import InstanceStore
 
 log = logging.getLogger("node.scp")
@@ -117,29 +122,12 @@ class StoreHandler:
         stats = self._assoc_stats(event.assoc)
         request = event.request
         context = event.context
-        ts = context.transfer_syntax
-        node = self.config.node
-        buffer: memoryview | None = None
+        incoming = getattr(request, "_dataset_file", None)
         try:
-            buffer = request.DataSet.getbuffer()
-            header = inspect_dataset(
-                buffer,
-                ts,
-                expected_sop_class=context.abstract_syntax,
-                affected_sop_instance=str(request.AffectedSOPInstanceUID or ""),
-                max_bytes=node.max_instance_bytes,
-                max_pixels=node.max_pixels,
-            )
-            self.store.check_free_space(len(buffer))
-            meta = file_meta_bytes(header.sop_class_uid, header.sop_instance_uid, ts, stats.calling_aet)
-            store_durably(
-                self.store,
-                self.committer,
-                header,
-                (meta, buffer),
-                transfer_syntax=ts,
-                calling_aet=stats.calling_aet,
-            )
+            if isinstance(incoming, IncomingFile):
+                header, new = self._store_streamed(incoming, request, context, stats)
+            else:  # no data set fragment came (empty data set): the in-memory path answers
+                header, new = self._store_in_memory(request, context, stats)
         except InvalidInstanceError as exc:
             return self._fail(stats, exc.status, str(exc), request)
         except DiskFullError as exc:
@@ -151,16 +139,67 @@ class StoreHandler:
         except Exception as exc:  # a handler must answer; unexpected errors are logged in full
             log.exception("unexpected error in C-STORE handler")
             return self._fail(stats, STATUS_DATABASE_FAILURE, f"{exc.__class__.__name__}: {exc}", request)
-        finally:
-            if buffer is not None:
-                try:
-                    buffer.release()  # let pynetdicom free or reuse the request's buffer
-                except BufferError:  # a view is still referenced: the GC releases it later
-                    pass
         stats.stored += 1
         with self._lock:
             self.stored += 1
         return STATUS_SUCCESS
+
+    def _store_streamed(
+        self, incoming: IncomingFile, request: Any, context: Any, stats: _AssocStats
+    ) -> tuple[Header, bool]:
+        """The data set is already in the store's incoming folder (node.scp_transport): check
+        it from the file, then rename it into place."""
+        node = self.config.node
+        incoming.close()
+        if incoming.error is not None:
+            raise StoreError(f"cannot write the received data set: {incoming.error}")
+        if incoming.over_limit:
+            raise InvalidInstanceError(
+                f"instance is {incoming.received} bytes, over max_instance_bytes={node.max_instance_bytes}",
+                STATUS_OUT_OF_RESOURCES,
+            )
+        path = Path(incoming.name)
+        ts = context.transfer_syntax
+        header = inspect_file(
+            path,
+            incoming.data_offset,
+            ts,
+            expected_sop_class=context.abstract_syntax,
+            affected_sop_instance=str(request.AffectedSOPInstanceUID or ""),
+            max_bytes=node.max_instance_bytes,
+            max_pixels=node.max_pixels,
+        )
+        self.store.check_free_space(0)
+        new = store_received(
+            self.store, self.committer, header, path, transfer_syntax=ts, calling_aet=stats.calling_aet
+        )
+        return header, new
+
+    def _store_in_memory(self, request: Any, context: Any, stats: _AssocStats) -> tuple[Header, bool]:
+        node = self.config.node
+        ts = context.transfer_syntax
+        buffer = request.DataSet.getbuffer()
+        try:
+            header = inspect_dataset(
+                buffer,
+                ts,
+                expected_sop_class=context.abstract_syntax,
+                affected_sop_instance=str(request.AffectedSOPInstanceUID or ""),
+                max_bytes=node.max_instance_bytes,
+                max_pixels=node.max_pixels,
+            )
+            self.store.check_free_space(len(buffer))
+            meta = file_meta_bytes(header.sop_class_uid, header.sop_instance_uid, ts, stats.calling_aet)
+            new = store_durably(
+                self.store, self.committer, header, (meta, buffer), transfer_syntax=ts,
+                calling_aet=stats.calling_aet,
+            )
+        finally:
+            try:
+                buffer.release()  # let pynetdicom free or reuse the request's buffer
+            except BufferError:  # a view is still referenced: the GC releases it later
+                pass
+        return header, new
 
     def _fail(self, stats: _AssocStats, status: int, message: str, request: Any) -> int:
         stats.failed += 1
@@ -206,17 +245,25 @@ class StoreHandler:
         )
 
 
-def build_ae(config: NodeConfig) -> AE:
+def build_ae(config: NodeConfig, incoming_dir: Path) -> AE:
     """The acceptor AE: title, limits, timeouts and the supported presentation contexts."""
     node = config.node
-    ae = AE(ae_title=node.ae_title)
+    ae = NodeAE(ae_title=node.ae_title)
+    ae.limits = ReceiveLimits(
+        incoming_dir=incoming_dir,
+        max_instance_bytes=node.max_instance_bytes,
+        max_pdu_bytes=node.max_pdu_bytes,
+        max_per_host=node.max_associations_per_host,
+        acse_timeout=node.acse_timeout,
+        network_timeout=node.network_timeout,
+    )
     ae.require_called_aet = True
     ae.require_calling_aet = [a for a in node.allowed_calling_aets]
     ae.maximum_associations = node.max_associations
     ae.network_timeout = node.network_timeout
     ae.acse_timeout = node.acse_timeout
     ae.dimse_timeout = node.dimse_timeout
-    ae.maximum_pdu_size = 0  # no limit on the PDUs we receive: fewer, bigger reads
+    ae.maximum_pdu_size = node.max_pdu_bytes  # PS3.8 D.1 Maximum Length, enforced by the transport
     syntaxes = decodable_transfer_syntaxes()
     ae.add_supported_context(Verification)
     for sop_class in STORAGE_SOP_CLASSES:
@@ -226,7 +273,7 @@ def build_ae(config: NodeConfig) -> AE:
 
 def start_listener(config: NodeConfig, handler: StoreHandler) -> ThreadedAssociationServer:
     """Start the SCP in background threads (one per association); returns the server."""
-    ae = build_ae(config)
+    ae = build_ae(config, handler.store.incoming)
     handlers = [
         (evt.EVT_C_STORE, handler.handle_store),
         (evt.EVT_C_ECHO, handler.handle_echo),

@@ -1,0 +1,353 @@
+"""The listener's transport, bounded in time and memory, built on pynetdicom's own hooks.
+
+pynetdicom's acceptor as it comes reads a PDU with blocking ``recv`` calls and no timeout once its
+first bytes arrived, holds each C-STORE data set whole in memory and accepts any PDU length the
+peer announces. Against a faulty or hostile peer that means a connection that stops half-way
+through a PDU holds its association slot forever, and one large data set costs its size in RAM.
+This module closes those gaps without rewriting the library:
+
+- :class:`NodeAE` passes :class:`NodeServer` / :class:`NodeRequestHandler` to pynetdicom
+  through ``AE.make_server(server_class=..., request_handler=...)``.
+- :class:`NodeServer` caps the connections of one remote host (``max_associations_per_host``:
+  half-open sockets from one address cannot fill ``max_associations``), answering the excess
+  with A-ASSOCIATE-RJ transient / local-limit-exceeded (PS3.8 9.3.4), and sets TCP_NODELAY on
+  every accepted socket (a C-STORE-RSP is one small write: it must not wait for an ACK).
+- :class:`BoundedSocket` reads each PDU with a deadline (``acse_timeout`` before the association
+  is established, ``network_timeout`` after) and refuses a PDU longer than the node can take
+  (the advertised maximum PDU length, PS3.8 D.1), reading into one buffer instead of 4 KiB
+  pieces, with TCP_QUICKACK so that a sender whose small writes wait for an acknowledgement
+  (Nagle) is not held by the receiver's delayed ACK.
+- :class:`ReceivingDIMSE` streams each C-STORE data set to :class:`IncomingFile` in the store's
+  incoming folder (what ``_config.STORE_RECV_CHUNKED_DATASET`` does, but per association and
+  on the store's file system, so an accepted file is renamed into place), counting its bytes
+  as they arrive: beyond ``max_instance_bytes`` the rest is discarded and the request is
+  answered 0xA700.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import struct
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import AE, evt
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+
+from node.ingest import file_meta_bytes
+from node.logs import log_event
+
+log = logging.getLogger("node.scp")
+
+_NON_PDATA_MAX = 1 << 20  # A-ASSOCIATE-RQ and the other control PDUs are a few KiB at most
+# PS3.8 9.3.4: A-ASSOCIATE-RJ, result 2 rejected-transient, source 3 service-provider
+# (presentation related), reason 2 local-limit-exceeded.
+_RJ_LOCAL_LIMIT = struct.pack(">BBLBBBB", 0x03, 0x00, 4, 0x00, 0x02, 0x03, 0x02)
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+
+class ReceiveLimits:
+    """What the transport enforces, from ``[node]``."""
+
+    def __init__(
+        self,
+        *,
+        incoming_dir: Path,
+        max_instance_bytes: int,
+        max_pdu_bytes: int,
+        max_per_host: int,
+        acse_timeout: float,
+        network_timeout: float,
+    ) -> None:
+        self.incoming_dir = incoming_dir
+        self.max_instance_bytes = max_instance_bytes
+        # A P-DATA-TF PDU may not exceed what we advertise; 0 (unlimited) still means one data set.
+        self.max_pdu_read = max(max_pdu_bytes or max_instance_bytes + (1 << 16), _NON_PDATA_MAX)
+        self.max_per_host = max_per_host
+        self.acse_timeout = acse_timeout
+        self.network_timeout = network_timeout
+
+
+class IncomingFile:
+    """A C-STORE data set being received: File Meta Information, then the data set fragments as
+    they arrive. Stands in for the temporary file pynetdicom's chunked receive writes (it
+    calls ``write``, ``file.flush``, ``close`` and reads ``name``) and never raises into the
+    DUL thread: a write error or the size limit is recorded and reported by the handler."""
+
+    def __init__(self, directory: Path, meta: bytes, max_bytes: int) -> None:
+        fd, name = tempfile.mkstemp(dir=directory, prefix=".rx-", suffix=".part")
+        self.name = name
+        self.file = self  # pynetdicom calls ``file.flush()`` after each fragment
+        self.data_offset = len(meta)
+        self.max_bytes = max_bytes
+        self.received = 0
+        self.over_limit = False
+        self.error: OSError | None = None
+        self._fd = fd
+        self._write(meta)
+
+    def _write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            self.error = exc
+            self._discard()
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.received += len(data)
+        if self.over_limit or self.error is not None or self._fd < 0:
+            return len(data)
+        if self.received > self.max_bytes:
+            self.over_limit = True  # keep reading the peer's PDUs, store nothing more
+            self._discard()
+            return len(data)
+        self._write(data)
+        return len(data)
+
+    def _discard(self) -> None:
+        try:
+            os.ftruncate(self._fd, 0)
+        except OSError:
+            pass
+
+    def flush(self) -> None:
+        """Nothing is buffered: every fragment went to the kernel with ``os.write``."""
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def remove(self) -> None:
+        self.close()
+        try:
+            os.unlink(self.name)
+        except OSError:
+            pass
+
+
+def _ascii(value: Any) -> str:
+    text = str(value or "")
+    return text if text.isascii() else ""
+
+
+class ReceivingDIMSE(DIMSEServiceProvider):
+    """pynetdicom's DIMSE provider, with C-STORE data sets streamed to an IncomingFile.
+
+    pynetdicom decodes the command set; when the first data set fragment of a C-STORE-RQ comes
+    in, the message gets our file as its ``_data_set_file`` (the attribute its chunked mode
+    uses), so pynetdicom writes every fragment there and hands the handler
+    ``event.dataset_path``; after the handler it closes and unlinks that name itself.
+    """
+
+    def __init__(self, assoc: Any, limits: ReceiveLimits) -> None:
+        super().__init__(assoc)
+        self.limits = limits
+
+    def receive_primitive(self, primitive: P_DATA) -> None:
+        pdvs = primitive.presentation_data_value_list
+        if len(pdvs) == 1:
+            self._receive_one(primitive)
+            return
+        for pdv in pdvs:  # command and data set fragments may share a PDU: one at a time
+            single = P_DATA()
+            single.presentation_data_value_list = [pdv]
+            self._receive_one(single)
+
+    def _receive_one(self, primitive: P_DATA) -> None:
+        context_id, data = primitive.presentation_data_value_list[0]
+        msg = self.message
+        if (
+            msg is not None
+            and isinstance(msg, C_STORE_RQ)
+            and not data[0] & 1
+            and msg._data_set_file is None
+        ):
+            cs = msg.command_set
+            assoc = self.assoc
+            cx = assoc._accepted_cx.get(context_id)
+            meta = file_meta_bytes(
+                _ascii(cs.AffectedSOPClassUID),
+                _ascii(cs.AffectedSOPInstanceUID),
+                str(cx.transfer_syntax[0]) if cx is not None else "",
+                _ascii(assoc.requestor.ae_title).strip(),
+            )
+            incoming = IncomingFile(self.limits.incoming_dir, meta, self.limits.max_instance_bytes)
+            msg._data_set_file = incoming  # type: ignore[assignment]
+            msg._data_set_path = Path(incoming.name)
+        super().receive_primitive(primitive)
+
+    def discard_partial(self) -> None:
+        """After the association ended: remove a data set whose last fragment never came."""
+        msg = self.message
+        incoming = getattr(msg, "_data_set_file", None) if msg is not None else None
+        if isinstance(incoming, IncomingFile):
+            incoming.remove()
+
+
+class BoundedSocket(AssociationSocket):
+    """An AssociationSocket whose PDU reads have a deadline and a length limit (see module doc)."""
+
+    limits: ReceiveLimits
+    peer: str
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        sock = self.socket
+        if sock is None:
+            return bytearray()
+        if nr_bytes > self.limits.max_pdu_read:
+            log_event(log, "connection.refused_pdu", logging.WARNING, peer=self.peer, pdu_bytes=nr_bytes,
+                      limit=self.limits.max_pdu_read)
+            return bytearray()  # pynetdicom: PDU shorter than announced -> transport closed (Evt17)
+        established = self.assoc.is_established
+        timeout = self.limits.network_timeout if established else self.limits.acse_timeout
+        deadline = time.monotonic() + timeout
+        buffer = bytearray(nr_bytes)
+        view = memoryview(buffer)
+        got = 0
+        try:
+            while got < nr_bytes:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                sock.settimeout(remaining)
+                n = sock.recv_into(view[got:], nr_bytes - got)
+                if not n:
+                    break  # peer closed
+                got += n
+                if _TCP_QUICKACK is not None:
+                    try:
+                        sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+                    except OSError:
+                        pass
+        except TimeoutError:
+            log_event(
+                log,
+                "connection.timeout",
+                logging.WARNING,
+                peer=self.peer,
+                stage="association" if established else "association-request",
+                seconds=timeout,
+                pdu_bytes_expected=nr_bytes,
+                pdu_bytes_received=got,
+            )
+        except OSError:
+            pass  # reset by the peer: what was read is returned, pynetdicom closes
+        finally:
+            view.release()
+        if got < nr_bytes:
+            del buffer[got:]
+        return buffer
+
+    def send(self, bytestream: bytes) -> None:
+        if self.socket is not None:
+            try:
+                self.socket.settimeout(self.limits.network_timeout)  # a peer that never reads
+            except OSError:
+                pass
+        super().send(bytestream)
+
+
+class NodeRequestHandler(RequestHandler):
+    """One accepted connection: the association with our socket and DIMSE provider; the thread
+    stays until the association ends, so the server can count connections per host."""
+
+    server: NodeServer
+
+    def _create_association(self) -> Any:
+        assoc = super()._create_association()
+        limits = self.server.limits
+        sock = assoc.dul.socket
+        sock.__class__ = BoundedSocket  # same object and state, bounded reads (no second Evt5)
+        sock.limits = limits
+        sock.peer = f"{self.client_address[0]}:{self.client_address[1]}"
+        assoc.dimse = ReceivingDIMSE(assoc, limits)
+        return assoc
+
+    def handle(self) -> None:
+        assoc = None
+        try:
+            assoc = self._create_association()
+            evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+            assoc.start()
+            assoc.join()
+        finally:
+            if assoc is not None and isinstance(assoc.dimse, ReceivingDIMSE):
+                assoc.dimse.discard_partial()
+            self.server.release_host(str(self.client_address[0]))
+
+
+class NodeServer(ThreadedAssociationServer):
+    """The association server with a per-host connection cap and TCP_NODELAY."""
+
+    daemon_threads = True
+    limits: ReceiveLimits
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._per_host: dict[str, int] = {}
+        self._hosts_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = super().get_request()
+        try:
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        return client, address
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        host = str(client_address[0])
+        with self._hosts_lock:
+            count = self._per_host.get(host, 0)
+            if count >= self.limits.max_per_host:
+                refused = True
+            else:
+                self._per_host[host] = count + 1
+                refused = False
+        if refused:
+            log_event(log, "connection.refused_host_limit", logging.WARNING, peer=host,
+                      open_connections=count, limit=self.limits.max_per_host)
+            try:
+                request.settimeout(1.0)
+                request.sendall(_RJ_LOCAL_LIMIT)
+            except OSError:
+                pass
+            return False
+        return True
+
+    def release_host(self, host: str) -> None:
+        with self._hosts_lock:
+            count = self._per_host.get(host, 0) - 1
+            if count > 0:
+                self._per_host[host] = count
+            else:
+                self._per_host.pop(host, None)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """An exception while setting up a connection: one log line, not socketserver's traceback."""
+        log.warning("connection setup failed for %s", client_address[0], exc_info=False)
+
+
+class NodeAE(AE):
+    """The node's AE: its servers are NodeServer with NodeRequestHandler."""
+
+    limits: ReceiveLimits
+
+    def make_server(self, address: Any, ae_title: Any = None, contexts: Any = None, ssl_context: Any = None,
+                    evt_handlers: Any = None, server_class: Any = None, **kwargs: Any) -> Any:
+        kwargs.setdefault("request_handler", NodeRequestHandler)
+        server = super().make_server(address, ae_title, contexts, ssl_context, evt_handlers,
+                                     server_class=NodeServer, **kwargs)
+        server.limits = self.limits
+        return server
