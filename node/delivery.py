@@ -29,6 +29,7 @@ can be added beside C-STORE.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -40,12 +41,14 @@ import pydicom
 from pydicom.uid import UID
 from pynetdicom import AE, _config
 
+from node import audit
 from node.config import Destination, NodeConfig
 from node.errors import DatabaseError, DeliveryError
 from node.logs import log_event
 from node.repository import DeliveryFault, DeliveryState, DueDelivery, Repository
 from node.results.encoding import EncodingError, parse_transfer_syntax, proposal, reencode
 from node.store import InstanceStore
+from node.tls import node_destination_context
 
 log = logging.getLogger("node.delivery")
 
@@ -108,6 +111,10 @@ class CStoreSender:
         self.calling_aet = config.node.ae_title
         self.store = store
         self.timeouts = (config.node.acse_timeout, config.node.dimse_timeout, config.node.network_timeout)
+        # DICOM TLS (PS3.15 B.9): the server is verified against the destination's CA bundle and
+        # must name dest.host; ConfigError (naming the file) when a certificate or key is unusable.
+        self.tls_args = (node_destination_context(config, destination), destination.host) if destination.tls \
+            else None
         try:
             self.preferred = tuple(parse_transfer_syntax(str(ts)) for ts in destination.transfer_syntaxes)
         except EncodingError as exc:
@@ -140,9 +147,11 @@ class CStoreSender:
         pairs = {(i.instance.sop_class_uid, ts) for i in items for ts in self.syntaxes(i)}
         for sop_class, ts in sorted(pairs):
             ae.add_requested_context(sop_class, ts)
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=self.tls_args)
         if not assoc.is_established:
             reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no connection"
+            if self.tls_args is not None and not (assoc.is_rejected or assoc.is_aborted):
+                reason = "no TLS connection (refused, or the TLS handshake failed: see the log)"
             message = f"association to {dest.ae_title}@{dest.host}:{dest.port} {reason}"
             return {i.id: message for i in items}
         accepted: dict[str, set[UID]] = defaultdict(set)
@@ -222,11 +231,13 @@ class DeliveryLoop:
         store: InstanceStore,
         stop: threading.Event,
         wake: threading.Event | None = None,
+        audit_trail: audit.AuditTrail | None = None,
     ) -> None:
         self.config = config
         self.repo = repo
         self.stop_event = stop
         self.wake = wake or threading.Event()
+        self.audit = audit_trail or audit.open_audit_trail(config)
         self.senders: dict[str, Sender] = {}
         for dest in config.destinations:
             if dest.type not in SENDERS:
@@ -257,6 +268,7 @@ class DeliveryLoop:
         settings = self.config.delivery
         sent = [i for i in items if outcome.get(i.id, "not attempted") is None]
         self.repo.mark_sent([i.id for i in sent])
+        self._audit(name, items, outcome)
         for item in sent:
             log_event(
                 log,
@@ -289,6 +301,28 @@ class DeliveryLoop:
                 retry_in=delay if state == DeliveryState.PENDING else "",
                 error=failure.message,
             )
+
+    def _audit(self, name: str, items: Sequence[DueDelivery], outcome: dict[int, Outcome]) -> None:
+        """One PS3.15 A.5.3.4 record per destination and outcome: the sent objects together, the
+        failed ones grouped by their error."""
+        dest = next((d for d in self.config.destinations if d.name == name), Destination(name=name, type=""))
+        dicom = dest.type == "dicom"
+        groups: dict[str | None, list[DueDelivery]] = defaultdict(list)
+        for item in items:
+            failure = outcome.get(item.id, "not attempted")
+            groups[None if failure is None else str(getattr(failure, "message", failure))].append(item)
+        for error, group in groups.items():
+            self.audit.record(audit.instances_sent(
+                node_aet=self.config.node.ae_title,
+                node_host=socket.gethostname(),
+                destination=name,
+                destination_aet=dest.ae_title if dicom else "",
+                destination_host=dest.host if dicom else dest.url,
+                instances=[audit.InstanceRef(i.instance.study_instance_uid, i.instance.sop_class_uid,
+                                             i.instance.sop_instance_uid) for i in group],
+                error=error,
+                over_tls=dest.tls or dest.url.startswith("https://"),
+            ))
 
     def run(self) -> None:
         poll = self.config.delivery.poll_seconds

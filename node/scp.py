@@ -8,7 +8,11 @@ Association negotiation (PS3.8 9.3.4 A-ASSOCIATE-RJ):
   "called-AE-title-not-recognized";
 - a Calling AE Title outside ``allowed_calling_aets`` (when that list is not empty) ->
   rejected-permanent, service-user, reason 3 "calling-AE-title-not-recognized";
-- more than ``max_associations`` at once -> rejected-transient, "local-limit-exceeded".
+- more than ``max_associations`` at once -> rejected-transient, "local-limit-exceeded";
+- with ``[[peers]]``, a Calling AE Title not listed for the host the connection comes from ->
+  rejected-permanent, service-user, reason 3, logged with the host (node.peers).
+A second server on ``tls_port`` speaks DICOM TLS (node.tls); every association, refused TLS
+handshake and C-STORE leaves an audit record (node.audit).
 Presentation contexts: Verification, CR, DX For Presentation, DX For Processing and Secondary
 Capture Image Storage, each with every transfer syntax pydicom can decode with the installed
 pixel-data plugins. Any other abstract syntax is rejected per context ("abstract-syntax-not-
@@ -19,6 +23,7 @@ chest radiograph is a single frame, and the pipeline analyses single frames.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 import weakref
@@ -37,6 +42,7 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
+from node import audit
 from node.config import NodeConfig
 from node.errors import DatabaseError, DiskFullError, InvalidInstanceError, StoreError
 from node.ingest import (
@@ -52,8 +58,10 @@ from node.ingest import (
     store_received,
 )
 from node.logs import log_event
+from node.peers import PeerTable, reject_calling_aet
 from node.scp_transport import IncomingFile, NodeAE, ReceiveLimits
 from node.store import InstanceStore
+from node.tls import node_listener_context, tls_peer
 
 log = logging.getLogger("node.scp")
 
@@ -88,23 +96,47 @@ def decodable_transfer_syntaxes() -> list[str]:
 
 
 class _AssocStats:
-    __slots__ = ("started", "stored", "failed", "calling_aet", "peer")
+    __slots__ = ("started", "stored", "failed", "calling_aet", "peer", "host", "tls")
 
-    def __init__(self, calling_aet: str, peer: str) -> None:
+    def __init__(self, calling_aet: str, peer: str, host: str = "", tls: bool = False) -> None:
         self.started = time.monotonic()
         self.stored = 0
         self.failed = 0
         self.calling_aet = calling_aet
         self.peer = peer
+        self.host = host
+        self.tls = tls
+
+
+def _socket(assoc: Any) -> Any:
+    return getattr(getattr(assoc.dul, "socket", None), "socket", None)
+
+
+# PS3.8 9.3.4 (result, source, reason) of the rejections pynetdicom makes itself.
+_REJECT_REASONS = {
+    (1, 1, 3): "calling AE title not recognised",
+    (1, 1, 7): "called AE title not recognised",
+    (2, 3, 2): "local limit exceeded",
+}
 
 
 class StoreHandler:
     """C-STORE: validate, write, group-commit, answer. Nothing else on the association thread."""
 
-    def __init__(self, config: NodeConfig, store: InstanceStore, committer: GroupCommitter) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        store: InstanceStore,
+        committer: GroupCommitter,
+        audit_trail: audit.AuditTrail | None = None,
+    ) -> None:
         self.config = config
         self.store = store
         self.committer = committer
+        self.peers = PeerTable([(p.ae_title, p.host) for p in config.peers])
+        self.audit = audit_trail or audit.open_audit_trail(config)
+        self._hostname = socket.gethostname()
+        self._reasons: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self._stats: weakref.WeakKeyDictionary[Any, _AssocStats] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self.stored = 0  # since start, for tests and status
@@ -113,7 +145,8 @@ class StoreHandler:
         stats = self._stats.get(assoc)
         if stats is None:
             requestor = assoc.requestor
-            stats = _AssocStats(str(requestor.ae_title).strip(), f"{requestor.address}:{requestor.port}")
+            stats = _AssocStats(str(requestor.ae_title).strip(), f"{requestor.address}:{requestor.port}",
+                                str(requestor.address), tls_peer(_socket(assoc)) is not None)
             with self._lock:
                 self._stats[assoc] = stats
         return stats
@@ -142,6 +175,7 @@ class StoreHandler:
         stats.stored += 1
         with self._lock:
             self.stored += 1
+        self._audit_instance(stats, header.study_instance_uid, request, STATUS_SUCCESS, duplicate=not new)
         return STATUS_SUCCESS
 
     def _store_streamed(
@@ -201,8 +235,19 @@ class StoreHandler:
                 pass
         return header, new
 
+    def _audit_instance(self, stats: _AssocStats, study: str, request: Any, status: int, *,
+                        duplicate: bool = False, reason: str = "") -> None:
+        """PS3.15 A.5.3.4 DICOM Instances Transferred, the receiver's record (UIDs only)."""
+        self.audit.record(audit.instance_received(
+            calling_aet=stats.calling_aet, host=stats.host, node_aet=self.config.node.ae_title,
+            node_host=self._hostname, over_tls=stats.tls, status=status, duplicate=duplicate, reason=reason,
+            instance=audit.InstanceRef(study, str(request.AffectedSOPClassUID or ""),
+                                       str(request.AffectedSOPInstanceUID or "")),
+        ))
+
     def _fail(self, stats: _AssocStats, status: int, message: str, request: Any) -> int:
         stats.failed += 1
+        self._audit_instance(stats, "", request, status, reason=message)
         log_event(
             log,
             "store.failed",
@@ -217,8 +262,33 @@ class StoreHandler:
     def handle_echo(self, event: evt.Event) -> int:
         return STATUS_SUCCESS  # PS3.7 9.3.5: C-ECHO success
 
+    def handle_requested(self, event: evt.Event) -> None:
+        """EVT_REQUESTED: the ``[[peers]]`` check (AE title bound to host) before negotiation.
+
+        A notification handler that raises is only logged by pynetdicom and the association
+        would go on, so any error here rejects (fail closed)."""
+        if not self.peers.enabled:
+            return
+        assoc = event.assoc
+        calling = str(assoc.requestor.primitive.calling_ae_title).strip()
+        try:
+            decision = self.peers.check(calling, str(assoc.requestor.address))
+            reason = decision.reason
+        except Exception as exc:  # fail closed, see above
+            log.exception("peer check failed")
+            decision, reason = None, f"peer check failed: {exc.__class__.__name__}"
+        if decision is None or not decision.allowed:
+            self._reasons[assoc] = reason
+            reject_calling_aet(assoc)
+
     def handle_accepted(self, event: evt.Event) -> None:
-        self._assoc_stats(event.assoc)
+        stats = self._assoc_stats(event.assoc)
+        tls = tls_peer(_socket(event.assoc))
+        log_event(log, "association.accepted", calling_aet=stats.calling_aet, peer=stats.peer,
+                  transport="tls" if tls else "tcp", tls_subject=tls.subject if tls else "")
+        self.audit.record(audit.association(
+            accepted=True, calling_aet=stats.calling_aet, host=stats.host, node_aet=self.config.node.ae_title,
+            node_host=self._hostname, over_tls=tls is not None, tls=tls))
 
     def handle_end(self, event: evt.Event) -> None:
         stats = self._assoc_stats(event.assoc)
@@ -234,15 +304,33 @@ class StoreHandler:
         )
 
     def handle_rejected(self, event: evt.Event) -> None:
-        requestor = event.assoc.requestor
+        assoc = event.assoc
+        requestor = assoc.requestor
+        reason = self._reasons.get(assoc, "")
+        rj = assoc.acceptor.primitive
+        if not reason and rj is not None:
+            reason = _REJECT_REASONS.get((rj.result, rj.result_source, rj.diagnostic), "rejected")
+        tls = tls_peer(_socket(assoc))
         log_event(
             log,
             "association.rejected",
             logging.WARNING,
             calling_aet=str(requestor.ae_title).strip(),
-            called_aet=str(event.assoc.acceptor.ae_title).strip(),
+            called_aet=str(requestor.primitive.called_ae_title).strip(),
             peer=f"{requestor.address}:{requestor.port}",
+            transport="tls" if tls else "tcp",
+            reason=reason,
         )
+        self.audit.record(audit.association(
+            accepted=False, calling_aet=str(requestor.ae_title).strip(), host=str(requestor.address),
+            node_aet=self.config.node.ae_title, node_host=self._hostname, over_tls=tls is not None, tls=tls,
+            reason=reason))
+
+    def handle_tls_refused(self, host: str, reason: str) -> None:
+        """A connection to the TLS port whose handshake failed (node.tls.ListenerContext)."""
+        log_event(log, "tls.refused", logging.WARNING, peer=host, reason=reason)
+        self.audit.record(audit.tls_refused(host=host, node_aet=self.config.node.ae_title,
+                                            node_host=self._hostname, reason=reason))
 
 
 def build_ae(config: NodeConfig, incoming_dir: Path) -> AE:
@@ -271,10 +359,26 @@ def build_ae(config: NodeConfig, incoming_dir: Path) -> AE:
     return ae
 
 
-def start_listener(config: NodeConfig, handler: StoreHandler) -> ThreadedAssociationServer:
-    """Start the SCP in background threads (one per association); returns the server."""
+class Listeners:
+    """The plain and/or TLS servers of the one AE: ``shutdown`` stops accepting on all of them
+    and leaves running associations to finish (``ae.active_associations``)."""
+
+    def __init__(self, ae: AE, servers: list[ThreadedAssociationServer]) -> None:
+        self.ae = ae
+        self.servers = servers
+
+    def shutdown(self) -> None:
+        for server in self.servers:
+            server.shutdown()
+
+
+def start_listener(config: NodeConfig, handler: StoreHandler) -> Listeners:
+    """Start the SCP in background threads (one per association): on ``port`` (plain TCP,
+    unless it is 0 with a ``tls_port``) and on ``tls_port`` (DICOM TLS, PS3.15 B.9)."""
+    node = config.node
     ae = build_ae(config, handler.store.incoming)
     handlers = [
+        (evt.EVT_REQUESTED, handler.handle_requested),
         (evt.EVT_C_STORE, handler.handle_store),
         (evt.EVT_C_ECHO, handler.handle_echo),
         (evt.EVT_ACCEPTED, handler.handle_accepted),
@@ -282,13 +386,28 @@ def start_listener(config: NodeConfig, handler: StoreHandler) -> ThreadedAssocia
         (evt.EVT_ABORTED, handler.handle_end),
         (evt.EVT_REJECTED, handler.handle_rejected),
     ]
-    server = ae.start_server((config.node.host, config.node.port), block=False, evt_handlers=handlers)
-    log_event(
-        log,
-        "listener.started",
-        ae_title=config.node.ae_title,
-        host=config.node.host,
-        port=config.node.port,
-        transfer_syntaxes=len(decodable_transfer_syntaxes()),
-    )
-    return server
+    servers: list[ThreadedAssociationServer] = []
+    ports: list[tuple[int, Any]] = []
+    if node.port > 0 or node.tls_port == 0:
+        ports.append((node.port, None))
+    if node.tls_port > 0:
+        ports.append((node.tls_port, node_listener_context(config, on_failure=handler.handle_tls_refused)))
+    try:
+        for port, ssl_context in ports:
+            servers.append(ae.start_server((node.host, port), block=False, evt_handlers=handlers,
+                                           ssl_context=ssl_context))
+            log_event(
+                log,
+                "listener.started",
+                ae_title=node.ae_title,
+                host=node.host,
+                port=port,
+                transport="tls" if ssl_context else "tcp",
+                peers=len(handler.peers),
+                transfer_syntaxes=len(decodable_transfer_syntaxes()),
+            )
+    except OSError:
+        for server in servers:
+            server.shutdown()
+        raise
+    return Listeners(ae, servers)

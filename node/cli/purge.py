@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from node.audit import open_audit_trail, study_deleted
 from node.config import load_config
 from node.errors import NodeError
 
@@ -34,6 +35,12 @@ def run(args: argparse.Namespace) -> int:
         from node.service import open_repository, open_store
 
         report = purge(open_repository(config), open_store(config), days, dry_run=args.dry_run)
+        if not report.dry_run:  # PS3.15 A.5.3.5 DICOM Study Deleted, one record per study
+            trail = open_audit_trail(config)
+            for study in report.studies:
+                trail.record(study_deleted(node_aet=config.node.ae_title, study_instance_uid=study,
+                                           command="purge", by_operator=True))
+            trail.close()
     except NodeError as exc:
         print(f"cxr-node purge: {exc}", file=sys.stderr)
         return 1

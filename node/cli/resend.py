@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from node.audit import open_audit_trail, resend_requested
 from node.config import load_config
 from node.errors import NodeError
 
@@ -25,6 +26,10 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         count = open_repository(config).resend_failed(args.destination)
+        trail = open_audit_trail(config)
+        trail.record(resend_requested(node_aet=config.node.ae_title, destination=args.destination,
+                                      count=count))
+        trail.close()
     except NodeError as exc:
         print(f"cxr-node resend: {exc}", file=sys.stderr)
         return 1

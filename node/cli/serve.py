@@ -8,6 +8,7 @@ import sys
 from node.config import load_config
 from node.errors import NodeError
 from node.logs import setup_logging
+from node.tls import check_tls_files
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
+    except NodeError as exc:
+        print(f"cxr-node serve: {exc}", file=sys.stderr)
+        return 2
+    try:  # certificates and keys: a missing, mismatched or expired one stops serve before anything starts
+        check_tls_files(config)
     except NodeError as exc:
         print(f"cxr-node serve: {exc}", file=sys.stderr)
         return 2
