@@ -1,9 +1,14 @@
 """Node configuration: one TOML file, every key with a default.
 
 The embedded defaults are what ``make serve`` runs with (SQLite inside ``data_dir``, AE title
-``CXRNODE`` on port 11112, the shipped models in ``models/``). A TOML file overrides any of
-them; unknown keys are an error naming the key, so a typo never silently falls back to a
-default.
+``CXRNODE`` on port 11112, the shipped models). A TOML file overrides any of them; unknown keys
+are an error naming the key, so a typo never silently falls back to a default.
+
+Paths: a relative path in a configuration file (``data_dir``, ``models_dir``, any file path) is
+relative to the folder of that file, so ``cxr-node serve --config /etc/cxr-node/node.toml`` means
+the same thing from any working directory. Without a file, ``data_dir`` ("var") is relative to
+the working directory. An empty ``models_dir`` (the default) is the ``models/`` folder shipped
+with the installed code (:func:`shipped_models_dir`), wherever the command runs.
 
 Layout of the file::
 
@@ -25,6 +30,17 @@ from typing import Any
 from node.errors import ConfigError
 
 DURABILITY_MODES = ("fsync", "os")
+
+
+def shipped_models_dir() -> Path:
+    """The ``models/`` folder beside the installed ``node`` package (the project root).
+
+    The package is installed in editable mode (uv), so ``node/__init__.py`` lives in the checkout
+    (or in the image's /app) and the bundles are its sibling ``models/``.
+    """
+    import node
+
+    return Path(node.__file__).resolve().parents[1] / "models"
 
 
 @dataclass
@@ -77,7 +93,7 @@ class NodeSettings:
 
 @dataclass
 class PipelineSettings:
-    models_dir: str = "models"
+    models_dir: str = ""  # empty: the models shipped with the installed code (shipped_models_dir())
     device: str = "auto"  # "auto" picks CUDA when available, else CPU
     manufacturer: str = "cxr-node"
     institution_name: str = ""
@@ -98,7 +114,9 @@ class WorkerSettings:
     lease_seconds: float = 60.0  # renewed every third of it while a job runs
     max_attempts: int = 3
     poll_seconds: float = 1.0
-    load_retry_seconds: float = 30.0  # models missing or broken: try loading again after this long
+    # Models missing or broken at start-up: 0 exits at once with an error naming the folder; > 0 waits
+    # for them (the listener stays closed), trying again after this many seconds.
+    load_retry_seconds: float = 0.0
 
 
 @dataclass
@@ -131,18 +149,26 @@ class NodeConfig:
 
     @property
     def data_dir(self) -> Path:
-        path = Path(self.node.data_dir)
-        return path if path.is_absolute() else self.base_dir / path
+        return self.resolve_path(self.node.data_dir)
 
     @property
     def models_dir(self) -> Path:
-        path = Path(self.pipeline.models_dir)
+        if not self.pipeline.models_dir:
+            return shipped_models_dir()
+        return self.resolve_path(self.pipeline.models_dir)
+
+    def resolve_path(self, value: str | Path) -> Path:
+        """A path from the configuration: relative ones are relative to the file's folder (``base_dir``)."""
+        path = Path(value).expanduser()
         return path if path.is_absolute() else self.base_dir / path
 
     @property
     def database_url(self) -> str:
-        if self.node.database_url:
-            return self.node.database_url
+        url = self.node.database_url
+        if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+            return f"sqlite:///{self.resolve_path(url.removeprefix('sqlite:///'))}"  # the file's folder too
+        if url:
+            return url
         return f"sqlite:///{self.data_dir / 'cxr-node.sqlite3'}"
 
 
@@ -193,6 +219,9 @@ def _validate(config: NodeConfig) -> None:
     if n.retention_days < 0 or n.retention_check_seconds <= 0:
         raise ConfigError("[node].retention_days must be >= 0 and [node].retention_check_seconds > 0, got "
                           f"{n.retention_days!r} and {n.retention_check_seconds!r}")
+    if config.worker.load_retry_seconds < 0:
+        raise ConfigError(f"[worker].load_retry_seconds must be >= 0 (0: exit at once when the models "
+                          f"cannot be loaded), got {config.worker.load_retry_seconds!r}")
     if n.log_format not in ("text", "json"):
         raise ConfigError(f"[node].log_format must be 'text' or 'json', got {n.log_format!r}")
 
@@ -221,10 +250,10 @@ def parse_config(data: dict[str, Any], source: str = "<dict>", base_dir: Path | 
 
 
 def load_config(path: Path | str | None) -> NodeConfig:
-    """Read the TOML file at ``path`` (None: embedded defaults, relative to the cwd).
+    """Read the TOML file at ``path`` (None: embedded defaults, ``data_dir`` relative to the cwd).
 
-    Relative paths in the file (data_dir, models_dir) are resolved against the current
-    working directory, as ``make serve`` runs from the repository root.
+    Relative paths in the file (data_dir, models_dir, any other file) are resolved against the
+    folder that holds the file, so the same file means the same folders from any working directory.
     """
     if path is None:
         return parse_config({}, "<defaults>")
@@ -235,4 +264,4 @@ def load_config(path: Path | str | None) -> NodeConfig:
         raise ConfigError(f"configuration file not found: {path}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    return parse_config(data, str(path))
+    return parse_config(data, str(path), base_dir=path.resolve().parent)

@@ -11,6 +11,9 @@ queue). All SQL that reads or writes these tables lives in :mod:`node.repository
   lease expired is claimable again.
 - ``deliveries``: the persistent outbox, one row per (result instance, destination).
   States: pending -> sent | failed; ``next_attempt_at`` carries the backoff.
+- ``analysis_processes``: one row per running ``serve`` / ``cxr-node worker`` process with
+  analysis threads: the models it loaded (names and versions), refreshed by a heartbeat and
+  removed on a clean stop (node.worker_registry), so ``cxr-node status`` shows what analyses.
 """
 
 from __future__ import annotations
@@ -105,6 +108,19 @@ class Delivery(Base):
     )
 
 
+class AnalysisProcess(Base):
+    __tablename__ = "analysis_processes"
+
+    owner: Mapped[str] = mapped_column(String(200), primary_key=True)  # host:pid
+    role: Mapped[str] = mapped_column(String(16))  # "serve" or "worker"
+    threads: Mapped[int] = mapped_column(Integer, default=1)
+    device: Mapped[str] = mapped_column(String(32), default="")
+    models_dir: Mapped[str] = mapped_column(Text, default="")
+    models: Mapped[str] = mapped_column(Text, default="[]")  # JSON: [{"task", "name", "version"}]
+    started_at: Mapped[float] = mapped_column(Float)
+    seen_at: Mapped[float] = mapped_column(Float)
+
+
 def utc_from_epoch(seconds: float | None) -> datetime | None:
     """For display only: epoch seconds -> aware UTC datetime."""
     if seconds is None:
@@ -115,6 +131,7 @@ def utc_from_epoch(seconds: float | None) -> datetime | None:
 
 
 __all__ = [
+    "AnalysisProcess",
     "Base",
     "Delivery",
     "Instance",

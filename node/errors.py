@@ -33,3 +33,38 @@ class InvalidInstanceError(NodeError, ValueError):
 
 class DeliveryError(NodeError):
     """A C-STORE to a destination failed (association refused, failure status, network)."""
+
+
+class ModelsUnavailableError(NodeError):
+    """The model bundles cannot be loaded at start-up (the message names the folder and the reason)."""
+
+
+class ImageFailure(NodeError):
+    """One image of a job cannot be analysed, for a reason that will not change on a retry.
+
+    The job goes on with the study's other images and records this one's reason. ``stage`` says where
+    it failed (``read``, ``analyse``, ``write``); the message carries no patient data (node.phi).
+    """
+
+    def __init__(self, sop_instance_uid: str, stage: str, reason: str) -> None:
+        super().__init__(f"{sop_instance_uid}: {stage}: {reason}")
+        self.sop_instance_uid, self.stage, self.reason = sop_instance_uid, stage, reason
+
+
+class TransientJobError(NodeError):
+    """The job could not finish for a reason outside its images (database, store I/O, lease lost):
+    the same attempt may succeed later, so the job is queued again with a backoff."""
+
+
+IMAGE_STAGES = ("read", "decode", "analyse", "write", "store")
+
+
+def parse_image_failures(note: str | None) -> list[dict[str, str]]:
+    """The per-image lines of a job's note or error (``<uid>: <stage>: <reason>``, one per line)."""
+    found = []
+    for line in (note or "").splitlines():
+        uid, _, rest = line.partition(": ")
+        stage, _, reason = rest.partition(": ")
+        if stage in IMAGE_STAGES and uid and reason:
+            found.append({"sop_instance_uid": uid, "stage": stage, "reason": reason})
+    return found

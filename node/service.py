@@ -1,5 +1,9 @@
 """Wires the stages of ``cxr-node serve``: listener -> scheduler -> worker(s) -> delivery.
 
+With analysis workers, the models are loaded first (node.worker.load_models): a node that
+cannot load them exits with an error naming the folder before its listener opens, so it never
+acknowledges a study it cannot analyse.
+
 Each stage is a thread with its own loop and reads its work from the database, so any stage
 can stop and restart alone and a restarted node resumes queued jobs and pending deliveries
 from the tables. Shutdown (SIGTERM/SIGINT) runs in the reverse order of the data flow: stop
@@ -28,7 +32,15 @@ from node.retention import RetentionLoop
 from node.scheduler import Scheduler
 from node.scp import StoreHandler, start_listener
 from node.store import InstanceStore
-from node.worker import Analyzer, Worker, chest_analyzer_factory, start_worker_threads
+from node.worker import (
+    Analyzer,
+    Worker,
+    analyzer_models,
+    chest_analyzer_factory,
+    load_models,
+    start_worker_threads,
+)
+from node.worker_registry import ProcessRecord
 
 log = logging.getLogger("node.service")
 
@@ -95,9 +107,16 @@ class NodeService:
         self.workers: list[tuple[Worker, threading.Thread]] = []
         self.delivery_thread: threading.Thread | None = None
         self.retention_thread: threading.Thread | None = None
+        self.analyzer: Analyzer | None = None
+        self.process_record: ProcessRecord | None = None
         self.http: HttpServer | None = None
 
-    def start(self) -> None:
+    def start(self, stop_waiting: threading.Event | None = None) -> None:
+        """Load the models (when this process analyses), then open the stages in data-flow order.
+
+        Raises ModelsUnavailableError (nothing started) when the models cannot be loaded;
+        ``stop_waiting`` ends a wait for them (``[worker].load_retry_seconds`` > 0).
+        """
         removed = self.store.remove_temporaries()
         log_event(
             log,
@@ -111,6 +130,12 @@ class NodeService:
             retention_days=self.config.node.retention_days,
             stale_temporaries_removed=removed,
         )
+        if self.n_workers > 0:
+            self.analyzer = load_models(self.config, self.analyzer_factory, stop_waiting or self.stop_event)
+            self.process_record = ProcessRecord(
+                self.repo.engine, "serve", self.n_workers, str(getattr(self.analyzer, "device", "")),
+                str(self.config.models_dir.resolve()), analyzer_models(self.analyzer))
+            self.process_record.register()
         if self.listen:
             self.committer = GroupCommitter(
                 self.repo,
@@ -123,11 +148,12 @@ class NodeService:
             self.scheduler = Scheduler(self.repo, self.config.node.study_stable_seconds, wake=self.job_wake)
             self.scheduler.start()
         if self.n_workers > 0:
+            loaded = self.analyzer
             self.workers = start_worker_threads(
                 self.config,
                 self.repo,
                 self.store,
-                self.analyzer_factory,
+                lambda: loaded,  # type: ignore[arg-type,return-value]
                 self.n_workers,
                 self.stop_event,
                 self.job_wake,
@@ -165,6 +191,8 @@ class NodeService:
             self.delivery_thread.join(max(0.1, deadline - time.monotonic()))
         if self.retention_thread is not None:
             self.retention_thread.join(max(0.1, deadline - time.monotonic()))
+        if self.process_record is not None:
+            self.process_record.remove()
         self.repo.engine.dispose()
         log_event(log, "node.stopped")
 
@@ -201,8 +229,9 @@ class NodeService:
     def run_until_signal(self) -> int:
         """Start, wait for SIGTERM/SIGINT, stop; returns the exit status (0)."""
         stopping = stop_on_signals(log, "node.signal")
-        self.start()
+        self.start(stop_waiting=stopping)
         while not stopping.wait(1.0):
-            pass
+            if self.process_record is not None:
+                self.process_record.beat()
         self.stop()
         return 0

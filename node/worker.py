@@ -1,8 +1,18 @@
 """The analysis worker: claims a job, runs the chest pipeline on each image, stores the results.
 
-The pipeline (``pipelines.chest.ChestPipeline``) is loaded ONCE per worker process, lazily, in
-the worker's own thread: the DICOM listener is up before torch is even imported, and inference
-never runs on an association thread. The result objects come from the result writers
+The pipeline (``pipelines.chest.ChestPipeline``) is loaded ONCE per process, at start-up and
+before the DICOM listener opens (:func:`load_models`): a node whose models cannot be loaded exits
+with an error naming the folder instead of accepting studies it will never analyse. Inference
+never runs on an association thread.
+
+Each image is isolated: any exception for one image (an undecodable pixel stream, a data set
+nested too deeply, a writer refusing a value, a MemoryError from a bomb) fails that image only
+(:class:`node.errors.ImageFailure`), its reason goes into the job's note, and the study's other
+images are analysed. Such failures are deterministic and never retried; only faults outside the
+image (database, store I/O, a lost lease: :class:`node.errors.TransientJobError`) queue the job
+again with a backoff. Reasons are made safe first (node.phi): no patient name, ID or birth date.
+
+The result objects come from the result writers
 (``node.results.build_result_objects``) and are stored exactly like received instances (same
 store, same table, ``derived = True``); their outbox rows are written in the same transaction
 that marks the job done, so a crash either loses the whole attempt (the job is claimed again
@@ -21,10 +31,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import pydicom
+from pydicom.errors import InvalidDicomError
 
 from node.config import NodeConfig
-from node.errors import DatabaseError, StoreError
-from node.logs import log_event
+from node.errors import (
+    DatabaseError,
+    ImageFailure,
+    ModelsUnavailableError,
+    StoreError,
+    TransientJobError,
+)
+from node.logs import escape_control, log_event, redacting
+from node.phi import identity_values, identity_values_from_file, safe_message
 from node.repository import ClaimedJob, InstanceRecord, Repository
 from node.store import InstanceStore, encode_part10
 
@@ -42,12 +60,22 @@ class Analyzer(Protocol):
     ) -> list[pydicom.Dataset]: ...
 
 
+class AnalysisStageError(Exception):
+    """An exception of one stage of :meth:`ChestAnalyzer.analyze` (``decode``, ``analyse``, ``write``)."""
+
+    def __init__(self, stage: str, cause: BaseException) -> None:
+        super().__init__(f"{stage}: {cause.__class__.__name__}")
+        self.stage, self.cause = stage, cause
+
+
 class ChestAnalyzer:
     """The real chain: ``load_dicom`` -> ``ChestPipeline.analyze`` -> ``build_result_objects``."""
 
     def __init__(self, models_dir: Path, device: str = "auto", institution_name: str = "",
                  use_view_position: bool = True, use_body_part: bool = True,
                  use_lung_field: bool = True) -> None:
+        if not Path(models_dir).is_dir():  # said at once, before seconds of importing torch
+            raise ModelsUnavailableError(f"models folder not found: {Path(models_dir).resolve()}")
         from pipelines.chest import ChestPipeline  # torch/MONAI: imported here, not at module load
 
         self._pipeline = ChestPipeline.from_models_dir(
@@ -62,11 +90,34 @@ class ChestAnalyzer:
         from node.results import ResultSettings, build_result_objects
         from pipelines.image import load_dicom
 
-        image = load_dicom(source)
-        result = self._pipeline.analyze(image)
+        try:
+            image = load_dicom(source)
+        except Exception as exc:
+            raise AnalysisStageError("decode", exc) from exc
+        try:
+            result = self._pipeline.analyze(image)
+        except Exception as exc:
+            raise AnalysisStageError("analyse", exc) from exc
         settings = ResultSettings(institution_name=self._institution_name or None)
-        return list(build_result_objects(source, result, settings=settings, image=image,
-                                         series=series, instance_number=instance_number))
+        try:
+            return list(build_result_objects(source, result, settings=settings, image=image,
+                                             series=series, instance_number=instance_number))
+        except Exception as exc:
+            raise AnalysisStageError("write", exc) from exc
+
+    def models(self) -> list[dict[str, str]]:
+        """Task, name and version of every loaded model (what ``cxr-node status`` shows)."""
+        p = self._pipeline
+        tasks = [("projection", p.projection), ("lungs", p.lungs), ("covid", p.covid),
+                 ("ggo_detection", p.ggo_detection), ("ggo_segmentation", p.ggo_segmentation)]
+        found = [(task, model.bundle.info) for task, model in tasks]
+        if p.covid.input_lungs is not None:
+            found.append(("covid_input_lungs", p.covid.input_lungs.bundle.info))
+        return [{"task": task, "name": info.name, "version": info.version} for task, info in found]
+
+    @property
+    def device(self) -> str:
+        return str(self._pipeline.device)
 
 
 def chest_analyzer_factory(config: NodeConfig) -> Callable[[], Analyzer]:
@@ -112,8 +163,39 @@ class LeaseKeeper:
                 log_event(log, "job.lease_renew_failed", logging.WARNING, job_id=self._job_id, error=str(exc))
 
 
-class JobFailed(Exception):
-    """No image of the job could be analysed (the message lists why)."""
+def load_models(config: NodeConfig, factory: Callable[[], Analyzer], stop: threading.Event) -> Analyzer:
+    """Load the pipeline at start-up, before anything is accepted.
+
+    ``[worker].load_retry_seconds`` = 0 (the default): a failure raises ModelsUnavailableError naming
+    the folder, and the process exits non-zero. > 0: the process waits for the models (a volume
+    mounted after start), trying again after that many seconds, its listener still closed; ``stop``
+    ends the wait (also with ModelsUnavailableError).
+    """
+    folder = config.models_dir.resolve()
+    retry = config.worker.load_retry_seconds
+    while True:
+        started = time.monotonic()
+        try:
+            analyzer = factory()
+        except Exception as exc:  # noqa: BLE001 - any reason is reported with the folder
+            message = (f"cannot load the models from {folder} ([pipeline].models_dir in {config.source}): "
+                       f"{safe_message(exc)}")
+            if retry <= 0:
+                raise ModelsUnavailableError(message) from exc
+            log_event(log, "models.waiting", logging.ERROR, models_dir=str(folder), error=safe_message(exc),
+                      retry_seconds=retry)
+            if stop.wait(retry):
+                raise ModelsUnavailableError(f"stopped while waiting for the models in {folder}") from exc
+            continue
+        log_event(log, "models.loaded", models_dir=str(folder), seconds=time.monotonic() - started,
+                  models=",".join(f"{m['name']}:{m['version']}" for m in analyzer_models(analyzer)) or "-")
+        return analyzer
+
+
+def analyzer_models(analyzer: Analyzer) -> list[dict[str, str]]:
+    """What :meth:`ChestAnalyzer.models` reports; an analyzer without it (a test stand-in) has none."""
+    models = getattr(analyzer, "models", None)
+    return list(models()) if callable(models) else []
 
 
 def worker_owner(index: int) -> str:
@@ -123,6 +205,15 @@ def worker_owner(index: int) -> str:
 def retry_delay(attempts: int) -> float:
     """Backoff before a failed job is tried again: 5 s, 10 s, 20 s ... capped at 5 min."""
     return float(min(300, 5 * 2 ** max(0, attempts - 1)))
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Database and store I/O faults may pass; anything else about an image will happen again."""
+    if isinstance(exc, (TransientJobError, DatabaseError)):
+        return True
+    if isinstance(exc, StoreError):  # an unreadable store file is I/O; a file pydicom refuses is not
+        return not isinstance(exc.__cause__, InvalidDicomError)
+    return False
 
 
 class Worker:
@@ -152,32 +243,23 @@ class Worker:
 
     # -- lifecycle --------------------------------------------------------------------------
     def load(self) -> bool:
-        """Load the pipeline once; on failure log it (jobs stay queued, nothing is lost)."""
-        started = time.monotonic()
+        """Take the pipeline from the factory (already loaded at start-up by :func:`load_models`)."""
         try:
             self.analyzer = self.analyzer_factory()
-        except Exception as exc:  # a missing/broken bundle must not crash the node
-            self.load_error = f"{exc.__class__.__name__}: {exc}"
-            log_event(
-                log,
-                "worker.load_failed",
-                logging.ERROR,
-                owner=self.owner,
-                models_dir=str(self.config.models_dir),
-                error=self.load_error,
-            )
+        except Exception as exc:  # a broken bundle must not crash the thread silently
+            self.load_error = safe_message(exc)
+            log_event(log, "worker.load_failed", logging.ERROR, owner=self.owner,
+                      models_dir=str(self.config.models_dir), error=self.load_error)
             return False
-        log_event(log, "worker.ready", owner=self.owner, seconds=time.monotonic() - started)
         return True
 
     def run(self) -> None:
-        # A node may start before its models are in place (or with a broken bundle): it keeps
-        # receiving, jobs stay queued, and the worker tries to load again every few seconds.
         while self.analyzer is None:
             if self.load():
                 break
-            if self.stop_event.wait(self.config.worker.load_retry_seconds):
+            if self.stop_event.wait(max(1.0, self.config.worker.load_retry_seconds)):
                 return
+        log_event(log, "worker.ready", owner=self.owner)
         poll = self.config.worker.poll_seconds
         while not self.stop_event.is_set():
             try:
@@ -210,33 +292,19 @@ class Worker:
         try:
             with LeaseKeeper(self.repo, job.id, self.owner, self.config.worker.lease_seconds) as lease:
                 outcome = self._analyse_job(job, lease)
-        except Exception as exc:
-            message = f"{exc.__class__.__name__}: {exc}"
-            try:
-                state = self.repo.fail_job(
-                    job.id, self.owner, message, self.config.worker.max_attempts, retry_delay(job.attempts)
-                )
-            except DatabaseError as db_exc:
-                state = f"unrecorded ({db_exc})"  # the lease will expire and the job be retried
-            log_event(
-                log,
-                "job.failed" if state == "failed" else "job.retry",
-                logging.WARNING,
-                job_id=job.id,
-                study=job.study_instance_uid,
-                attempt=job.attempts,
-                state=state,
-                error=message,
-                seconds=time.monotonic() - started,
-            )
-            return state
+        except Exception as exc:  # transient (or a fault of the node itself): retried with a backoff
+            return self._fail(job, safe_message(exc), retry=True, started=started)
         if outcome is None:
             self.repo.release_job(job.id, self.owner)
             log_event(log, "job.released", job_id=job.id, study=job.study_instance_uid, owner=self.owner)
             return "queued"
-        results, skipped = outcome
+        results, failures, n_images = outcome
+        note = "\n".join(str(f) for f in failures)  # one line per image: "<uid>: <stage>: <reason>"
+        if failures and len(failures) == n_images:
+            # every image failed for a reason that will not change: no retry
+            return self._fail(job, note, retry=False, started=started)
         names = [d.name for d in self.config.destinations]
-        if not self.repo.finish_job(job.id, self.owner, results, names, note=skipped):
+        if not self.repo.finish_job(job.id, self.owner, results, names, note=note):
             log_event(log, "job.lease_lost", logging.WARNING, job_id=job.id, study=job.study_instance_uid)
             return "lost"
         self.jobs_done += 1
@@ -248,17 +316,43 @@ class Worker:
             accession=job.accession_number,
             results=len(results),
             deliveries=len(results) * len(names),
-            skipped=skipped or "",
+            images_failed=len(failures),
             seconds=time.monotonic() - started,
         )
         return "done"
 
-    def _analyse_job(self, job: ClaimedJob, lease: LeaseKeeper) -> tuple[list[InstanceRecord], str] | None:
-        """Analyse every image; None when stopping (the job is released, not failed)."""
+    def _fail(self, job: ClaimedJob, message: str, *, retry: bool, started: float) -> str:
+        max_attempts = self.config.worker.max_attempts if retry else 0  # 0: failed at once
+        try:
+            state = self.repo.fail_job(job.id, self.owner, message, max_attempts, retry_delay(job.attempts))
+        except DatabaseError as db_exc:
+            state = f"unrecorded ({db_exc})"  # the lease will expire and the job be retried
+        log_event(
+            log,
+            "job.failed" if state == "failed" else "job.retry",
+            logging.WARNING,
+            job_id=job.id,
+            study=job.study_instance_uid,
+            attempt=job.attempts,
+            state=state,
+            retried=retry,
+            error=message,
+            seconds=time.monotonic() - started,
+        )
+        return state
+
+    def _analyse_job(
+        self, job: ClaimedJob, lease: LeaseKeeper
+    ) -> tuple[list[InstanceRecord], list[ImageFailure], int] | None:
+        """Analyse every image; None when stopping (the job is released, not failed).
+
+        Returns the result records and the images that failed (deterministically); raises on a
+        transient fault, which fails the whole attempt (nothing of it is recorded).
+        """
         assert self.analyzer is not None
         instances = self.repo.job_instances(job.id)
         results: list[InstanceRecord] = []
-        errors: list[str] = []
+        failures: list[ImageFailure] = []
         from node.results import ResultSeries
 
         series = ResultSeries()  # one SEG/SR/SC series for the whole study's results
@@ -266,25 +360,44 @@ class Worker:
             if self.stop_event.is_set():
                 return None
             try:
-                source = self.store.read(inst.path)
-                outputs = self.analyzer.analyze(source, series=series, instance_number=number)
-            except (ValueError, StoreError) as exc:  # ImageDecodeError is a ValueError: a bad image
-                errors.append(f"{inst.sop_instance_uid}: {exc.__class__.__name__}: {exc}")
-                log_event(
-                    log,
-                    "image.not_analysed",
-                    logging.WARNING,
-                    job_id=job.id,
-                    sop_instance_uid=inst.sop_instance_uid,
-                    error=str(exc),
-                )
-                continue
-            results.extend(self._store_results(outputs, inst))
+                results.extend(self._analyse_image(inst, number, series))
+            except ImageFailure as failure:
+                failures.append(failure)
+                log_event(log, "image.not_analysed", logging.WARNING, job_id=job.id,
+                          sop_instance_uid=failure.sop_instance_uid, stage=failure.stage,
+                          error=failure.reason, retried=False)
             if lease.lost.is_set():
-                raise DatabaseError(f"lease on job {job.id} lost while analysing")
-        if errors and len(errors) == len(instances):
-            raise JobFailed(f"no image analysed: {'; '.join(errors)}")
-        return results, "; ".join(errors)
+                raise TransientJobError(f"lease on job {job.id} lost while analysing")
+        return results, failures, len(instances)
+
+    def _analyse_image(self, inst: InstanceRecord, number: int, series: ResultSeries) -> list[InstanceRecord]:
+        """One image's result records; ImageFailure (deterministic) or a transient error otherwise."""
+        assert self.analyzer is not None
+        uid = escape_control(inst.sop_instance_uid)
+        try:
+            source = self.store.read(inst.path)
+        except Exception as exc:
+            if _is_transient(exc):
+                raise TransientJobError(f"{uid}: {safe_message(exc)}") from exc
+            cause = exc.__cause__ if isinstance(exc, StoreError) and exc.__cause__ else exc
+            values = identity_values_from_file(self.store.path(inst.path))
+            raise ImageFailure(uid, "read", safe_message(cause, values)) from None
+        values = identity_values(source)
+        with redacting(values):
+            try:
+                outputs = self.analyzer.analyze(source, series=series, instance_number=number)
+            except Exception as exc:
+                if _is_transient(exc):
+                    raise TransientJobError(f"{uid}: {safe_message(exc, values)}") from exc
+                stage, cause = ((exc.stage, exc.cause) if isinstance(exc, AnalysisStageError)
+                                else ("analyse", exc))
+                raise ImageFailure(uid, stage, safe_message(cause, values)) from None
+            try:
+                return self._store_results(outputs, inst)
+            except Exception as exc:
+                if _is_transient(exc) or isinstance(exc, OSError):
+                    raise TransientJobError(f"{uid}: {safe_message(exc, values)}") from exc
+                raise ImageFailure(uid, "store", safe_message(exc, values)) from None
 
     def _store_results(self, outputs: list[pydicom.Dataset], source: InstanceRecord) -> list[InstanceRecord]:
         records = []

@@ -28,7 +28,13 @@ log = logging.getLogger("cxr-node.analyze")
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_UNUSABLE = 0, 1, 2
 PROGRESS_MIN_IMAGES = 4  # a progress bar for more than 3 images
-DEFAULT_MODELS = os.environ.get("CXR_NODE_MODELS", "models")
+
+
+def default_models_dir() -> Path:
+    """$CXR_NODE_MODELS, else the models shipped with the installed code (any working directory)."""
+    from node.config import shipped_models_dir
+
+    return Path(os.environ["CXR_NODE_MODELS"]) if os.environ.get("CXR_NODE_MODELS") else shipped_models_dir()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,8 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, metavar="DIR",
                         help="folder for the outputs, one subfolder per input image")
     parser.add_argument("--json", action="store_true", help="print one JSON object per input image")
-    parser.add_argument("--models", type=Path, default=Path(DEFAULT_MODELS), metavar="DIR",
-                        help="folder of model bundles (default: $CXR_NODE_MODELS or ./models)")
+    parser.add_argument("--models", type=Path, default=None, metavar="DIR",
+                        help="folder of model bundles (default: $CXR_NODE_MODELS, else the models shipped "
+                             f"with cxr-node: {default_models_dir()})")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="inference device (default: cuda when available, else cpu)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per model call (default 8)")
@@ -191,14 +198,16 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.chest import ChestPipeline
     from pipelines.image import load_image
 
+    models = args.models if args.models is not None else default_models_dir()
     try:
         pipeline = ChestPipeline.from_models_dir(
-            args.models, device=None if args.device == "auto" else args.device,
+            models, device=None if args.device == "auto" else args.device,
             state_dir=args.state_dir, batch_size=args.batch_size,
             use_view_position=not args.ignore_view_position, use_body_part=not args.ignore_body_part,
             use_lung_field=not args.ignore_lung_field)
     except PipelineError as exc:
-        print(f"cxr-node analyze: error: cannot load the models: {exc}", file=sys.stderr)
+        print(f"cxr-node analyze: error: cannot load the models from {models.resolve()}: {exc}",
+              file=sys.stderr)
         return EXIT_UNUSABLE
 
     failed = 0

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     try:
         return service.run_until_signal()
-    except NodeError as exc:  # e.g. the [http] port is in use (node.http.app.HttpServerError)
+    except NodeError as exc:  # models not loadable (nothing accepted), the [http] port in use...
         print(f"cxr-node serve: {exc}", file=sys.stderr)
         service.stop(timeout=5)
         return 1

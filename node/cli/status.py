@@ -10,7 +10,8 @@ from typing import Any
 
 from node import status_queries
 from node.config import load_config
-from node.errors import NodeError
+from node.errors import NodeError, parse_image_failures
+from node.logs import escape_control
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,14 +42,22 @@ def format_human(status: dict[str, Any]) -> str:
         )
     if not status["studies"]:
         lines.append("(no studies)")
+    lines += ["", "analysis processes:"] + [_process_line(p) for p in status.get("analysis_processes", [])]
+    if not status.get("analysis_processes"):
+        lines.append("  (none running: start `cxr-node serve` with workers or `cxr-node worker`)")
     errors = status["errors"]
     if errors["jobs"] or errors["deliveries"]:
         lines += ["", "recent errors:"]
         for e in errors["jobs"]:
-            lines.append(
-                f"  job {e['job_id']} ({e['state']}, attempt {e['attempts']}) "
-                f"study {e['study_instance_uid']}: {e['error']}"
-            )
+            head = (f"  job {e['job_id']} ({e['state']}, attempt {e['attempts']}) "
+                    f"study {e['study_instance_uid']}")
+            images = e.get("images") or []
+            if not images:
+                lines.append(f"{head}: {escape_control(str(e['error']))}")
+                continue
+            lines.append(f"{head}: {len(images)} image(s) not analysed")
+            lines += [f"    image {i['sop_instance_uid']} ({i['stage']}): {escape_control(i['reason'])}"
+                      for i in images]
         for e in errors["deliveries"]:
             lines.append(
                 f"  delivery {e['delivery_id']} to {e['destination']} ({e['state']}, "
@@ -57,13 +66,31 @@ def format_human(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _process_line(p: dict[str, Any]) -> str:
+    models = ", ".join(f"{m['task']} {m['name']} {m['version']}" for m in p["models"]) or "(not reported)"
+    stale = "  STALE (no heartbeat: process gone?)" if p["stale"] else ""
+    return (f"  {p['owner']} {p['role']}, {p['threads']} thread(s) on {p['device'] or '?'}, models in "
+            f"{p['models_dir']}: {models}; last seen {_when(p['seen_at'])}{stale}")
+
+
+def add_worker_details(status: dict[str, Any], engine: Any) -> dict[str, Any]:
+    """The analysis processes and their models; each job error split into its failed images."""
+    from node.worker_registry import list_processes
+
+    status["analysis_processes"] = list_processes(engine)
+    for e in status["errors"]["jobs"]:
+        e["images"] = parse_image_failures(e.get("error"))
+    return status
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
         from node.service import open_repository
 
         # The same query as the dashboard's (node.status_queries): one set of numbers everywhere.
-        status = status_queries.overview(open_repository(config).engine, max_studies=args.studies)
+        engine = open_repository(config).engine
+        status = add_worker_details(status_queries.overview(engine, max_studies=args.studies), engine)
     except NodeError as exc:
         print(f"cxr-node status: {exc}", file=sys.stderr)
         return 1

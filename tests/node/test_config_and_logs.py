@@ -19,7 +19,26 @@ def test_defaults_are_the_documented_ones() -> None:
     assert config.node.database_url == "" and config.database_url.startswith("sqlite:///")
     assert config.node.study_stable_seconds == 10 and config.node.allowed_calling_aets == []
     assert config.node.max_associations == 16 and config.node.durability == "fsync"
-    assert config.pipeline.models_dir == "models" and config.destinations == []
+    assert config.pipeline.models_dir == "" and config.destinations == []
+    assert config.models_dir == REPO / "models"  # the shipped models, whatever the working directory
+    assert config.worker.load_retry_seconds == 0  # models missing: exit at once
+
+
+def test_relative_paths_in_a_file_are_relative_to_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    (folder / "node.toml").write_text('[node]\ndata_dir = "data"\ndatabase_url = "sqlite:///db/n.sqlite3"\n'
+                                      '[pipeline]\nmodels_dir = "../bundles"\n')
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = load_config(Path("../etc/node.toml"))
+    assert config.data_dir == folder.resolve() / "data"
+    assert config.models_dir.resolve() == (tmp_path / "bundles").resolve()
+    assert config.database_url == f"sqlite:///{folder.resolve() / 'db' / 'n.sqlite3'}"
+    assert load_config(None).data_dir == elsewhere / "var"  # no file: the working directory
+    assert load_config(None).models_dir == REPO / "models"
 
 
 def test_the_example_file_matches_the_defaults() -> None:
