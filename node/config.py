@@ -52,6 +52,12 @@ class Destination:
     host: str = "127.0.0.1"
     port: int = 4242
     type: str = "dicom"  # the sender registry key (node.delivery.SENDERS)
+    # type = "dicomweb": STOW-RS (PS3.18 10.5) to the DICOMweb base ``url`` (e.g. Orthanc's
+    # http://host:8042/dicom-web), HTTP basic auth with username/password or a bearer token.
+    url: str = ""
+    username: str = ""
+    password: str = ""
+    token: str = ""
 
 
 @dataclass
@@ -211,6 +217,12 @@ def _validate(config: NodeConfig) -> None:
     for dest in config.destinations:
         if not 0 < len(dest.ae_title.strip()) <= 16:
             raise ConfigError(f"destination {dest.name!r}: ae_title must be 1-16 characters")
+    for dest in config.destinations:
+        if dest.type == "dicomweb" and not dest.url.startswith(("http://", "https://")):
+            raise ConfigError(f"destination {dest.name!r}: type 'dicomweb' needs url = 'http(s)://...', "
+                              f"got {dest.url!r}")
+        if dest.token and (dest.username or dest.password):
+            raise ConfigError(f"destination {dest.name!r}: give username/password or token, not both")
     if not 0 <= config.http.port <= 65535:
         raise ConfigError(f"[http].port must be 0 (off) or a TCP port, got {config.http.port!r}")
     names = [d.name for d in config.destinations]

@@ -213,7 +213,15 @@ def _chunks_by_contexts(items: Sequence[DueDelivery], syntaxes: object) -> list[
 
 SenderFactory = Callable[[Destination, NodeConfig, InstanceStore], Sender]
 # Registry of destination types: [[destinations]] type -> the sender class made for each one.
-SENDERS: dict[str, SenderFactory] = {"dicom": CStoreSender}
+def stow_rs_sender(destination: Destination, config: NodeConfig, store: InstanceStore) -> Sender:
+    """``type = "dicomweb"``: STOW-RS (node.http.dicomweb_sender). Imported when such a destination
+    is configured: that module imports this one (DeliveryFailure), so not at module level."""
+    from node.http.dicomweb_sender import StowRsSender
+
+    return StowRsSender(destination, config, store)
+
+
+SENDERS: dict[str, SenderFactory] = {"dicom": CStoreSender, "dicomweb": stow_rs_sender}
 
 
 def backoff(attempts_done: int, base: float, cap: float) -> float:

@@ -63,6 +63,8 @@ class ImageFindings:
     covid_probability: float | None = None
     covid_threshold: float | None = None
     ggo_present: bool | None = None  # the image-level GGO decision, when the SR carries one
+    ggo_score: float | None = None  # that decision's score and threshold
+    ggo_threshold: float | None = None
     ggo_boxes: int = 0
     ggo_max_certainty: float | None = None
     ggo_extent_percent: float | None = None
@@ -160,9 +162,12 @@ def _read_group(group: Dataset, found: ImageFindings) -> None:
         found.covid_probability = nums.get(PROBABILITY, (None, ""))[0]
         found.covid_threshold = nums.get(THRESHOLD, (None, ""))[0]
     if finding == GGO or GGO in codes_:
-        if GGO in codes_:
-            found.ggo_present = codes_[GGO] == PRESENT
-        if CERTAINTY in nums:
+        if GGO in codes_ or THRESHOLD in nums:  # the image-level GGO decision (pipelines ggo_decision)
+            if GGO in codes_:
+                found.ggo_present = codes_[GGO] == PRESENT
+            found.ggo_score = nums.get(CERTAINTY, (None, ""))[0]
+            found.ggo_threshold = nums.get(THRESHOLD, (None, ""))[0]
+        elif CERTAINTY in nums:  # one detector box
             found.ggo_boxes += 1
             certainty = nums[CERTAINTY][0]
             found.ggo_max_certainty = max(certainty, found.ggo_max_certainty or 0.0)

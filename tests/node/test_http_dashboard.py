@@ -13,39 +13,20 @@ import io
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import pydicom
 import pytest
-from httpkit import base_url, c_store, client, http_config, start_service
-from nodekit import REPO, free_port, make_dx, wait_for, which_or_fail
+from httpkit import WriterAnalyzer, base_url, c_store, chromium, client, http_config, start_service
+from nodekit import REPO, free_port, make_dx, wait_for
 from PIL import Image
 from pydicom.uid import generate_uid
 
 from node import status_queries
-from node.results import ResultSeries, build_result_objects
 from node.service import NodeService
-
-sys.path.insert(0, str(REPO / "tests" / "results"))
-from factories import make_result  # noqa: E402
 
 ACCESSION = "ACC-HTTP-7"
 PHI = ("Test^Synthetic", "SYN001", "19700101", "Synthetic")
-
-
-class WriterAnalyzer:
-    """The node's result writers on a hand-built ChestResult: COVID-19 0.81 present, two GGO boxes."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-
-    def analyze(self, source: pydicom.Dataset, *, series: ResultSeries | None = None,
-                instance_number: int = 1) -> list[pydicom.Dataset]:
-        with self.lock:
-            return build_result_objects(source, make_result(source, seed=instance_number), series=series,
-                                        instance_number=instance_number)
 
 
 @pytest.fixture(scope="module")
@@ -156,13 +137,6 @@ def test_resend_requeues_failed_deliveries(node: NodeService, study: str) -> Non
     assert response.headers["location"] == f"/?resent={failed}#failures"
     # The destination is still closed: one more attempt each, failed again.
     wait_for(lambda: node.repo.status()["deliveries"]["failed"] == failed, 60, what="deliveries failed again")
-
-
-def chromium(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
-    exe = which_or_fail("chromium")
-    return subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                           "--virtual-time-budget=5000", *args],
-                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.slow
