@@ -51,7 +51,8 @@ def test_identical_resend_is_acknowledged_without_new_work(node: NodeService) ->
     stored, record = _stored(node, ds.SOPInstanceUID)
     assert node.store.path(record.path).read_bytes() == first_bytes  # not rewritten
     status = node.repo.status(max_studies=1000)
-    assert [s["instances"] for s in status["studies"] if s["study_instance_uid"] == ds.StudyInstanceUID] == [1]
+    counts = [s["instances"] for s in status["studies"] if s["study_instance_uid"] == ds.StudyInstanceUID]
+    assert counts == [1]
 
 
 def test_different_content_under_a_stored_uid_is_refused_and_the_first_copy_stays(node: NodeService) -> None:
