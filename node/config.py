@@ -17,7 +17,9 @@ Layout of the file::
     [worker]      lease, retries, polling
     [delivery]    retries and backoff
     [http]        dashboard, health probes, metrics, DICOMweb STOW-RS (node.http)
-    [[destinations]]  where results go (several allowed)
+    [[destinations]]  where results go (several allowed; tls = true for DICOM TLS)
+    [[peers]]     (AE title, host) pairs allowed to associate (node.peers)
+    [audit]       the audit trail (node.audit)
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from node.errors import ConfigError
+from node.peers import PeerTable
 
 DURABILITY_MODES = ("fsync", "os")
 
@@ -58,6 +61,31 @@ class Destination:
     username: str = ""
     password: str = ""
     token: str = ""
+    # DICOM TLS (PS3.15 B.9, node.tls): the server certificate is verified against
+    # tls_ca_certificates (empty: the system store), host name included; tls_certificate and
+    # tls_private_key (both or neither) are presented when the peer asks for a client certificate.
+    tls: bool = False
+    tls_ca_certificates: str = ""
+    tls_certificate: str = ""
+    tls_private_key: str = ""
+
+
+@dataclass
+class PeerSettings:
+    """One ``[[peers]]`` entry: this Calling AE Title may associate from this host (node.peers)."""
+
+    ae_title: str = ""
+    host: str = ""  # an IP address, a CIDR range or a host name
+
+
+@dataclass
+class AuditSettings:
+    """The audit trail (node.audit): JSON lines, optionally syslog as well."""
+
+    enabled: bool = True
+    path: str = ""  # empty: <data_dir>/audit/audit.jsonl
+    syslog_address: str = ""  # "" off; "/dev/log", "udp://host:514" or "tcp://host:514"
+    syslog_facility: str = "authpriv"
 
 
 @dataclass
@@ -95,6 +123,13 @@ class NodeSettings:
     commit_batch_max: int = 256  # instances per group commit
     log_level: str = "INFO"
     log_format: str = "text"  # "text" (key=value) or "json"
+    # DICOM TLS listener (PS3.15 B.9, node.tls); 2762 is the registered port. With tls_port > 0,
+    # port = 0 turns the plain TCP listener off. With tls_ca_certificates set, a peer must present
+    # a certificate signed by that bundle (mutual TLS).
+    tls_port: int = 0
+    tls_certificate: str = ""  # PEM certificate of the node
+    tls_private_key: str = ""  # PEM private key (unencrypted; protect the file: mode 0600)
+    tls_ca_certificates: str = ""  # PEM bundle of the CAs whose clients may connect
 
 
 @dataclass
@@ -150,12 +185,20 @@ class NodeConfig:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     destinations: list[Destination] = field(default_factory=list)
+    peers: list[PeerSettings] = field(default_factory=list)
+    audit: AuditSettings = field(default_factory=AuditSettings)
     source: str = "<defaults>"
     base_dir: Path = field(default_factory=Path.cwd)
 
     @property
     def data_dir(self) -> Path:
         return self.resolve_path(self.node.data_dir)
+
+    @property
+    def audit_path(self) -> Path:
+        if self.audit.path:
+            return self.resolve_path(self.audit.path)
+        return self.data_dir / "audit" / "audit.jsonl"
 
     @property
     def models_dir(self) -> Path:
@@ -236,11 +279,39 @@ def _validate(config: NodeConfig) -> None:
                           f"cannot be loaded), got {config.worker.load_retry_seconds!r}")
     if n.log_format not in ("text", "json"):
         raise ConfigError(f"[node].log_format must be 'text' or 'json', got {n.log_format!r}")
+    _validate_tls(config)
+
+
+def _validate_tls(config: NodeConfig) -> None:
+    """TLS and [[peers]] settings that can be judged without reading the files (node.tls checks
+    those at start-up)."""
+    n = config.node
+    if not 0 <= n.tls_port <= 65535:
+        raise ConfigError(f"[node].tls_port must be 0 (off) or a TCP port, got {n.tls_port!r}")
+    if n.tls_port > 0:
+        if not (n.tls_certificate and n.tls_private_key):
+            raise ConfigError("[node].tls_port is set: [node].tls_certificate and [node].tls_private_key "
+                              "must name the node's PEM certificate and key")
+        if n.tls_port == n.port:
+            raise ConfigError(f"[node].tls_port and [node].port must differ, both are {n.port}")
+    for dest in config.destinations:
+        if bool(dest.tls_certificate) != bool(dest.tls_private_key):
+            raise ConfigError(f"destination {dest.name!r}: tls_certificate and tls_private_key go together")
+        if not dest.tls and (dest.tls_ca_certificates or dest.tls_certificate):
+            raise ConfigError(f"destination {dest.name!r}: TLS files are set but tls = false")
+    PeerTable([(p.ae_title, p.host) for p in config.peers])  # raises ConfigError naming the entry
+
+
+def _array(data: dict[str, Any], name: str, source: str) -> list[dict[str, Any]]:
+    value = data.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ConfigError(f"{source}: {name} must be an array of tables ([[{name}]])")
+    return value
 
 
 def parse_config(data: dict[str, Any], source: str = "<dict>", base_dir: Path | None = None) -> NodeConfig:
     """Build a NodeConfig from parsed TOML, rejecting unknown keys and wrong types."""
-    top = {"node", "pipeline", "worker", "delivery", "http", "destinations"}
+    top = {"node", "pipeline", "worker", "delivery", "http", "destinations", "peers", "audit"}
     unknown = sorted(set(data) - top)
     if unknown:
         raise ConfigError(f"unknown table(s) {unknown} in {source}; known: {sorted(top)}")
@@ -254,6 +325,9 @@ def parse_config(data: dict[str, Any], source: str = "<dict>", base_dir: Path | 
         delivery=_fill(DeliverySettings, data.get("delivery", {}), "[delivery]"),
         http=_fill(HttpSettings, data.get("http", {}), "[http]"),
         destinations=[_fill(Destination, d, f"[[destinations]] #{i + 1}") for i, d in enumerate(dests)],
+        peers=[_fill(PeerSettings, p, f"[[peers]] #{i + 1}")
+               for i, p in enumerate(_array(data, "peers", source))],
+        audit=_fill(AuditSettings, data.get("audit", {}), "[audit]"),
         source=source,
         base_dir=base_dir or Path.cwd(),
     )
