@@ -43,6 +43,7 @@ FORBIDDEN_FIELDS = frozenset(
 _json_format = False
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 REDACTED = "[redacted]"
+MAX_TRACEBACK_CHARS = 2000  # of a library's traceback, kept as the end of its one line
 _context = threading.local()
 
 
@@ -114,7 +115,7 @@ class SafeRecordFilter(logging.Filter):
     """Makes every record one line without patient values, whoever logged it (pydicom, highdicom, warnings).
 
     The message is rendered, the thread's :func:`redacting` values removed and control characters
-    escaped; a traceback is kept, redacted, as one escaped line.
+    escaped; a traceback is kept, redacted, as the escaped end of the same line.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -124,9 +125,10 @@ class SafeRecordFilter(logging.Filter):
             message = redact(message, values)
         record.msg, record.args = escape_control(message), None
         if record.exc_info:
-            text = logging.Formatter().formatException(record.exc_info)
+            text = escape_control(redact(logging.Formatter().formatException(record.exc_info), values))
             record.exc_info, record.exc_text = None, None
-            record.msg = f"{record.msg} | {escape_control(redact(text, values))}"
+            tail = text if len(text) <= MAX_TRACEBACK_CHARS else "..." + text[-MAX_TRACEBACK_CHARS:]
+            record.msg = f"{record.msg} | {tail}"
         return True
 
 

@@ -11,13 +11,14 @@ into "Class: message" with those values redacted, control characters escaped and
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import pydicom
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
-from node.logs import escape_control, redact
+from node.logs import escape_control, redact, redacting
 
 # PS3.15 E.1-1 attributes of patient identity that a message about a value could quote.
 IDENTITY_KEYWORDS = (
@@ -64,6 +65,7 @@ def identity_values(ds: Dataset | None) -> set[str]:
     values: set[str] = set()
     if ds is None:
         return values
+    present = []
     for tag in IDENTITY_TAGS:
         try:
             elem = ds.get_item(tag)
@@ -71,18 +73,24 @@ def identity_values(ds: Dataset | None) -> set[str]:
             continue
         if elem is None:
             continue
+        present.append(tag)
         raw = elem.value
-        texts: list[str] = []
         if isinstance(raw, bytes):
-            texts += [raw.decode("latin-1", errors="replace"), raw.decode("utf-8", errors="replace")]
-        try:
-            converted = ds[tag].value
-            texts += [str(v) for v in converted] if isinstance(converted, list | tuple) else [str(converted)]
-            texts.append(str(converted))
-        except Exception:  # noqa: BLE001 - the raw text above is enough
-            pass
-        for text in texts:
-            values |= _variants(text)
+            for text in (raw.decode("latin-1", errors="replace"), raw.decode("utf-8", errors="replace")):
+                values |= _variants(text)
+        elif raw is not None:
+            values |= _variants(str(raw))
+    # Converting an invalid value makes pydicom warn and log it: silenced, and redacted if it slips out.
+    with redacting(values), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for tag in present:
+            try:
+                converted = ds[tag].value
+            except Exception:  # noqa: BLE001 - the raw text above is enough
+                continue
+            texts = [str(v) for v in converted] if isinstance(converted, list | tuple) else []
+            for text in [*texts, str(converted)]:
+                values |= _variants(text)
     return values
 
 

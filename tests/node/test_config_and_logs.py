@@ -82,3 +82,20 @@ def test_log_lines_refuse_patient_identity(caplog: pytest.LogCaptureFixture) -> 
     assert caplog.records[-1].getMessage() == 'job.done job_id=1 study=1.2.3 accession="A 1"'
     with pytest.raises(ValueError, match="patient"):
         log_event(log, "oops", patient_name="Doe^John")
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_value_with_a_newline_stays_on_one_line(fmt: str, capfd: pytest.CaptureFixture[str]) -> None:
+    from node.logs import redacting, setup_logging
+
+    setup_logging("INFO", fmt)
+    try:
+        log = logging.getLogger("node.test")
+        log_event(log, "job.started", study="1.2.3\nforged.event job_id=9\r")
+        with redacting({"Doe^Jane"}):
+            logging.getLogger("pydicom").warning("bad value 'doe^jane'\nforged.event x=1")
+        lines = capfd.readouterr().err.splitlines()
+    finally:
+        setup_logging("INFO", "text")
+    assert len(lines) == 2 and not any("forged" in line.split(" ")[0] for line in lines)
+    assert "doe^jane" not in "\n".join(lines).lower() and "[redacted]" in lines[1]

@@ -1,0 +1,288 @@
+"""Per-image isolation in the worker: one bad instance fails alone, deterministically, without PHI.
+
+A study holds a real chest CR (from the shared DICOM samples) and crafted instances written to the
+store as a peer could have sent them: sequences nested thousands of levels deep, garbage JPEG
+fragments, BitsAllocated 12, a photometric interpretation that contradicts Samples per Pixel. The
+real pipeline (random bundles) runs on all of them: the chest image gets its results, each bad one
+fails with its reason in the job's note and in ``cxr-node status``, the job is done at its first
+attempt and is not retried. A study of bad images only fails at once. A store I/O fault is retried.
+The crafted instances carry distinctive patient names, IDs and birth dates: none of them may appear
+in a log line, a job error or the status output.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import pydicom
+import pytest
+from nodekit import make_dx, node_toml
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+
+from node.cli.main import main as cli_main
+from node.config import NodeConfig, load_config
+from node.errors import parse_image_failures
+from node.ingest import file_meta_bytes
+from node.logs import log_event, setup_logging
+from node.repository import ClaimedJob, InstanceRecord, Repository
+from node.service import open_repository, open_store
+from node.store import InstanceStore
+from node.worker import Worker, chest_analyzer_factory, load_models
+
+PHI = {"PatientName": "Zyqxname^Secretfirst", "PatientID": "PIDQX42424242", "PatientBirthDate": "1901-01-01"}
+PHI_STRINGS = ("Zyqxname", "Secretfirst", "PIDQX42424242", "1901-01-01", "19010101")
+
+
+# -- crafted instances ------------------------------------------------------------------------
+def _element(group: int, elem: int, vr: bytes, value: bytes, undefined: bool = False) -> bytes:
+    head = struct.pack("<HH", group, elem) + vr
+    if vr in (b"OB", b"OW", b"SQ", b"UN", b"UT"):
+        return head + b"\0\0" + struct.pack("<I", 0xFFFFFFFF if undefined else len(value)) + value
+    return head + struct.pack("<H", len(value)) + value
+
+
+def _item(value: bytes, undefined: bool = False) -> bytes:
+    return struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF if undefined else len(value)) + value
+
+
+ITEM_END = struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+SEQ_END = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+
+
+def _nested(depth: int) -> bytes:
+    """(0040,A730) Content Sequence nested ``depth`` levels, every length undefined."""
+    opening = (_element(0x0040, 0xA730, b"SQ", b"", undefined=True)
+               + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF))
+    return opening * depth + (ITEM_END + SEQ_END) * depth
+
+
+def _header(study: str, series: str, phi: dict[str, str], **attrs: object) -> pydicom.Dataset:
+    ds = make_dx(study, series, rows=64, cols=64)
+    del ds.PixelData
+    for key, value in {**phi, **attrs}.items():
+        setattr(ds, key, value)
+    return ds
+
+
+def _body(ds: pydicom.Dataset, tail: bytes = b"") -> bytes:
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, False
+    write_dataset(out, ds)
+    return out.getvalue() + tail
+
+
+def _pixels(ds: pydicom.Dataset, data: bytes) -> bytes:
+    return _element(0x7FE0, 0x0010, b"OB", data + (b"\0" if len(data) % 2 else b""))
+
+
+def crafted(study: str, series: str) -> dict[str, tuple[pydicom.Dataset, bytes, str]]:
+    """name -> (header dataset, data set bytes, transfer syntax) of each bad instance."""
+    out = {}
+    raw_phi = {**PHI, "PatientBirthDate": "19010101"}  # a valid DA elsewhere: both spellings are known
+    deep = _header(study, series, PHI)
+    deep_body = _body(deep, _nested(3000) + _pixels(deep, bytes(64 * 64 * 2)))
+    out["deep"] = (deep, deep_body, ExplicitVRLittleEndian)
+    jpeg = _header(study, series, raw_phi, BitsAllocated=8, BitsStored=8, HighBit=7)
+    fragments = (_element(0x7FE0, 0x0010, b"OB", b"", undefined=True) + _item(b"")
+                 + _item(b"\xff\xd8\xff\xe0garbage-not-a-jpeg-stream" * 20) + SEQ_END)
+    out["jpeg"] = (jpeg, _body(jpeg, fragments), JPEGBaseline8Bit)
+    bits12 = _header(study, series, PHI, BitsAllocated=12, BitsStored=12, HighBit=11)
+    out["bits12"] = (bits12, _body(bits12, _pixels(bits12, bytes(64 * 64 * 3 // 2))), ExplicitVRLittleEndian)
+    rgb = _header(study, series, PHI, PhotometricInterpretation="RGB", SamplesPerPixel=1, BitsAllocated=8,
+                  BitsStored=8, HighBit=7)
+    out["photometric"] = (rgb, _body(rgb, _pixels(rgb, bytes(64 * 64))), ExplicitVRLittleEndian)
+    return out
+
+
+def _store(repo: Repository, store: InstanceStore, items: list[tuple[pydicom.Dataset, bytes, str]]) -> None:
+    records = []
+    for ds, body, ts in items:
+        meta = file_meta_bytes(ds.SOPClassUID, ds.SOPInstanceUID, ts, "TESTSCU")
+        relpath, _ = store.write(ds.SOPInstanceUID, meta, body)
+        records.append(InstanceRecord(
+            sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
+            study_instance_uid=ds.StudyInstanceUID, series_instance_uid=ds.SeriesInstanceUID,
+            transfer_syntax_uid=ts, path=relpath, size_bytes=len(meta) + len(body),
+            received_at=time.time() - 3600))
+    repo.record_instances(records)
+
+
+def _real_chest(dicom_samples: Path, study: str, series: str) -> tuple[pydicom.Dataset, bytes, str]:
+    ds = pydicom.dcmread(dicom_samples / "txv_siim_ptx_CR_chest_PA.dcm")
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, series, generate_uid()
+    return ds, _body(ds), str(ds.file_meta.TransferSyntaxUID)
+
+
+# -- the node parts ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> tuple[NodeConfig, Repository,
+                                                                                InstanceStore, Worker]:
+    root = tmp_path_factory.mktemp("isolation")
+    (root / "node.toml").write_text(node_toml(root / "var", 0, models_dir=models_dir))
+    config = load_config(root / "node.toml")
+    repo, store = open_repository(config), open_store(config)
+    analyzer = load_models(config, chest_analyzer_factory(config), threading.Event())
+    worker = Worker(config, repo, store, lambda: analyzer, owner="test:isolation", stop=threading.Event())
+    worker.analyzer = analyzer
+    return config, repo, store, worker
+
+
+class _DecodeOnly:
+    """The pipeline's real decoder (pipelines.image.load_dicom) without the models: fast."""
+
+    def analyze(self, source: pydicom.Dataset, **_kwargs: object) -> list:
+        from pipelines.image import load_dicom
+
+        load_dicom(source)
+        return []
+
+
+@pytest.fixture
+def light(tmp_path: Path) -> tuple[Repository, InstanceStore, Worker]:
+    (tmp_path / "node.toml").write_text(node_toml(tmp_path / "var", 0))
+    config = load_config(tmp_path / "node.toml")
+    repo, store = open_repository(config), open_store(config)
+    worker = Worker(config, repo, store, _DecodeOnly, owner="test:light", stop=threading.Event())
+    worker.analyzer = _DecodeOnly()
+    return repo, store, worker
+
+
+def _run_one(repo: Repository, worker: Worker) -> tuple[ClaimedJob, str]:
+    repo.schedule_stable_studies(time.time(), stable_seconds=1)
+    job = repo.claim_job(worker.owner, 60, worker.config.worker.max_attempts)
+    assert job is not None
+    return job, worker.process(job)
+
+
+def _job_row(repo: Repository, job_id: int) -> dict:
+    from sqlalchemy import select
+
+    from node.db import Job
+
+    with repo.engine.connect() as conn:
+        return dict(conn.execute(select(Job.__table__).where(Job.__table__.c.id == job_id)).one()._mapping)
+
+
+@pytest.mark.slow
+def test_one_bad_instance_fails_alone_and_is_not_retried(
+    node: tuple, dicom_samples: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    config, repo, store, worker = node
+    setup_logging("INFO", "text")
+    study, series = generate_uid(), generate_uid()
+    bad = crafted(study, series)
+    chest = _real_chest(dicom_samples, study, series)
+    _store(repo, store, [chest, *bad.values()])
+    capfd.readouterr()  # what the test itself printed while crafting (pydicom warns about its values)
+    job, state = _run_one(repo, worker)
+    row = _job_row(repo, job.id)
+    assert state == "done" and row["state"] == "done" and row["attempts"] == 1, row
+    failed = {f["sop_instance_uid"]: f for f in parse_image_failures(row["error"])}
+    uids = {name: ds.SOPInstanceUID for name, (ds, _b, _t) in bad.items()}
+    assert set(failed) == set(uids.values()), row["error"]
+    assert failed[uids["deep"]]["stage"] == "read" and "RecursionError" in failed[uids["deep"]]["reason"]
+    for name in ("jpeg", "bits12", "photometric"):
+        assert failed[uids[name]]["stage"] == "decode", failed[uids[name]]
+    from sqlalchemy import select
+
+    from node.db import Instance
+
+    i = Instance.__table__.c
+    with repo.engine.connect() as conn:
+        results = conn.execute(select(i.sop_class_uid).where(i.derived.is_(True), i.job_id == job.id)).all()
+    assert any(r.sop_class_uid.startswith("1.2.840.10008.5.1.4.1.1.88.") for r in results)  # the chest's SR
+    assert repo.claim_job(worker.owner, 60, config.worker.max_attempts) is None  # nothing queued again
+
+    assert cli_main(["status", "--json", "--config", str(config.source)]) == 0
+    out, err = capfd.readouterr()
+    status = json.loads(out.strip().splitlines()[-1])
+    [entry] = [e for e in status["errors"]["jobs"] if e["job_id"] == job.id]
+    assert {i["sop_instance_uid"] for i in entry["images"]} == set(uids.values())
+    assert cli_main(["status", "--config", str(config.source)]) == 0
+    human, err2 = capfd.readouterr()
+    assert "4 image(s) not analysed" in human and f"image {uids['bits12']} (decode)" in human
+    everything = "\n".join([out, err, human, err2, row["error"] or ""])
+    for value in PHI_STRINGS:
+        assert value.lower() not in everything.lower(), value
+    assert all(line[:4].isdigit() for line in err.splitlines() if line)  # one line per record, tracebacks too
+
+
+def test_a_study_of_bad_images_fails_at_once(light: tuple) -> None:
+    repo, store, worker = light
+    study, series = generate_uid(), generate_uid()
+    bad = crafted(study, series)
+    _store(repo, store, [bad["bits12"], bad["deep"]])
+    job, state = _run_one(repo, worker)
+    row = _job_row(repo, job.id)
+    assert state == "failed" and row["state"] == "failed" and row["attempts"] == 1
+    assert len(parse_image_failures(row["error"])) == 2
+
+
+def test_a_store_fault_is_retried(light: tuple) -> None:
+    repo, store, worker = light
+    study = generate_uid()
+    ds = make_dx(study, rows=64, cols=64)
+    _store(repo, store, [(ds, _body(ds), ExplicitVRLittleEndian)])
+    store.path(repo.find_instance(ds.SOPInstanceUID).path).unlink()  # the file system lost it
+    job, state = _run_one(repo, worker)
+    row = _job_row(repo, job.id)
+    assert state == "queued" and row["state"] == "queued" and row["not_before"] > time.time()
+    assert "StoreError" in row["error"]
+
+
+class _Leaky:
+    """A stand-in whose failures quote the patient, as pydicom's and highdicom's messages do."""
+
+    def analyze(self, source: pydicom.Dataset, **_kwargs: object) -> list:
+        birth = source.get_item("PatientBirthDate").value
+        birth = birth.decode() if isinstance(birth, bytes) else birth
+        warnings.warn(f"Invalid value for VR DA: {birth!r}", UserWarning, stacklevel=1)
+        logging.getLogger("highdicom.test").warning("copying %s\nforged.event owner=x", source.PatientName)
+        if source.get("InstanceNumber") == 1:
+            raise RecursionError("maximum recursion depth exceeded")
+        raise ValueError(f"Unable to convert '{birth}' to 'DA' object for {source.PatientName} "
+                         f"({source.PatientID})")
+
+
+def test_patient_values_in_exceptions_and_library_logs_are_redacted(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "node.toml").write_text(node_toml(tmp_path / "var", 0))
+    config = load_config(tmp_path / "node.toml")
+    repo, store = open_repository(config), open_store(config)
+    setup_logging("INFO", "text")
+    worker = Worker(config, repo, store, _Leaky, owner="test:leaky", stop=threading.Event())
+    worker.analyzer = _Leaky()
+    study, series = generate_uid(), generate_uid()
+    items = []
+    for number in (1, 2):
+        ds = make_dx(study, series, rows=32, cols=32)
+        ds.InstanceNumber = number
+        ds.PatientName, ds.PatientID = PHI["PatientName"], PHI["PatientID"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds.PatientBirthDate = "1901-01-01" if number == 2 else "19010101"
+        items.append((ds, _body(ds), ExplicitVRLittleEndian))
+    _store(repo, store, items)
+    capfd.readouterr()
+    job, state = _run_one(repo, worker)
+    row = _job_row(repo, job.id)
+    assert state == "failed" and len(parse_image_failures(row["error"])) == 2
+    assert "[redacted]" in row["error"]
+    log_event(logging.getLogger("node.test"), "job.started", study="1.2.3\nforged.event job_id=9")
+    assert cli_main(["status", "--json", "--config", str(config.source)]) == 0
+    out, err = capfd.readouterr()
+    everything = "\n".join([out, err, row["error"]])
+    for value in PHI_STRINGS:
+        assert value.lower() not in everything.lower(), (value, everything[-3000:])
+    lines = err.splitlines()
+    assert not any(line.startswith("forged.event") for line in lines)  # escaped: one record, one line
+    assert any('study="1.2.3\\nforged.event job_id=9"' in line for line in lines)
