@@ -20,11 +20,10 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 from node.config import NodeConfig
 from node.delivery import DeliveryLoop
-from node.http.app import HttpContext, HttpServer
-from node.http.health import workers_ready
 from node.ingest import GroupCommitter
 from node.logs import log_event
 from node.repository import Repository, make_engine
@@ -109,7 +108,7 @@ class NodeService:
         self.retention_thread: threading.Thread | None = None
         self.analyzer: Analyzer | None = None
         self.process_record: ProcessRecord | None = None
-        self.http: HttpServer | None = None
+        self.http: Any = None  # node.http.app.HttpServer when [http] port > 0
 
     def start(self, stop_waiting: threading.Event | None = None) -> None:
         """Load the models (when this process analyses), then open the stages in data-flow order.
@@ -197,7 +196,14 @@ class NodeService:
         log_event(log, "node.stopped")
 
     def _start_http(self) -> None:
-        """The HTTP face (node.http): STOW-RS shares the listener's group committer (or gets one)."""
+        """The HTTP face (node.http): STOW-RS shares the listener's group committer (or gets one).
+
+        Imported here, not at module level: the CLI commands that open the repository through this
+        module (status, resend, purge) would otherwise load the web stack and the model metadata.
+        """
+        from node.http.app import HttpContext, HttpServer
+        from node.http.health import workers_ready
+
         if self.committer is None:
             self.committer = GroupCommitter(
                 self.repo,

@@ -21,6 +21,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.templating import Jinja2Templates
 
+from node import audit
 from node.config import NodeConfig
 from node.errors import NodeError
 from node.http import dashboard, health, metrics, stow
@@ -48,8 +49,8 @@ class HttpContext:
     store: InstanceStore
     committer: GroupCommitter | None = None  # None: STOW-RS answers 503 (no receive path here)
     models_ready: Callable[[], tuple[bool, str]] = lambda: (True, "no analysis worker in this process")
-    on_stored: Callable[[], None] = lambda: None  # wakes the scheduler after a STOW-RS
     outcomes: metrics.ReceiveOutcomes = field(default_factory=metrics.ReceiveOutcomes)
+    audit_trail: audit.AuditTrail | None = None  # None: the server opens the [audit] trail
 
 
 def build_app(ctx: HttpContext) -> Starlette:
@@ -70,6 +71,9 @@ class HttpServer:
 
     def __init__(self, ctx: HttpContext) -> None:
         self.ctx = ctx
+        self._own_audit = ctx.audit_trail is None
+        if ctx.audit_trail is None:  # PS3.15 A.5 records of STOW-RS and resend, as the listener writes
+            ctx.audit_trail = audit.open_audit_trail(ctx.config)
         self.app = build_app(ctx)
         settings = ctx.config.http
         self._server = uvicorn.Server(uvicorn.Config(
@@ -102,4 +106,6 @@ class HttpServer:
         self._server.should_exit = True
         self._thread.join(timeout)
         self.app.state.metrics.detach()
+        if self._own_audit and self.ctx.audit_trail is not None:
+            self.ctx.audit_trail.close()
         log_event(log, "http.stopped")

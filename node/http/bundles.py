@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.bundle import TASKS, BundleRegistry
 from pipelines.errors import BundleError
 
 CARD_FILE = Path("docs") / "README.md"
@@ -26,7 +25,13 @@ class ModelEntry:
 
 
 def model_inventory(models_dir: Path) -> tuple[list[ModelEntry], str]:
-    """(one entry per task that has a bundle, a problem line or "")."""
+    """(one entry per task that has a bundle, a problem line or "").
+
+    pipelines.bundle is imported on the first call: it pulls in torch (seconds on 2 cores), which a
+    process that only serves pages or answers ``cxr-node status`` should not pay at start-up.
+    """
+    from pipelines.bundle import TASKS, BundleRegistry
+
     try:
         registry = BundleRegistry(models_dir)
     except BundleError as exc:

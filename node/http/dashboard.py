@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from node import status_queries
+from node import audit, status_queries
 from node.http.bundles import model_inventory
 from node.http.findings import (
     SECONDARY_CAPTURE,
@@ -36,6 +36,7 @@ from node.http.findings import (
 )
 from node.logs import log_event
 from node.store import valid_uid
+from node.worker_registry import list_processes
 
 log = logging.getLogger("node.http.dashboard")
 
@@ -61,9 +62,10 @@ def index(request: Request) -> Response:
     failed = status_queries.failures(ctx.repo.engine, limit=50)
     models, models_problem = model_inventory(ctx.config.models_dir)
     destinations = sorted({d["destination"] for d in failed["deliveries"]})
-    return _render(request, "index.html", {"status": status, "failed": failed, "models": models,
-                                           "models_problem": models_problem, "destinations": destinations,
-                                           "resent": request.query_params.get("resent")})
+    processes = list_processes(ctx.repo.engine)  # what each analysis process loaded (node.worker_registry)
+    return _render(request, "index.html", {
+        "status": status, "failed": failed, "models": models, "models_problem": models_problem,
+        "destinations": destinations, "processes": processes, "resent": request.query_params.get("resent")})
 
 
 def _findings(ctx: Any, results: list[dict[str, Any]]) -> tuple[dict[str, ImageFindings], list[str]]:
@@ -139,6 +141,9 @@ async def resend(request: Request) -> Response:
     destination = str(form.get("destination") or "") or None
     ctx = request.app.state.ctx
     count = await run_in_threadpool(ctx.repo.resend_failed, destination)
+    if ctx.audit_trail is not None:
+        ctx.audit_trail.record(audit.resend_requested(
+            node_aet=ctx.config.node.ae_title, destination=destination, count=count))
     log_event(log, "http.resend", destination=destination or "*", deliveries=count)
     return RedirectResponse(f"/?resent={count}#failures", status_code=303)
 

@@ -84,6 +84,7 @@ class StowRsSender:
         sending = [i for i in items if i.id not in outcome]
         if not sending:
             return outcome
+        answer: pydicom.Dataset | None
         try:
             answer = self.client.store_instances(datasets, study_instance_uid=study)
         except requests.HTTPError as exc:

@@ -175,8 +175,8 @@ def _read_group(group: Dataset, found: ImageFindings) -> None:
             found.ggo_extent_percent = nums[EXTENT][0]
             found.ggo_present = True if found.ggo_present is None else found.ggo_present
     if finding == LUNG and AREA in nums:
-        value, unit = nums[AREA]
-        found.lung_area = f"{value:,.0f} {'mm²' if unit == 'mm2' else 'px'}"
+        area, unit = nums[AREA]
+        found.lung_area = f"{area:,.0f} {'mm²' if unit == 'mm2' else 'px'}"
 
 
 def read_findings(path: Path) -> ImageFindings:

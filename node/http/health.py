@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from node.errors import DatabaseError, DiskFullError
 from node.worker import Worker
+from node.worker_registry import list_processes
 
 
 def workers_ready(workers: Sequence[tuple[Worker, threading.Thread]]) -> tuple[bool, str]:
@@ -51,6 +52,12 @@ def readiness(ctx: Any) -> dict[str, Any]:
     except DiskFullError as exc:
         checks["disk"] = {"ok": False, "detail": str(exc), "free_bytes": free}
     ok, detail = ctx.models_ready()
+    if ok and checks["database"]["ok"]:
+        try:
+            live = [p for p in list_processes(ctx.repo.engine) if not p["stale"]]
+            detail += f"; {len(live)} live analysis process(es) with their models (cxr-node status)"
+        except DatabaseError:
+            pass
     checks["models"] = {"ok": ok, "detail": detail}
     return {"ready": all(c["ok"] for c in checks.values()), "checks": checks}
 

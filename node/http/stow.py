@@ -23,12 +23,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import time
 import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
@@ -39,6 +40,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from node import audit
 from node.errors import DatabaseError, DiskFullError, InvalidInstanceError, StoreError
 from node.http.metrics import STOW_CALLING_AET
 from node.ingest import (
@@ -54,7 +56,11 @@ from node.logs import log_event
 from node.scp import STORAGE_SOP_CLASSES, decodable_transfer_syntaxes
 from node.store import data_set_offset, valid_uid
 
+if TYPE_CHECKING:  # python-multipart declares its callback types for type checkers only
+    from python_multipart.multipart import MultipartCallbacks
+
 log = logging.getLogger("node.http.stow")
+_HOSTNAME = socket.gethostname()
 
 DICOM_JSON = "application/dicom+json"
 DICOM_XML = "application/dicom+xml"
@@ -76,6 +82,7 @@ class PartOutcome:
     status: int = 0
     reason: str = ""
     new: bool = False
+    study_instance_uid: str = ""
 
 
 @dataclass
@@ -94,9 +101,10 @@ class StowReceiver:
     fsyncs and the wait for the group commit never block the event loop.
     """
 
-    def __init__(self, ctx: Any, study_uid: str | None) -> None:
+    def __init__(self, ctx: Any, study_uid: str | None, client_host: str = "") -> None:
         self.ctx = ctx
         self.study_uid = study_uid
+        self.client_host = client_host
         self.outcomes: list[PartOutcome] = []
         self.finished = False
         self._part: _Part | None = None
@@ -106,7 +114,7 @@ class StowReceiver:
         self._max_part = node.max_instance_bytes + _META_ALLOWANCE
         self._syntaxes = set(decodable_transfer_syntaxes())
 
-    def callbacks(self) -> dict[str, Any]:
+    def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self._begin, "on_part_data": self._data, "on_part_end": self._end,
             "on_header_field": self._header_field, "on_header_value": self._header_value,
@@ -158,10 +166,24 @@ class StowReceiver:
         finally:
             part.path.unlink(missing_ok=True)  # adopted (renamed) when stored; else dropped here
         self.outcomes.append(outcome)
+        self._audit(outcome)
         if outcome.status:
             self.ctx.outcomes.refused("dicomweb", outcome.status)
             log_event(log, "stow.failed", logging.WARNING, sop_instance_uid=outcome.sop_instance_uid,
                       status=f"0x{outcome.status:04X}", reason=outcome.reason)
+
+    def _audit(self, outcome: PartOutcome) -> None:
+        """PS3.15 A.5.3.4 DICOM Instances Transferred, the receiver's record (UIDs only), as for a C-STORE."""
+        trail = self.ctx.audit_trail
+        if trail is None:
+            return
+        o = outcome
+        trail.record(audit.instance_received(
+            calling_aet=STOW_CALLING_AET, host=self.client_host, node_aet=self.ctx.config.node.ae_title,
+            node_host=_HOSTNAME, over_tls=False, status=o.status, duplicate=not o.status and not o.new,
+            reason=o.reason,
+            instance=audit.InstanceRef(o.study_instance_uid, o.sop_class_uid, o.sop_instance_uid),
+        ))
 
     def _finished(self) -> None:
         self.finished = True
@@ -220,6 +242,7 @@ class StowReceiver:
                 raise InvalidInstanceError(
                     f"StudyInstanceUID {header.study_instance_uid} is not the request's {self.study_uid}",
                     STATUS_DATASET_MISMATCH)
+            outcome.study_instance_uid = header.study_instance_uid
             self.ctx.store.check_free_space(part.size)
             outcome.new = store_received(self.ctx.store, self.ctx.committer, header, part.path,
                                          transfer_syntax=ts, calling_aet=STOW_CALLING_AET)
@@ -297,8 +320,8 @@ def native_xml(ds: Dataset) -> bytes:
 
 def _xml_elements(parent: ET.Element, ds: Dataset) -> None:
     for elem in ds:
-        attr = ET.SubElement(parent, "DicomAttribute", tag=f"{elem.tag:08X}", vr=str(elem.VR),
-                             keyword=elem.keyword)
+        attr = ET.SubElement(parent, "DicomAttribute",
+                             {"tag": f"{elem.tag:08X}", "vr": str(elem.VR), "keyword": elem.keyword})
         if elem.VR == "SQ":
             for number, item in enumerate(elem.value, start=1):
                 _xml_elements(ET.SubElement(attr, "Item", number=str(number)), item)
@@ -340,7 +363,7 @@ async def store_instances(request: Request) -> Response:
         return JSONResponse({"error": f"the response is {DICOM_JSON} or {DICOM_XML}"}, status_code=406)
     if ctx.committer is None:
         return JSONResponse({"error": "this process has no receive path"}, status_code=503)
-    receiver = StowReceiver(ctx, study_uid)
+    receiver = StowReceiver(ctx, study_uid, request.client.host if request.client else "")
     parser = MultipartParser(boundary, receiver.callbacks())
     try:
         async for chunk in request.stream():

@@ -66,6 +66,8 @@ def test_index_shows_counters_studies_failures_and_models(node: NodeService, stu
     assert '<div class="n" id="n-instances">2</div>' in html
     assert "Resend to archive" in html
     assert "association to ARCHIVE@127.0.0.1" in html  # the delivery's reason
+    assert "Analysis processes" in html and "stale" not in html
+    assert html.count("thread)") == 1  # this node's one in-process worker, from node.worker_registry
     for task in ("projection", "lungs", "covid", "ggo_detection", "ggo_segmentation"):
         assert f'href="/models/{task}"' in html
     for value in PHI:
@@ -135,6 +137,9 @@ def test_resend_requeues_failed_deliveries(node: NodeService, study: str) -> Non
         response = http.post("/resend", data={"destination": "archive"}, follow_redirects=False)
     assert response.status_code == 303
     assert response.headers["location"] == f"/?resent={failed}#failures"
+    records = [json.loads(line) for line in node.config.audit_path.read_text().splitlines()]
+    resends = [r for r in records if r["event"] == "begin-transferring" and "archive" in json.dumps(r)]
+    assert len(resends) == 1  # the resend is audited, as cxr-node resend is (PS3.15 A.5.3.2)
     # The destination is still closed: one more attempt each, failed again.
     wait_for(lambda: node.repo.status()["deliveries"]["failed"] == failed, 60, what="deliveries failed again")
 

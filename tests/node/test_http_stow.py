@@ -8,6 +8,7 @@ failed instances with their failure reasons, as DICOM JSON or XML.
 from __future__ import annotations
 
 import io
+import json
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -213,3 +214,18 @@ def test_a_large_request_streams_in_bounded_memory(node: NodeService) -> None:
     assert list(failures(response).values()) == [0xA700]
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert grown_kib < 30 * 1024, f"peak memory grew by {grown_kib} KiB for a 40 MB body"
+
+
+def test_each_instance_leaves_an_audit_record_without_phi(node: NodeService) -> None:
+    """PS3.15 A.5.3.4 records, as the listener writes for a C-STORE: stored and refused, UIDs only."""
+    good, bad = make_dx(generate_uid(), seed=11), make_dx(generate_uid(), seed=12)
+    del bad.PixelData
+    assert post(node, [part10(good), part10(bad)]).status_code == 202
+    text = node.config.audit_path.read_text()
+    records = [json.loads(line) for line in text.splitlines()]
+    uids = (str(good.SOPInstanceUID), str(bad.SOPInstanceUID))
+    mine = [r for r in records if any(uid in json.dumps(r) for uid in uids)]
+    assert len(mine) == 2
+    assert all("STOW-RS" in json.dumps(r) for r in mine)
+    for value in ("Test^Synthetic", "SYN001", "19700101"):
+        assert value not in text
