@@ -1,5 +1,10 @@
 """Pipeline benchmark: ms per image per stage and images/s, batch 1 and 16, on CPU (and CUDA).
 
+Then the node's whole cost per image, warm, beside the models alone: decode (pydicom + plugins),
+the five models, writing the result objects (SEG, SR, secondary capture: highdicom), storing them
+(Part 10 encoding, file write + fsync, as the worker does), on each real chest DICOM sample in turn
+(``--node-images`` rounds after one warm-up round).
+
 Uses the shipped bundles in models/ when every task has one; otherwise random bundles, tiny
 (64 px, the test bundles) or ``--realistic`` (full-size networks at production input sizes: ResNet18
 224 px, UNet 16-256 at 256 px, VGG16 224 px + Grad-CAM, YOLO11n 512 px), and says which it used.
@@ -94,6 +99,50 @@ def bench_device(
         print(f"{batch:>5} {len(images) / wall:7.2f} {cells} {statistics.median(per_stage['total']):9.1f}")
 
 
+def bench_node_cost(models: Path, device: str, state: Path, workdir: Path, rounds: int) -> None:
+    """Per image, warm: decode, models, writing, storing -- what the worker spends -- and the ratio
+    (decode + writing) / models that the result writers are held to."""
+    from node.results import build_result_objects
+    from node.store import InstanceStore, encode_part10
+    from pipelines.chest import ChestPipeline
+    from pipelines.image import load_image
+
+    pipeline = ChestPipeline.from_models_dir(models, device=device, state_dir=state)
+    store = InstanceStore(workdir / "store", fsync=True)
+    paths = [DATA / "dicom_samples" / name for name in DICOMS]
+    print(f"\n== node cost per image on {device} (batch 1, warm; median of {rounds} round(s)), ms")
+    header = f"{'image':<40} {'size':>10} {'decode':>7} {'models':>7} {'write':>7} {'(seg/sr/sc)':>15} " \
+             f"{'store':>6} {'node':>7} {'(dec+wr)/models':>16}"
+    print(header)
+    for path in paths:
+        keys = ("decode", "models", "write", "store", "seg", "sr", "sc")
+        rows: dict[str, list[float]] = {k: [] for k in keys}
+        for round_ in range(rounds + 1):  # round 0 warms up (first-call costs of every library)
+            t0 = time.perf_counter()
+            image = load_image(path)
+            t1 = time.perf_counter()
+            result = pipeline.analyze(image)
+            t2 = time.perf_counter()
+            parts: dict[str, float] = {}
+            objects = build_result_objects(image.dataset, result, image=image, timings_ms=parts)
+            t3 = time.perf_counter()
+            store.sync_dirs({store.write(str(ds.SOPInstanceUID), encode_part10(ds))[1] for ds in objects})
+            t4 = time.perf_counter()
+            if round_ == 0:
+                continue
+            for key, seconds in zip(keys[:4], (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                rows[key].append(seconds * 1000.0)
+            for key in ("seg", "sr", "sc"):
+                rows[key].append(parts.get(key, 0.0))
+        m = {k: statistics.median(v) for k, v in rows.items()}
+        split = f"{m['seg']:.0f}/{m['sr']:.0f}/{m['sc']:.0f}"
+        node = m["decode"] + m["models"] + m["write"] + m["store"]
+        size = f"{image.shape[0]}x{image.shape[1]}"
+        print(f"{path.name[:40]:<40} {size:>10} {m['decode']:7.0f} {m['models']:7.0f} "
+              f"{m['write']:7.0f} {split:>15} {m['store']:6.0f} {node:7.0f} "
+              f"{(m['decode'] + m['write']) / m['models']:16.2f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -106,6 +155,8 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--batch-sizes", default="1,16")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--node-images", type=int, default=2,
+                        help="rounds over the real DICOM samples for the node's per-image cost (0: skip)")
     parser.add_argument(
         "--device",
         action="append",
@@ -137,6 +188,8 @@ def main() -> int:
         )
         for device in devices:
             bench_device(models, device, images, batch_sizes, workdir / "state", args.repeats)
+            if args.node_images > 0:
+                bench_node_cost(models, device, workdir / "state", workdir, args.node_images)
     return 0
 
 

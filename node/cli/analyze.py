@@ -114,7 +114,10 @@ def _dicom_name(ds: object, index: int) -> str:
     return f"{index:02d}_{kind}.dcm"
 
 
-def _write_outputs(image: SourceImage, result: ChestResult, folder: Path) -> list[str]:
+def _write_outputs(image: SourceImage, result: ChestResult, folder: Path,
+                   timings: dict[str, float] | None = None) -> list[str]:
+    """Write the outputs; ``timings`` receives ms per result object ("write_seg", "write_sr",
+    "write_sc") and for encoding and saving the files ("write_files")."""
     if image.dataset is None:
         from pipelines.overlays import write_png_outputs
 
@@ -123,10 +126,16 @@ def _write_outputs(image: SourceImage, result: ChestResult, folder: Path) -> lis
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for i, ds in enumerate(build_result_objects(image.dataset, result, image=image), start=1):
+    built: dict[str, float] = {}
+    objects = build_result_objects(image.dataset, result, image=image, timings_ms=built)
+    started = time.perf_counter()
+    for i, ds in enumerate(objects, start=1):
         path = folder / _dicom_name(ds, i)
         ds.save_as(path, enforce_file_format=True)
         written.append(str(path))
+    if timings is not None:
+        timings.update({f"write_{name}": ms for name, ms in built.items()})
+        timings["write_files"] = round((time.perf_counter() - started) * 1000.0, 2)
     return written
 
 
@@ -242,9 +251,9 @@ def run(args: argparse.Namespace) -> int:
                 continue
             try:
                 started = time.perf_counter()
-                written = _write_outputs(image, result, outputs.folder(path))
+                written = _write_outputs(image, result, outputs.folder(path), result.timings_ms)
                 result.timings_ms["decode"] = round(decode, 2)
-                result.timings_ms["write"] = (time.perf_counter() - started) * 1000.0
+                result.timings_ms["write"] = round((time.perf_counter() - started) * 1000.0, 2)
             except Exception as exc:  # a writer refusing one image must not stop the others
                 failed += 1
                 log.debug("writing results for %s failed", path, exc_info=True)

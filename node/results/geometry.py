@@ -7,8 +7,8 @@ top-left pixel (PS3.3 C.18.6.1.2), so pixel (r, c) covers [c, c+1) x [r, r+1) an
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
-from skimage import measure
 
 # Polygon simplification tolerance in pixels (Douglas-Peucker): keeps an outline within a pixel
 # of the mask border with a few dozen to a few hundred points.
@@ -20,49 +20,38 @@ def image_outline(rows: int, columns: int) -> np.ndarray:
     return np.array([[0, 0], [columns, 0], [columns, rows], [0, rows], [0, 0]], dtype=np.float32)
 
 
-def _polygon_area(points: np.ndarray) -> float:
-    x, y = points[:, 0], points[:, 1]
-    return 0.5 * float(abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
-
-
 def mask_outlines(mask: np.ndarray, max_outlines: int = 4, min_fraction: float = 0.01) -> list[np.ndarray]:
     """Closed POLYLINEs around the largest connected regions of a boolean mask, largest first.
 
     Regions smaller than ``min_fraction`` of the largest one are left out (specks); holes are not
-    outlined. Returns [] for an empty mask.
+    outlined (outer borders only). Each outline runs through the centres of the region's border
+    pixels (within half a pixel of the mask edge), simplified within TOLERANCE_PX. Returns [] for
+    an empty mask. OpenCV traces the borders (Suzuki-Abe): a few ms on a 2446 x 2010 mask where
+    skimage's marching squares took ~50 ms per mask.
     """
-    mask = np.asarray(mask, dtype=bool)
+    mask = np.ascontiguousarray(mask, dtype=np.uint8)
     if not mask.any():
         return []
-    padded = np.pad(mask, 1).astype(np.float32)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    # area of the region behind each border (pixels), so a one-pixel-wide line still counts
+    sizes = [cv2.contourArea(c) + 0.5 * cv2.arcLength(c, True) + 1.0 for c in contours]
+    largest = max(sizes)
     outlines = []
-    for contour in measure.find_contours(padded, 0.5):
-        if len(contour) < 4:
-            continue
-        simplified = measure.approximate_polygon(contour, tolerance=TOLERANCE_PX)
-        # (row, col) in the padded index space -> (x, y) SCOORD: -1 for the pad, +0.5 for centres.
-        points = np.stack([simplified[:, 1] - 0.5, simplified[:, 0] - 0.5], axis=1)
-        points = np.clip(points, 0.0, [mask.shape[1], mask.shape[0]])
-        if not np.array_equal(points[0], points[-1]):
-            points = np.vstack([points, points[:1]])
-        if len(points) >= 4:
-            outlines.append(points.astype(np.float32))
-    outlines.sort(key=_polygon_area, reverse=True)
-    if not outlines:
-        return []
-    largest = _polygon_area(outlines[0])
-    # Holes are traced too; a hole lies inside a larger outline and has no positive pixel at its
-    # centroid: drop outlines whose interior is mostly background.
-    kept = [o for o in outlines if _polygon_area(o) >= min_fraction * largest and _mostly_inside(o, mask)]
-    return kept[:max_outlines]
+    for index in np.argsort(sizes)[::-1]:
+        if sizes[index] < min_fraction * largest or len(outlines) >= max_outlines:
+            break
+        simplified = _simplify(contours[index])
+        if len(simplified) >= 3:
+            # pixel (x, y) index -> SCOORD of its centre (x + 0.5, y + 0.5), PS3.3 C.18.6.1.2
+            points = np.clip(simplified + 0.5, 0.0, [mask.shape[1], mask.shape[0]])
+        else:  # a dot or a line one or two pixels thick: the rectangle of its pixels' edges
+            x, y, w, h = cv2.boundingRect(contours[index])
+            points = np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], dtype=np.float64)
+        outlines.append(np.vstack([points, points[:1]]).astype(np.float32))
+    return outlines
 
 
-def _mostly_inside(outline: np.ndarray, mask: np.ndarray) -> bool:
-    """True when most mask pixels within the outline's bounding box are set (not a hole)."""
-    x0, y0 = np.floor(outline.min(axis=0)).astype(int)
-    x1, y1 = np.ceil(outline.max(axis=0)).astype(int)
-    window = mask[max(0, y0):y1, max(0, x0):x1]
-    if window.size == 0:
-        return False
-    path_area = _polygon_area(outline)
-    return float(window.sum()) >= 0.5 * path_area
+def _simplify(contour: np.ndarray) -> np.ndarray:
+    """Douglas-Peucker with TOLERANCE_PX on a closed border (OpenCV), as (x, y) points."""
+    points = np.ascontiguousarray(contour, dtype=np.int32).reshape(-1, 1, 2)
+    return cv2.approxPolyDP(points, TOLERANCE_PX, True).reshape(-1, 2).astype(np.float64)

@@ -143,7 +143,7 @@ def build_seg(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext,
         pixel_measures=hd.PixelMeasuresSequence(pixel_spacing=spacing, slice_thickness=1.0),
         omit_empty_frames=False,
         contributing_equipment=contributing_equipment(ctx, result),
-        transfer_syntax_uid=SEG_TRANSFER_SYNTAX if settings.compress else pydicom.uid.ExplicitVRLittleEndian,
+        transfer_syntax_uid=settings.seg_transfer_syntax,
         **ctx.common_kwargs(),
     )
     orientation = Dataset()

@@ -106,7 +106,8 @@ def _projection_group(result: ChestResult, src_ref: pydicom.Dataset) -> _Group:
     )
 
 
-def _covid_group(covid: CovidResult, result: ChestResult, src_ref: pydicom.Dataset) -> _Group:
+def _covid_group(covid: CovidResult, result: ChestResult, src_ref: pydicom.Dataset,
+                 lung_outlines: list[np.ndarray] | None = None) -> _Group:
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=TRACKING_COVID),
         finding_type=codes.COVID_19,
@@ -115,7 +116,8 @@ def _covid_group(covid: CovidResult, result: ChestResult, src_ref: pydicom.Datas
             name=codes.COVID_19, value=codes.PRESENT if covid.positive else codes.ABSENT)],
         measurements=[
             hd.sr.Measurement(name=codes.PROBABILITY, value=_num(covid.probability), unit=codes.UNIT_NONE,
-                              referenced_coordinates=_regions(_covid_input_region(result), src_ref)),
+                              referenced_coordinates=_regions(_covid_input_region(result, lung_outlines),
+                                                              src_ref)),
             hd.sr.Measurement(name=codes.THRESHOLD_VALUE, value=_num(covid.threshold), unit=codes.UNIT_NONE),
         ],
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(src_ref)],
@@ -175,12 +177,20 @@ def _covid_parameters(covid: CovidResult) -> list[str]:
     return parameters
 
 
-def _covid_input_region(result: ChestResult) -> list[np.ndarray]:
-    """What the classifier saw: the lungs (lungs-only input) or the whole image."""
+def _covid_input_region(result: ChestResult,
+                        lung_outlines: list[np.ndarray] | None = None) -> list[np.ndarray]:
+    """What the classifier saw: the lungs (lungs-only input) or the whole image.
+
+    ``lung_outlines`` (those of ``result.lungs.mask``, already traced for the lung group) are reused
+    when the classifier's input mask is that same mask.
+    """
     covid, lungs = result.covid, result.lungs
     if covid is not None and covid.input_mode == "lungs_only":
         mask = covid.input_mask if covid.input_mask is not None else lungs.mask if lungs is not None else None
-        outlines = mask_outlines(mask) if mask is not None else []
+        if mask is not None and lungs is not None and mask is lungs.mask and lung_outlines is not None:
+            outlines = lung_outlines
+        else:
+            outlines = mask_outlines(mask) if mask is not None else []
         if outlines:
             return outlines
     return [image_outline(*result.image_shape)]
@@ -304,7 +314,7 @@ def build_sr(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext, *
             raise ResultInputError(f"analysed result for {source.SOPInstanceUID} needs lungs and a SEG")
         lung_outlines = mask_outlines(result.lungs.mask) or [image_outline(*result.image_shape)]
         if result.covid is not None:
-            groups.append(_covid_group(result.covid, result, src_ref))
+            groups.append(_covid_group(result.covid, result, src_ref, lung_outlines))
         if result.ggo is not None and result.ggo.decision is not None:
             groups.append(_ggo_decision_group(result.ggo, lung_outlines, src_ref))
             note = ggo_decision_note(result.ggo)

@@ -174,7 +174,7 @@ class NodeProcess:
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
-    def start(self, *args: str, timeout: float = 90.0) -> NodeProcess:
+    def start(self, *args: str, timeout: float = 300.0) -> NodeProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "node.cli.main", "serve", "--config", str(self.config_path), *args],

@@ -76,8 +76,11 @@ def written(dicom_samples: Path) -> dict[str, list[pydicom.Dataset]]:
     """The result objects of one real CR, JPEG 2000 (``compress``) and native, built once."""
     source = pydicom.dcmread(dicom_samples / SOURCE)
     result = make_result(source)
-    return {kind: build_result_objects(source, result, settings=ResultSettings(compress=kind == "j2k"))
-            for kind in ("j2k", "native")}
+    j2k = ResultSettings(seg_transfer_syntax=JPEG2000Lossless, sc_transfer_syntax=JPEG2000Lossless)
+    native = ResultSettings(seg_transfer_syntax=ExplicitVRLittleEndian,
+                            sc_transfer_syntax=ExplicitVRLittleEndian)
+    return {"j2k": build_result_objects(source, result, settings=j2k),
+            "native": build_result_objects(source, result, settings=native)}
 
 
 def make_outbox(tmp_path: Path, objects: list[pydicom.Dataset], destination: dict) -> Outbox:

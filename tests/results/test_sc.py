@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 from result_sets import ResultSet
 
 from node.results import ResultSettings, build_result_objects
@@ -33,7 +34,7 @@ def test_attributes_of_every_capture(frontal_sets: dict[str, ResultSet]) -> None
 
 def test_overlay_draws_boxes_contour_banner_and_heat(frontal_sets: dict[str, ResultSet]) -> None:
     rs = frontal_sets["txv_siim_ptx_CR_chest_PA"]  # 1024 x 1024: drawn on the source grid, scale 1
-    pixels = rs.read("OT").pixel_array  # decoded from JPEG 2000 lossless: exactly what was drawn
+    pixels = rs.read("OT").pixel_array  # stored losslessly: exactly what was drawn
     box = rs.result.ggo.boxes[0]
     # the right edge of the first box, half-way down, is drawn in the GGO colour
     x, y = int(box.x1) - 1, int((box.y0 + box.y1) / 2)
@@ -77,17 +78,30 @@ def test_colormap_ends() -> None:
     assert tuple(heat_colormap(np.array([1.0]))[0]) == (255, 0, 0)
 
 
-def test_uncompressed_option_and_pipeline_image(frontal_sets: dict[str, ResultSet], write_set) -> None:
-    """compress=False: native RGB SC and native SEG; a given SourceImage is drawn as it is."""
+def test_default_and_other_storage_syntaxes_and_pipeline_image(frontal_sets: dict[str, ResultSet],
+                                                               write_set) -> None:
+    """The capture is stored natively (RGB) by default, the SEG in JPEG 2000; both can be native, the
+    capture RLE or JPEG 2000 (YBR_RCT), with the same pixels; a given SourceImage is drawn as it is."""
     rs = frontal_sets["cr_mono2_raw_ips_utf8"]
-    out = write_set("native", rs.source_path, rs.result, ResultSettings(compress=False))
-    sc, seg = out.read("OT"), out.read("SEG")
-    assert sc.PhotometricInterpretation == "RGB" and not sc.file_meta.TransferSyntaxUID.is_compressed
-    assert not seg.file_meta.TransferSyntaxUID.is_compressed and seg.BitsAllocated == 1
+    sc = rs.read("OT")
+    assert sc.PhotometricInterpretation == "RGB" and sc.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert rs.read("SEG").file_meta.TransferSyntaxUID == JPEG2000Lossless
+    native = ResultSettings(seg_transfer_syntax=ExplicitVRLittleEndian)
+    out = write_set("native", rs.source_path, rs.result, native)
+    seg = out.read("SEG")
+    assert seg.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian and seg.BitsAllocated == 1
+    assert np.array_equal(seg.pixel_array, rs.read("SEG").pixel_array)
+    for syntax, photometric in ((RLELossless, "RGB"), (JPEG2000Lossless, "YBR_RCT")):
+        other = write_set(f"sc_{syntax.keyword}", rs.source_path, rs.result,
+                          ResultSettings(sc_transfer_syntax=syntax)).read("OT")
+        assert other.file_meta.TransferSyntaxUID == syntax and other.PhotometricInterpretation == photometric
+        assert np.array_equal(other.pixel_array, out.read("OT").pixel_array)
+    with pytest.raises(ValueError, match="sc_transfer_syntax"):
+        ResultSettings(sc_transfer_syntax="1.2.840.10008.1.2.4.50")  # lossy JPEG: never for burned-in text
     source = rs.source()
     image = load_dicom(source)
     image.pixels = np.zeros_like(image.pixels)  # a black image: only the overlay is visible
-    objects = build_result_objects(source, rs.result, image=image, settings=ResultSettings(compress=False))
+    objects = build_result_objects(source, rs.result, image=image, settings=native)
     drawn = objects[2].pixel_array
     lungs_inside = rs.result.lungs.mask & (rs.result.covid.heatmap < 0.1)
     black = np.all(drawn[lungs_inside] == 0, axis=-1)
