@@ -27,6 +27,8 @@ from __future__ import annotations
 import highdicom as hd
 import numpy as np
 import pydicom
+import pydicom.sr.codedict
+import pydicom.sr.coding
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.uid import generate_uid
 
@@ -275,6 +277,52 @@ def _library_reference(src_ref: pydicom.Dataset) -> pydicom.Dataset:
     return library_ref
 
 
+# CID 29 "Acquisition Modality" by Modality (0008,0060) value: the only codes TID 1602 row 1 admits.
+_ACQUISITION_MODALITY = {
+    str(code.value): code for code in (getattr(pydicom.sr.codedict.codes.cid29, name)
+                                       for name in dir(pydicom.sr.codedict.codes.cid29))
+    if isinstance(code, pydicom.sr.coding.Code)
+}
+_LIBRARY, _LIBRARY_GROUP, _MODALITY = "111028", "126200", "121139"
+
+
+def _library_modality(report: hd.sr.MeasurementReport, source: pydicom.Dataset) -> None:
+    """Make the Image Library entry's Modality (TID 1602 row 1, DCID 29) an acquisition modality.
+
+    highdicom derives it from the SOP Class, so a Secondary Capture source gets (OT, DCM, "Other"),
+    which CID 29 does not contain. The source's own Modality is used when CID 29 has it (an SC of
+    a CR/DX chest film); when it does not (OT, unknown), the entry keeps only its reference to the
+    image: TID 1602 is optional under TID 1601, and row 1 cannot be left out of it.
+    """
+    code = _ACQUISITION_MODALITY.get(str(source.get("Modality", "") or "").strip())
+    for item in report[0].ContentSequence:
+        if item.ConceptNameCodeSequence[0].CodeValue != _LIBRARY:
+            continue
+        for group in item.ContentSequence:
+            if group.ConceptNameCodeSequence[0].CodeValue != _LIBRARY_GROUP:
+                continue
+            for holder in [group, *[i for i in group.ContentSequence if i.ValueType == "IMAGE"]]:
+                entries = holder.get("ContentSequence", [])
+                if not any(_is_modality(e) and _is_bad_modality(e) for e in entries):
+                    continue
+                if code is not None:
+                    for entry in entries:
+                        if _is_modality(entry):
+                            entry.ConceptCodeSequence = [hd.sr.CodedConcept.from_code(code)]
+                elif holder is group:
+                    holder.ContentSequence = [e for e in entries if e.ValueType in ("IMAGE", "CONTAINER")]
+                else:
+                    del holder.ContentSequence
+
+
+def _is_modality(item: pydicom.Dataset) -> bool:
+    return item.ValueType == "CODE" and item.ConceptNameCodeSequence[0].CodeValue == _MODALITY
+
+
+def _is_bad_modality(item: pydicom.Dataset) -> bool:
+    return str(item.ConceptCodeSequence[0].CodeValue) not in _ACQUISITION_MODALITY
+
+
 def _notes(texts: list[str]) -> hd.sr.ContainerContentItem:
     """TID 1500 row 12 "Qualitative Evaluations" with TEXT items (row 14)."""
     container = hd.sr.ContainerContentItem(name=codes.QUALITATIVE_EVALUATIONS,
@@ -347,6 +395,7 @@ def build_sr(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext, *
         referenced_images=[_library_reference(src_ref)],
     )
     report[0].ContentSequence.append(_notes(notes))
+    _library_modality(report, source)
     evidence = [src_ref] + ([seg] if seg is not None else [])
     return hd.sr.Comprehensive3DSR(
         evidence=evidence,
