@@ -86,7 +86,9 @@ def test_plain_summary_and_unusable_models(
     status = main(["analyze", str(chest_png), "--out", str(tmp_path / "o2"),
                    "--models", str(tmp_path / "none")])
     assert status == 2
-    assert "cannot load the models: models folder not found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"cannot load the models from {(tmp_path / 'none').resolve()}: " in err
+    assert "models folder not found" in err
 
 
 def test_header_gates_and_their_switches(tmp_path: Path, chest_dicom: Path, random_models: Path,
