@@ -151,6 +151,17 @@ def check_inputs(source: pydicom.Dataset, result: ChestResult) -> None:
                     source.SOPInstanceUID, str(age))
     if int(source.get("NumberOfFrames", 1) or 1) != 1:
         raise ResultInputError(f"source {source.SOPInstanceUID}: multi-frame images are not supported")
+    dropped, cut = [], []
+    for element in source:
+        if element.tag == pydicom.tag.Tag("PixelData"):
+            continue
+        kept = cleaned_element(element)
+        if kept is None or kept is not element:
+            (dropped if kept is None else cut).append(element.keyword or str(element.tag))
+    if dropped or cut:
+        # keywords only: the values are patient data and never go into a log, an error or status
+        log.warning("source %s: the results leave out unparseable %s and cut over-long %s to their VR's "
+                    "maximum length", source.SOPInstanceUID, ", ".join(dropped) or "-", ", ".join(cut) or "-")
 
 
 # Type 2 attributes of the Patient and General Study modules (PS3.3 C.7.1.1, C.7.2.1) that
@@ -175,17 +186,72 @@ def source_modality(source: pydicom.Dataset) -> str:
     return value or _MODALITY_BY_SOP_CLASS.get(str(source.get("SOPClassUID", "")), MISSING_MODALITY)
 
 
+# Maximum value lengths in characters of the string VRs a derived object copies (PS3.5 Table 6.2-1;
+# PN: per component group). Numbers (DS, IS) and UIDs are never cut: a cut number is another number.
+VR_MAX_CHARS = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "PN": 64, "ST": 1024, "LT": 10240}
+_TEMPORAL = {"DA": pydicom.valuerep.DA, "TM": pydicom.valuerep.TM, "DT": pydicom.valuerep.DT}
+
+
+def _cut(vr: str, value: object) -> object:
+    """``value`` with every string (each value of a multi-value, each PN component group) cut to the
+    VR's maximum length."""
+    limit = VR_MAX_CHARS[vr]
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return [_cut(vr, v) for v in value]
+    if value is None:
+        return None
+    text = str(value)
+    if vr == "PN":
+        return "=".join(group[:limit] for group in text.split("="))
+    return text[:limit]
+
+
+def _temporal_ok(vr: str, value: object) -> bool:
+    values = value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+    for v in values:
+        if v in (None, ""):
+            continue
+        try:
+            parsed = _TEMPORAL[vr](str(v)) if isinstance(v, str) else v
+        except (ValueError, TypeError, OverflowError):
+            return False
+        if parsed is None:
+            return False
+    return True
+
+
+def cleaned_element(element: pydicom.DataElement) -> pydicom.DataElement | None:
+    """A top-level element as a derived object may copy it: None for a date/time that does not parse
+    (PS3.5 6.2: DA YYYYMMDD, TM HHMMSS.FFFFFF, DT), a new element when a string is longer than its
+    VR allows, the element itself otherwise. The stored source is never changed (issue: a source with
+    PatientBirthDate "1901-01-01" or a 60,000-character Patient Name still gets valid results)."""
+    vr = str(element.VR)
+    if vr in _TEMPORAL and not element.is_empty and not _temporal_ok(vr, element.value):
+        return None
+    if vr in VR_MAX_CHARS and not element.is_empty:
+        value = _cut(vr, element.value)
+        if value != (element.value if not isinstance(element.value, pydicom.multival.MultiValue)
+                     else list(element.value)):
+            return pydicom.DataElement(element.tag, vr, value)
+    return element
+
+
 def reference_copy(source: pydicom.Dataset) -> pydicom.Dataset:
     """The source without its Pixel Data, with absent Type 2 patient/study attributes present empty.
 
     highdicom reads these attributes unconditionally; an absent Type 2 attribute and an empty
     one mean the same (PS3.5 7.4.2), so the results stay consistent with the source. A missing
     Modality gets :func:`source_modality` in the copy only (the stored source is not changed).
+    Values are cleaned first (:func:`cleaned_element`): a date that does not parse is left out
+    (empty when the attribute is Type 2), a string is cut to its VR's maximum length.
     """
     copy = pydicom.Dataset()
     for element in source:
-        if element.tag != pydicom.tag.Tag("PixelData"):
-            copy.add(element)
+        if element.tag == pydicom.tag.Tag("PixelData"):
+            continue
+        kept = cleaned_element(element)
+        if kept is not None:
+            copy.add(kept)
     if hasattr(source, "file_meta"):
         copy.file_meta = source.file_meta
     for keyword in _TYPE2_COPIED:

@@ -227,7 +227,7 @@ def build_sc(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext,
     )
     sc.ConversionType = "WSD"  # SC Equipment module (PS3.3 C.8.6.1): rendered by a workstation
     sc.BurnedInAnnotation = "YES"
-    sc.BodyPartExamined = str(source.get("BodyPartExamined") or "CHEST")
+    sc.BodyPartExamined = str(ref.get("BodyPartExamined") or "CHEST")
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.DerivationDescription = ("Grad-CAM heatmap, lung contour, GGO boxes and research-use text burned "
                                 "into the source radiograph")
