@@ -26,6 +26,7 @@ from node.config import NodeConfig
 from node.errors import NodeError
 from node.http import dashboard, health, metrics, stow
 from node.http.auth import BearerTokenBackend, unauthorized
+from node.http.bundles import model_inventory
 from node.ingest import GroupCommitter
 from node.logs import log_event
 from node.repository import Repository
@@ -90,6 +91,10 @@ class HttpServer:
 
     def start(self, timeout: float = 15.0) -> None:
         self.app.state.metrics.attach()
+        # The first model listing imports pipelines.bundle (torch): done now, off the request path,
+        # so that the first scrape or page does not wait for it.
+        threading.Thread(target=model_inventory, args=(self.ctx.config.models_dir,), name="http-warm",
+                         daemon=True).start()
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._server.started:

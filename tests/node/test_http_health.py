@@ -8,13 +8,15 @@ below the watermark or the models are not loaded, naming the check.
 from __future__ import annotations
 
 import threading
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from httpkit import base_url, client, http_config, start_service
-from nodekit import free_port
+from nodekit import REPO, free_port
 
 from node.config import load_config, parse_config
 from node.errors import ConfigError
@@ -142,3 +144,22 @@ def test_http_settings_are_checked() -> None:
         parse_config({"http": {"port": 70000}})
     with pytest.raises(ConfigError, match="prot"):
         parse_config({"http": {"prot": 8080}})
+
+
+def test_deploy_files_probe_and_scrape_what_the_node_serves(node: NodeService) -> None:
+    """deploy/kubernetes probes and deploy/prometheus scrape paths answer on a running node; the
+    ConfigMap's node configuration is one the node accepts."""
+    manifests = list(yaml.safe_load_all((REPO / "deploy" / "kubernetes" / "cxr-node.yaml").read_text()))
+    config_map = next(m for m in manifests if m["kind"] == "ConfigMap")
+    parse_config(tomllib.loads(config_map["data"]["cxr-node.toml"]))
+    deployment = next(m for m in manifests if m["kind"] == "Deployment")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    probes = {name: container[name]["httpGet"]["path"] for name in ("livenessProbe", "readinessProbe")}
+    assert probes == {"livenessProbe": "/healthz", "readinessProbe": "/readyz"}
+    scrape = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    [job] = scrape["scrape_configs"]
+    with client(node.config) as anonymous, client(node.config, TOKEN) as http:
+        assert anonymous.get(probes["livenessProbe"]).status_code == 200
+        assert http.get(probes["readinessProbe"]).status_code == 200
+        assert job["authorization"]["type"] == "Bearer"
+        assert http.get(job["metrics_path"]).text.startswith("# HELP cxr_node_")
