@@ -59,7 +59,7 @@ def throughput_figures(steps: int) -> None:
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     configs = Path(__file__).resolve().parents[1] / "training" / "configs"
-    for name in ("projection", "lungs", "covid", "covid_vgg19", "covid_resnet18_whole", "ggo_segmentation"):
+    for name in ("projection", "lungs_member1", "covid_input_lungs", "covid", "ggo_segmentation"):
         cfg = load_config(configs / f"{name}.toml")
         size, batch = int(cfg.input.get("size", 256)), cfg.train.batch_size
         params = dict(cfg.model.params)
