@@ -1,4 +1,9 @@
-"""``cxr-node status``: counts by state, recent errors and per-study progress."""
+"""``cxr-node status``: counts by state, recent errors and per-study progress.
+
+Also the analysis processes with the models they run (node.worker_registry), and, for every job,
+the images it could not analyse, one line each with the stage and the reason (the job's note,
+``<uid>: <stage>: <reason>`` per line, written by node.worker without patient values).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,15 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
 from node import status_queries
 from node.config import load_config
-from node.errors import NodeError, parse_image_failures
+from node.db import Job
+from node.errors import DatabaseError, NodeError, parse_image_failures
 from node.logs import escape_control
+from node.worker_registry import list_processes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,9 +46,11 @@ def format_human(status: dict[str, Any]) -> str:
         f"{'study':<64}  {'accession':<16} {'images':>6} {'results':>7}  {'state':<15} last received",
     ]
     for s in status["studies"]:
+        failed = s.get("images_failed", 0)
         lines.append(
             f"{s['study_instance_uid']:<64}  {s['accession_number']:<16} {s['instances']:>6} "
             f"{s['results']:>7}  {s['state']:<15} {_when(s['last_received_at'])}"
+            + (f"  ({failed} image(s) not analysed)" if failed else "")
         )
     if not status["studies"]:
         lines.append("(no studies)")
@@ -75,12 +87,28 @@ def _process_line(p: dict[str, Any]) -> str:
 
 def add_worker_details(status: dict[str, Any], engine: Any) -> dict[str, Any]:
     """The analysis processes and their models; each job error split into its failed images."""
-    from node.worker_registry import list_processes
-
     status["analysis_processes"] = list_processes(engine)
     for e in status["errors"]["jobs"]:
         e["images"] = parse_image_failures(e.get("error"))
+    failed = _images_failed(engine, [s["study_instance_uid"] for s in status["studies"]])
+    for s in status["studies"]:
+        s["images_failed"] = failed.get(s["study_instance_uid"], 0)
     return status
+
+
+def _images_failed(engine: Any, studies: list[str]) -> dict[str, int]:
+    """Images of each study that a job could not analyse (the per-image lines of its jobs' notes)."""
+    j = Job.__table__.c
+    counts: dict[str, int] = {}
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(j.study_instance_uid, j.error)
+                                .where(j.study_instance_uid.in_(studies), j.error.is_not(None))).all()
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"database read failed: {exc.__class__.__name__}: {exc}") from exc
+    for study, error in rows:
+        counts[study] = counts.get(study, 0) + len(parse_image_failures(error))
+    return counts
 
 
 def run(args: argparse.Namespace) -> int:

@@ -209,6 +209,7 @@ def test_one_bad_instance_fails_alone_and_is_not_retried(
     assert cli_main(["status", "--config", str(config.source)]) == 0
     human, err2 = capfd.readouterr()
     assert "4 image(s) not analysed" in human and f"image {uids['bits12']} (decode)" in human
+    assert f"{study:<64}" in human and "  (4 image(s) not analysed)" in human  # the study's line too
     everything = "\n".join([out, err, human, err2, row["error"] or ""])
     for value in PHI_STRINGS:
         assert value.lower() not in everything.lower(), value
@@ -280,6 +281,8 @@ def test_patient_values_in_exceptions_and_library_logs_are_redacted(
     log_event(logging.getLogger("node.test"), "job.started", study="1.2.3\nforged.event job_id=9")
     assert cli_main(["status", "--json", "--config", str(config.source)]) == 0
     out, err = capfd.readouterr()
+    [study_status] = json.loads(out.strip().splitlines()[-1])["studies"]
+    assert study_status["images_failed"] == 2 and study_status["state"] == "failed"
     everything = "\n".join([out, err, row["error"]])
     for value in PHI_STRINGS:
         assert value.lower() not in everything.lower(), (value, everything[-3000:])
