@@ -24,6 +24,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from node import audit, status_queries
+from node.errors import parse_image_failures
 from node.http.bundles import model_inventory
 from node.http.findings import (
     SECONDARY_CAPTURE,
@@ -100,7 +101,11 @@ def study(request: Request) -> Response:
     if detail is None:
         raise HTTPException(404, f"no study {uid} on this node")
     findings, problems = _findings(ctx, detail["results"])
-    return _render(request, "study.html", {"study": detail, "findings": findings, "problems": problems})
+    # Images a job could not analyse, with the stage and reason the worker recorded (node.errors).
+    not_analysed = {f["sop_instance_uid"]: f for job in detail["jobs"]
+                    for f in parse_image_failures(job["error"])}
+    return _render(request, "study.html", {"study": detail, "findings": findings, "problems": problems,
+                                           "not_analysed": not_analysed})
 
 
 def heatmap(request: Request) -> Response:

@@ -147,6 +147,8 @@ class WriterAnalyzer:
             sys.path.insert(0, str(_RESULTS_TESTS))
         from factories import make_result
 
+        if str(source.get("ImageComments", "")) == "analysis fails":  # an image the worker cannot analyse
+            raise ValueError("pixel data the pipeline cannot read")
         with self.lock:
             return build_result_objects(source, make_result(source, seed=instance_number), series=series,
                                         instance_number=instance_number)

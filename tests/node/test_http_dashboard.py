@@ -162,3 +162,21 @@ def test_dashboard_and_study_page_in_headless_chromium(node: NodeService, study:
             assert dom.count('class="heatmap"') == 2 and "/heatmap.png" in dom
         for value in PHI:
             assert value not in dom
+
+
+def test_study_page_names_an_image_that_could_not_be_analysed(node: NodeService, study: str) -> None:
+    """One image of two fails in the worker: the page shows the other's findings and this one's reason."""
+    uid = generate_uid()
+    good, broken = (make_dx(uid, rows=320, cols=256, accession="ACC-HALF", seed=i) for i in (3, 4))
+    broken.ImageComments = "analysis fails"
+    assert c_store(node.config, [good, broken]) == [0, 0]
+
+    def analysed() -> bool:
+        detail = status_queries.study_detail(node.repo.engine, uid)
+        return detail is not None and any(j["state"] in ("done", "failed") for j in detail["jobs"])
+
+    wait_for(analysed, 120, what="the half-broken study analysed")
+    with client(node.config) as http:
+        html = http.get(f"/studies/{uid}").text
+    assert html.count('class="heatmap"') == 1
+    assert "Not analysed (" in html and "pixel data the pipeline cannot read" in html
