@@ -15,8 +15,8 @@ import warnings
 from pathlib import Path
 
 import pydicom
-from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag, Tag
 
 from node.logs import escape_control, redact, redacting
 
@@ -33,7 +33,7 @@ IDENTITY_KEYWORDS = (
     "PatientAddress",
     "PatientTelephoneNumbers",
 )
-IDENTITY_TAGS = [tag_for_keyword(k) for k in IDENTITY_KEYWORDS]
+IDENTITY_TAGS: list[BaseTag] = [Tag(k) for k in IDENTITY_KEYWORDS]
 MIN_REDACTED_LENGTH = 3  # shorter fragments ("M", "1") would blank unrelated text; whole values always go
 MAX_MESSAGE_CHARS = 500
 _DATE = re.compile(r"(\d{4})(\d{2})(\d{2})")

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -108,7 +108,7 @@ class ChestAnalyzer:
     def models(self) -> list[dict[str, str]]:
         """Task, name and version of every loaded model (what ``cxr-node status`` shows)."""
         p = self._pipeline
-        tasks = [("projection", p.projection), ("lungs", p.lungs), ("covid", p.covid),
+        tasks: list[tuple[str, Any]] = [("projection", p.projection), ("lungs", p.lungs), ("covid", p.covid),
                  ("ggo_detection", p.ggo_detection), ("ggo_segmentation", p.ggo_segmentation)]
         found = [(task, model.bundle.info) for task, model in tasks]
         if p.covid.input_lungs is not None:

@@ -16,14 +16,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, select, update
+from sqlalchemy import Connection, Engine, Table, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from node.db import AnalysisProcess
 from node.errors import DatabaseError
 
-TABLE = AnalysisProcess.__table__
+TABLE: Table = AnalysisProcess.__table__  # type: ignore[assignment]
 BEAT_SECONDS = 60.0
 STALE_SECONDS = 3 * BEAT_SECONDS
 
