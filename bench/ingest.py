@@ -1,14 +1,15 @@
-"""Ingest benchmark: images/s received by the node with durable acknowledgement, side by side
-with a bare pynetdicom storage SCP that only writes the received bytes to files (no fsync, no
-database): the Python-level limit of the receive path.
+"""Ingest benchmark: images/s acknowledged by the node (durability "fsync": every acknowledged
+instance is fsynced and recorded) side by side with a bare pynetdicom storage SCP that only
+writes the received bytes to files (no fsync, no database), in one run, for the senders sites
+use: dcmtk ``dcmsend`` and ``storescu`` with their default options, and a pynetdicom SCU.
 
-Both SCPs run in their own process; the senders are pynetdicom SCU processes sending pre-encoded
-Part 10 files (``send_c_store(path)`` sends the bytes as stored, so the sender costs the same for
-both). After each node run the benchmark checks that every acknowledged instance is in the
-database and in the store.
+Both SCPs run in their own process on loopback and stay up for the whole run; each round sends
+files whose SOP Instance UIDs are fresh (rewritten in place before the round), so the node never
+takes the duplicate path. After each node round every file of the round is checked to be in the
+node's database and store.
 
-    .venv/bin/python bench/ingest.py                      # both sizes, 1 and 4 associations
-    .venv/bin/python bench/ingest.py --sizes small --count 400 --associations 4 --repeat 3
+    .venv/bin/python bench/ingest.py
+    .venv/bin/python bench/ingest.py --sizes 256 --senders dcmsend --associations 1 --repeat 3
 """
 
 from __future__ import annotations
@@ -23,17 +24,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian
 
 REPO = Path(__file__).resolve().parents[1]
 DX_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
-SIZES = {"small": (256, 256, 8), "large": (2048, 2048, 16)}
+# rows, columns, bits, default count
+SIZES = {"64": (64, 64, 8, 200), "256": (256, 256, 8, 200), "2048": (2048, 2048, 16, 24)}
+SENDERS = ("dcmsend", "storescu", "pynetdicom")
+UID_ROOT = "1.2.826.0.1.3680043.8.498.77"  # pydicom's root + a fixed branch; fixed-length UIDs
+
+
+def uid(kind: int, round_no: int, index: int) -> str:
+    return f"{UID_ROOT}.{kind}.{1_000_000 + round_no}.{1_000_000 + index}"  # no leading zeros (PS3.5 9.1)
 
 
 def free_port() -> int:
@@ -42,26 +49,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def make_files(folder: Path, count: int, rows: int, cols: int, bits: int) -> list[Path]:
-    """Synthetic DX images (one study per 10 images), written once as Part 10 files."""
+def make_files(folder: Path, count: int, rows: int, cols: int, bits: int, round_no: int) -> list[Path]:
+    """Synthetic DX images (one study per 10 images) with fixed-length UIDs of ``round_no``."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     dtype = np.uint8 if bits == 8 else np.uint16
     pixels = rng.integers(0, 2**bits - 1, size=(rows, cols), dtype=dtype).tobytes()
     paths = []
-    study = series = ""
     for i in range(count):
-        if i % 10 == 0:
-            study, series = generate_uid(), generate_uid()
         ds = Dataset()
         ds.file_meta = FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.file_meta.MediaStorageSOPClassUID = DX_PRESENTATION
         ds.SOPClassUID = DX_PRESENTATION
-        ds.SOPInstanceUID = generate_uid()
+        ds.SOPInstanceUID = uid(1, round_no, i)
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.StudyInstanceUID = study
-        ds.SeriesInstanceUID = series
+        ds.StudyInstanceUID = uid(2, round_no, i // 10)
+        ds.SeriesInstanceUID = uid(3, round_no, i // 10)
         ds.Modality = "DX"
         ds.PatientID = "BENCH"
         ds.AccessionNumber = f"B{i // 10}"
@@ -77,6 +81,19 @@ def make_files(folder: Path, count: int, rows: int, cols: int, bits: int) -> lis
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def renew_uids(paths: list[Path], old_round: int, new_round: int) -> None:
+    """Fresh SOP/Study/Series Instance UIDs: same length, so the header bytes are patched in place."""
+    for i, path in enumerate(paths):
+        with path.open("r+b") as f:
+            head = f.read(4096)
+            for kind, index in ((1, i), (2, i // 10), (3, i // 10)):
+                head = head.replace(
+                    uid(kind, old_round, index).encode(), uid(kind, new_round, index).encode()
+                )
+            f.seek(0)
+            f.write(head)
 
 
 # -- the bare SCP (child process) -------------------------------------------------------------
@@ -98,8 +115,8 @@ def bare_scp(port: int, out: str) -> None:
     ae.start_server(("127.0.0.1", port), block=True, evt_handlers=[(evt.EVT_C_STORE, handle)])
 
 
-# -- senders (child processes) ----------------------------------------------------------------
-def send_files(port: int, aet: str, paths: list[str], queue: mp.Queue) -> None:
+# -- senders ----------------------------------------------------------------------------------
+def pynetdicom_send(port: int, aet: str, paths: list[str], queue: mp.Queue) -> None:
     from pynetdicom import AE, _config
 
     _config.STORE_SEND_CHUNKED_DATASET = True  # files go out as stored, no decode/encode
@@ -120,22 +137,43 @@ def send_files(port: int, aet: str, paths: list[str], queue: mp.Queue) -> None:
     queue.put(ok)
 
 
-def run_senders(port: int, aet: str, paths: list[Path], associations: int) -> tuple[float, int]:
-    ctx = mp.get_context("fork")
-    queue: mp.Queue = ctx.Queue()
+def send(sender: str, port: int, aet: str, paths: list[Path], associations: int) -> float:
+    """Seconds to send every path over ``associations`` parallel associations."""
     shares = [[str(p) for p in paths[i::associations]] for i in range(associations)]
-    procs = [ctx.Process(target=send_files, args=(port, aet, share, queue)) for share in shares]
     start = time.perf_counter()
-    for p in procs:
-        p.start()
-    acked = sum(queue.get(timeout=600) for _ in procs)
+    if sender == "pynetdicom":
+        ctx = mp.get_context("fork")
+        queue: mp.Queue = ctx.Queue()
+        procs = [ctx.Process(target=pynetdicom_send, args=(port, aet, share, queue)) for share in shares]
+        for p in procs:
+            p.start()
+        acked = sum(queue.get(timeout=600) for _ in procs)
+        elapsed = time.perf_counter() - start
+        for p in procs:
+            p.join(30)
+        if acked != len(paths):
+            raise RuntimeError(f"{sender} -> {aet}: {acked} of {len(paths)} acknowledged")
+        return elapsed
+    tool = shutil.which(sender)
+    if tool is None:
+        raise RuntimeError(f"{sender} not found (Debian package dcmtk)")
+    runs = [
+        subprocess.Popen(
+            [tool, "-aet", "BENCHSCU", "-aec", aet, "127.0.0.1", str(port), *share],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for share in shares
+    ]
+    errors = [(run.wait(600), run.stderr.read().decode(errors="replace")[-300:]) for run in runs]
     elapsed = time.perf_counter() - start
-    for p in procs:
-        p.join(30)
-    return elapsed, acked
+    failed = [err for rc, err in errors if rc != 0]
+    if failed:
+        raise RuntimeError(f"{sender} -> {aet} failed: {failed[0]}")
+    return elapsed
 
 
-def wait_port(port: int, timeout: float = 60.0) -> None:
+def wait_port(port: int, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with socket.socket() as s:
@@ -154,103 +192,105 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(10)
 
 
-def run_bare(files: list[Path], associations: int, work: Path) -> float:
-    out = work / "bare"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--bare-scp", str(port), str(out)])
-    try:
-        wait_port(port)
-        elapsed, acked = run_senders(port, "BARE", files, associations)
-    finally:
-        stop(proc)
-    if acked != len(files):
-        raise RuntimeError(f"bare SCP acknowledged {acked} of {len(files)}")
-    return len(files) / elapsed
+class Node:
+    """``cxr-node serve`` with durability "fsync", no workers, no scheduling pressure."""
 
+    def __init__(self, work: Path, extra: list[str]) -> None:
+        self.port = free_port()
+        data = work / "node"
+        shutil.rmtree(data, ignore_errors=True)
+        self.config = work / "node.toml"
+        settings = {"ae_title": '"CXRNODE"', "host": '"127.0.0.1"', "port": str(self.port),
+                    "data_dir": f'"{data}"', "durability": '"fsync"', "study_stable_seconds": "36000",
+                    "min_free_disk_mb": "64", "log_level": '"WARNING"'}
+        settings.update(line.split("=", 1) for line in extra)
+        self.config.write_text(
+            "[node]\n" + "".join(f"{k.strip()} = {v.strip()}\n" for k, v in settings.items())
+            + "[worker]\nworkers = 0\n"
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "node.cli.main", "serve", "--config", str(self.config)], cwd=REPO
+        )
+        wait_port(self.port)
+        sys.path.insert(0, str(REPO))
+        from node.config import load_config
+        from node.service import open_repository, open_store
 
-def run_node(files: list[Path], associations: int, work: Path, durability: str) -> float:
-    data = work / "node"
-    shutil.rmtree(data, ignore_errors=True)
-    port = free_port()
-    config = work / "node.toml"
-    config.write_text(
-        f'[node]\nae_title = "CXRNODE"\nhost = "127.0.0.1"\nport = {port}\ndata_dir = "{data}"\n'
-        f'durability = "{durability}"\nstudy_stable_seconds = 3600\nmin_free_disk_mb = 64\n'
-        f'log_level = "WARNING"\n[worker]\nworkers = 0\n'
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "node.cli.main", "serve", "--config", str(config)], cwd=REPO
-    )
-    try:
-        wait_port(port)
-        elapsed, acked = run_senders(port, "CXRNODE", files, associations)
-    finally:
-        stop(proc)
-    # Every acknowledged instance is in the database and in the store.
-    sys.path.insert(0, str(REPO))
-    from node.config import load_config
-    from node.service import open_repository, open_store
+        cfg = load_config(self.config)
+        self.repo, self.store = open_repository(cfg), open_store(cfg)
 
-    cfg = load_config(config)
-    repo, store = open_repository(cfg), open_store(cfg)
-    n = repo.instance_count()
-    missing = [
-        f
-        for f in files
-        if not store.path(store.relpath(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)).exists()
-    ]
-    repo.engine.dispose()
-    if acked != len(files) or n != len(files) or missing:
-        raise RuntimeError(f"node: acked {acked}, rows {n}, files missing {len(missing)} of {len(files)}")
-    return len(files) / elapsed
+    def check(self, paths: list[Path], rows_before: int) -> None:
+        """Every sent instance is new, recorded, and its file is in the store."""
+        if self.repo.instance_count() != rows_before + len(paths):
+            raise RuntimeError("the node did not record every instance of the round as new")
+        for path in paths:
+            sop_uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+            record = self.repo.find_instance(sop_uid)
+            if record is None or not self.store.path(record.path).is_file():
+                raise RuntimeError(f"node acknowledged {sop_uid} but it is not stored and recorded")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=["small", "large"], choices=sorted(SIZES))
-    parser.add_argument("--count", type=int, default=0, help="images per run (default: 400 small, 60 large)")
+    parser.add_argument("--sizes", nargs="+", default=["64", "256", "2048"], choices=list(SIZES))
+    parser.add_argument("--senders", nargs="+", default=list(SENDERS), choices=SENDERS)
     parser.add_argument("--associations", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--durability", nargs="+", default=["fsync", "os"], choices=["fsync", "os"])
-    parser.add_argument("--repeat", type=int, default=3, help="alternating runs; the median is reported")
+    parser.add_argument("--count", type=int, default=0, help="images per round (default per size)")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds per cell; the median is reported")
+    parser.add_argument("--node-set", action="append", default=[], metavar="KEY=VALUE",
+                        help='override a [node] key, TOML syntax (e.g. durability="os")')
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
     parser.add_argument("--bare-scp", nargs=2, metavar=("PORT", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_scp:
         bare_scp(int(args.bare_scp[0]), args.bare_scp[1])
         return 0
-    work = args.work or Path(
-        tempfile.mkdtemp(prefix="cxr-bench-", dir=REPO / "var" if (REPO / "var").is_dir() else None)
-    )
-    print(f"{'size':<22} {'assoc':>5} {'mode':<10} {'node img/s':>10} {'bare img/s':>10} {'ratio':>6}")
+    work = args.work or Path(tempfile.mkdtemp(prefix="cxr-bench-"))
+    bare_out = work / "bare"
+    bare_out.mkdir(parents=True, exist_ok=True)
+    bare_port = free_port()
+    bare = subprocess.Popen([sys.executable, __file__, "--bare-scp", str(bare_port), str(bare_out)])
+    node = None
+    round_no = 0
     try:
+        wait_port(bare_port)
+        node = Node(work, args.node_set)
+        print(f"{'image':<16} {'n':>4} {'assoc':>5} {'sender':<11} {'bare img/s':>10} {'node img/s':>10} "
+              f"{'node/bare':>9}", flush=True)
         for size in args.sizes:
-            rows, cols, bits = SIZES[size]
-            count = args.count or (400 if size == "small" else 60)
-            files = make_files(work / f"files-{size}", count, rows, cols, bits)
+            rows, cols, bits, default_count = SIZES[size]
+            count = args.count or default_count
+            files = make_files(work / f"files-{size}", count, rows, cols, bits, round_no)
             for assoc in args.associations:
-                for durability in args.durability:
-                    node_rates, bare_rates = [], []
+                for sender in args.senders:
+                    bare_rates, node_rates = [], []
                     for _ in range(args.repeat):
-                        for rates, run in (
-                            (bare_rates, partial(run_bare, files, assoc, work)),
-                            (node_rates, partial(run_node, files, assoc, work, durability)),
-                        ):
+                        for target in ("bare", "node"):
+                            renew_uids(files, round_no, round_no + 1)
+                            round_no += 1
                             try:
-                                rates.append(run())
+                                if target == "bare":
+                                    bare_rates.append(count / send(sender, bare_port, "BARE", files, assoc))
+                                    for f in bare_out.iterdir():
+                                        f.unlink()
+                                else:
+                                    before = node.repo.instance_count()
+                                    seconds = send(sender, node.port, "CXRNODE", files, assoc)
+                                    node.check(files, before)
+                                    node_rates.append(count / seconds)
                             except (RuntimeError, TimeoutError) as exc:
-                                print(f"# run failed, left out of the median: {exc}", flush=True)
-                    if not node_rates or not bare_rates:
+                                print(f"# {target} round failed, left out: {exc}", flush=True)
+                    if not bare_rates or not node_rates:
                         continue
-                    node, bare = statistics.median(node_rates), statistics.median(bare_rates)
-                    label = f"{rows}x{cols} {bits}-bit x{count}"
-                    print(
-                        f"{label:<22} {assoc:>5} {durability:<10} {node:>10.1f} {bare:>10.1f} "
-                        f"{node / bare:>6.2f}",
-                        flush=True,
-                    )
+                    b, n = statistics.median(bare_rates), statistics.median(node_rates)
+                    label = f"{rows}x{cols} {bits}-bit"
+                    print(f"{label:<16} {count:>4} {assoc:>5} {sender:<11} {b:>10.1f} {n:>10.1f} "
+                          f"{n / b:>9.2f}", flush=True)
     finally:
+        stop(bare)
+        if node is not None:
+            node.repo.engine.dispose()
+            stop(node.proc)
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     return 0

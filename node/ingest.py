@@ -8,7 +8,8 @@ happen elsewhere):
    the UIDs, the sequence nesting depth, the presence and the length of Pixel Data and the
    limits. A deflated data set is inflated with a hard output cap (``max_instance_bytes``).
 2. :func:`store_received` / :func:`store_durably` keep the bytes exactly as received (file
-   meta + the peer's encoded data set, no re-encoding): fsync, rename to the final name. A
+   meta + the peer's encoded data set, no re-encoding): rename to the final name, fsync the
+   file and its directory (in parallel), and only then submit the row. A
    SOP Instance UID already stored is never replaced: an identical resend is acknowledged
    again without new work, a different one is refused (0x0111) and the first copy stays.
 3. :class:`GroupCommitter` inserts the rows of every instance waiting at that moment in ONE
@@ -556,10 +557,9 @@ class CommitTicket:
 class GroupCommitter:
     """Commits received instances in batches; each handler waits for its own commit.
 
-    Handlers submit their row and, while this thread commits it (one transaction, one WAL
-    fsync, for every row waiting at that moment), make their file durable themselves; the
-    acknowledgement waits for both, so the two fsync latencies overlap instead of adding up.
-    Waiting is bounded by ``timeout``: a handler that gives up returns a failure status.
+    Handlers make their file durable first, then submit their row; this thread commits every
+    row waiting at that moment in one transaction (one WAL fsync), so a row never names a file
+    that is not on disk. Waiting is bounded by ``timeout``: a handler that gives up returns a failure status.
     """
 
     def __init__(self, repo: Repository, *, batch_max: int = 256, timeout: float = 30.0) -> None:
@@ -654,26 +654,14 @@ def _commit(
     committer: GroupCommitter, header: Header, pending: PendingFile, *, size: int, transfer_syntax: str,
     calling_aet: str,
 ) -> bool:
-    """Make the file durable and commit its row, overlapping the two; True if the row is new.
-
-    Raises StoreError/DatabaseError (nothing acknowledged). If the file fails after its row was
-    committed, the row is removed again.
-    """
+    """Make the file durable (data and directory entry), then commit its row; True if the row
+    is new. Raises StoreError/DatabaseError: nothing acknowledged, and a file left without its
+    row is replaced by the next copy of the UID."""
+    pending.finish()
     record = receive_record(
         header, relpath=pending.relpath, size=size, transfer_syntax=transfer_syntax, calling_aet=calling_aet
     )
-    try:
-        ticket = committer.submit(record)
-    except DatabaseError:
-        pending.abort()
-        raise
-    try:
-        pending.finish()
-    except StoreError:
-        ticket.wait(committer.timeout)
-        if ticket.inserted:
-            committer.repo.forget_instance(header.sop_instance_uid)
-        raise
+    ticket = committer.submit(record)
     ticket.wait(committer.timeout)
     return ticket.inserted
 
