@@ -1,7 +1,8 @@
 """The whole chain with real peers and the real pipeline (tiny random bundles), in order:
 
-1. storescu -> node -> ChestPipeline + result writers -> dcmtk storescp, which is down at first:
-   the deliveries back off and complete once it is up;
+1. storescu -> node -> ChestPipeline + result writers -> dcmtk storescp in its default configuration
+   (uncompressed transfer syntaxes only), which is down at first: the deliveries back off and
+   complete once it is up; SEG, SR and SC arrive uncompressed and pass dciodvfy;
 2. Orthanc as the PACS: Orthanc sends a study to the node and the node's SEG, SR and secondary
    capture arrive back inside the same study;
 3. SIGKILL of the node while storescu sends 100 images: after a restart nothing acknowledged
@@ -75,9 +76,15 @@ def test_storescu_to_node_results_reach_storescp_after_it_comes_up(
     got = received_classes(result_files(storescp))
     assert SEG in got and SC in got and SR_CLASSES & set(got), got
     src = pydicom.dcmread(source, stop_before_pixels=True)
-    for f in result_files(storescp):
+    dciodvfy = which_or_fail("dciodvfy")
+    for f in result_files(storescp):  # storescp in its default configuration: uncompressed only
         ds = pydicom.dcmread(f)
         assert ds.StudyInstanceUID == src.StudyInstanceUID
+        assert not ds.file_meta.TransferSyntaxUID.is_compressed
+        check = subprocess.run([dciodvfy, "-new", str(f)], capture_output=True, text=True, timeout=120)
+        lines = (check.stdout + check.stderr).splitlines()
+        errors = [ln for ln in lines if ln.lstrip().lower().startswith("error")]
+        assert not errors, (f.name, errors)
     status = node.status()
     [study] = [s for s in status["studies"] if s["study_instance_uid"] == src.StudyInstanceUID]
     assert study["results"] == 3 and study["deliveries"] == {"sent": 3, "pending": 3}  # Orthanc still down
