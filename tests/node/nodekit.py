@@ -330,10 +330,12 @@ class OnlySomeClassesSCP:
     """A Storage SCP accepting only ``sop_classes`` (in the default transfer syntaxes): an archive
     that takes SR but not SEG or secondary capture. Received datasets are written to ``folder``."""
 
-    def __init__(self, folder: Path, port: int, sop_classes: list[str], aet: str = "SRONLY") -> None:
+    def __init__(self, folder: Path, port: int, sop_classes: list[str], aet: str = "SRONLY",
+                 statuses: dict[str, int] | None = None) -> None:
+        """``statuses``: the C-STORE status answered per SOP class (default 0x0000, stored)."""
         from pynetdicom import AE, evt
 
-        self.folder, self.port = folder, port
+        self.folder, self.port, self.statuses = folder, port, statuses or {}
         folder.mkdir(parents=True, exist_ok=True)
         self.ae = AE(ae_title=aet)
         for uid in sop_classes:
@@ -342,6 +344,9 @@ class OnlySomeClassesSCP:
         self.server = None
 
     def _on_store(self, event) -> int:  # noqa: ANN001 - pynetdicom event
+        status = self.statuses.get(str(event.request.AffectedSOPClassUID), 0x0000)
+        if status != 0x0000:
+            return status
         ds = event.dataset
         ds.file_meta = event.file_meta
         ds.save_as(self.folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)

@@ -252,3 +252,22 @@ def test_destination_down_is_transient_and_backs_off(tmp_path: Path,
     errors = box.repo.status()["errors"]["deliveries"]
     assert len(errors) == 3 and all(e["error"].startswith("association to DOWN@") and e["attempts"] == 1
                                     for e in errors)
+
+
+def test_sop_class_not_supported_status_fails_at_once_out_of_resources_retries(
+        tmp_path: Path, written: dict[str, list[pydicom.Dataset]]) -> None:
+    """C-STORE 0x0122 (SOP Class not supported) is a refusal; 0xA700 (out of resources) is transient."""
+    port = free_port()
+    scp = OnlySomeClassesSCP(tmp_path / "received", port, [SEG, SC, SR], aet="PICKY",
+                             statuses={SEG: 0x0122, SC: 0xA700}).start()
+    try:
+        box = make_outbox(tmp_path, written["native"], {"name": "picky", "ae_title": "PICKY", "port": port})
+        box.drain()
+        assert box.states() == {"pending": 1, "sent": 1, "failed": 1}
+        errors = {e["sop_instance_uid"]: e for e in box.repo.status()["errors"]["deliveries"]}
+        seg, sc = errors[str(box.objects[SEG].SOPInstanceUID)], errors[str(box.objects[SC].SOPInstanceUID)]
+        assert seg["state"] == "failed" and seg["attempts"] == 1
+        assert "refused Segmentation Storage" in seg["error"] and "0x0122" in seg["error"]
+        assert sc["state"] == "pending" and sc["attempts"] == 1 and "0xA700" in sc["error"]
+    finally:
+        scp.stop()
