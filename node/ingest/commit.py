@@ -1,0 +1,231 @@
+"""The durable commit path: a checked instance becomes a file in the store and a row, in that order.
+
+:func:`store_received` (a file pynetdicom streamed into the store's incoming folder) and
+:func:`store_durably` (bytes) keep the bytes exactly as received (file meta + the peer's encoded
+data set, no re-encoding): rename to the final name, fsync the file and its directory (in
+parallel), and only then submit the row to the :class:`GroupCommitter`, which inserts the rows
+of every instance waiting at that moment in ONE transaction (one WAL fsync) and wakes their
+handlers. A SOP Instance UID already stored is never replaced: an identical resend is
+acknowledged again without new work, a different one is refused (0x0111) and the first copy
+stays.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from node.errors import DatabaseError, InvalidInstanceError, StoreError
+from node.ingest.header import Header
+from node.ingest.status import STATUS_DUPLICATE_CONFLICT
+from node.repository import InstanceRecord, Repository
+from node.store import InstanceStore, PendingFile, same_data_set
+
+log = logging.getLogger("node.ingest")
+
+
+class CommitTicket:
+    """One instance waiting for its group commit."""
+
+    __slots__ = ("record", "done", "error", "inserted")
+
+    def __init__(self, record: InstanceRecord) -> None:
+        self.record = record
+        self.done = threading.Event()
+        self.error: Exception | None = None
+        self.inserted = False  # False for a resend of a known SOP Instance UID
+
+    def wait(self, timeout: float) -> None:
+        """Block until committed; raise DatabaseError otherwise."""
+        if not self.done.wait(timeout):
+            raise DatabaseError(f"database commit did not finish within {timeout} s")
+        if self.error is not None:
+            raise self.error
+
+
+class GroupCommitter:
+    """Commits received instances in batches; each handler waits for its own commit.
+
+    Handlers make their file durable first, then submit their row; this thread commits every
+    row waiting at that moment in one transaction (one WAL fsync), so a row never names a file
+    that is not on disk. Waiting is bounded by ``timeout``: a handler that gives up returns a failure status.
+    """
+
+    def __init__(self, repo: Repository, *, batch_max: int = 256, timeout: float = 30.0) -> None:
+        self.repo = repo
+        self.batch_max = batch_max
+        self.timeout = timeout
+        self._pending: list[CommitTicket] = []
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+        self._thread.start()
+
+    def submit(self, record: InstanceRecord) -> CommitTicket:
+        ticket = CommitTicket(record)
+        with self._cond:
+            if self._stopping:
+                raise DatabaseError("node is shutting down")
+            self._pending.append(ticket)
+            self._cond.notify()
+        return ticket
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._stopping:
+                    self._cond.wait(1.0)
+                if not self._pending and self._stopping:
+                    return
+                batch = self._pending[: self.batch_max]
+                del self._pending[: self.batch_max]
+            error: Exception | None = None
+            inserted: set[str] = set()
+            try:
+                inserted = self.repo.record_instances([t.record for t in batch])
+            except DatabaseError as exc:
+                error = exc
+            except Exception as exc:  # never let the commit thread die: fail the batch instead
+                log.exception("group commit failed")
+                error = DatabaseError(f"commit failed: {exc}")
+            for ticket in batch:
+                ticket.error = error
+                ticket.inserted = ticket.record.sop_instance_uid in inserted
+                ticket.done.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Commit what is waiting, then stop the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+
+class DuplicateInstanceError(InvalidInstanceError):
+    """The SOP Instance UID is already stored with other content: refused, the first copy stays."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, STATUS_DUPLICATE_CONFLICT)
+
+
+def _already_stored(
+    store: InstanceStore, repo: Repository, header: Header, candidate: Path, transfer_syntax: str
+) -> bool:
+    """True for an identical resend of a stored instance (acknowledge, no new work); raises
+    DuplicateInstanceError for a different one; False when the UID is not stored yet.
+
+    The stored file and its row always describe the same data set: a row exists only for a
+    file that was completely written, so a file without a row is a copy that was never
+    acknowledged (the node was killed before its commit) and may be replaced. Called with the
+    UID's instance lock held.
+    """
+    uid = header.sop_instance_uid
+    if not store.path(store.relpath(uid)).exists():
+        return False
+    record = repo.find_instance(uid)
+    if record is None:
+        return False
+    if record.derived:
+        raise DuplicateInstanceError(f"SOP Instance UID {uid} belongs to a result object of this node")
+    if str(record.transfer_syntax_uid) != str(transfer_syntax):
+        raise DuplicateInstanceError(
+            f"SOP Instance UID {uid} is already stored in transfer syntax {record.transfer_syntax_uid}, "
+            f"resent in {transfer_syntax}: the stored copy is kept"
+        )
+    if not same_data_set(store.path(record.path), candidate):
+        raise DuplicateInstanceError(
+            f"SOP Instance UID {uid} is already stored with a different data set: the stored copy is kept"
+        )
+    return True
+
+
+def _commit(
+    committer: GroupCommitter, header: Header, pending: PendingFile, *, size: int, transfer_syntax: str,
+    calling_aet: str,
+) -> bool:
+    """Make the file durable (data and directory entry), then commit its row; True if the row
+    is new. Raises StoreError/DatabaseError: nothing acknowledged, and a file left without its
+    row is replaced by the next copy of the UID."""
+    pending.finish()
+    record = receive_record(
+        header, relpath=pending.relpath, size=size, transfer_syntax=transfer_syntax, calling_aet=calling_aet
+    )
+    ticket = committer.submit(record)
+    ticket.wait(committer.timeout)
+    return ticket.inserted
+
+
+def store_received(
+    store: InstanceStore,
+    committer: GroupCommitter,
+    header: Header,
+    received: Path,
+    *,
+    transfer_syntax: str,
+    calling_aet: str,
+) -> bool:
+    """Store a Part 10 file received into the store's incoming folder; True if it was new.
+
+    An identical resend returns False (acknowledge again, no new work); a different data set
+    under a stored UID raises DuplicateInstanceError and the received file is left to its
+    owner (pynetdicom removes it).
+    """
+    with store.instance_lock(header.sop_instance_uid):
+        if _already_stored(store, committer.repo, header, received, transfer_syntax):
+            return False
+        try:
+            size = received.stat().st_size
+        except OSError as exc:
+            raise StoreError(f"received file {received} vanished: {exc.strerror or exc}") from exc
+        pending = store.adopt(header.sop_instance_uid, received)
+        return _commit(
+            committer, header, pending, size=size, transfer_syntax=transfer_syntax, calling_aet=calling_aet
+        )
+
+
+def store_durably(
+    store: InstanceStore,
+    committer: GroupCommitter,
+    header: Header,
+    parts: tuple,
+    *,
+    transfer_syntax: str,
+    calling_aet: str,
+) -> bool:
+    """Store a Part 10 file given as byte parts (file meta, data set); True if it was new.
+
+    Same duplicate policy as :func:`store_received`.
+    """
+    size = sum(len(p) for p in parts)
+    with store.instance_lock(header.sop_instance_uid):
+        pending = store.begin_write(header.sop_instance_uid, *parts)
+        try:
+            known = _already_stored(store, committer.repo, header, pending.tmp, transfer_syntax)
+        except BaseException:
+            pending.abort()
+            raise
+        if known:
+            pending.abort()
+            return False
+        return _commit(
+            committer, header, pending, size=size, transfer_syntax=transfer_syntax, calling_aet=calling_aet
+        )
+
+
+def receive_record(
+    header: Header, *, relpath: str, size: int, transfer_syntax: str, calling_aet: str
+) -> InstanceRecord:
+    return InstanceRecord(
+        sop_instance_uid=header.sop_instance_uid,
+        sop_class_uid=header.sop_class_uid,
+        study_instance_uid=header.study_instance_uid,
+        series_instance_uid=header.series_instance_uid,
+        transfer_syntax_uid=str(transfer_syntax),
+        path=relpath,
+        size_bytes=size,
+        accession_number=header.accession_number,
+        calling_aet=calling_aet[:16],
+        received_at=time.time(),
+    )
