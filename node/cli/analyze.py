@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from node.phi import identity_values, safe_message
+
 if TYPE_CHECKING:  # torch/MONAI stay unimported until run() needs them
     from pipelines.chest import ChestPipeline
     from pipelines.results import ChestResult, SourceImage
@@ -246,7 +248,8 @@ def run(args: argparse.Namespace) -> int:
         for path, image, result, decode in _analyze(pipeline, sources, images, decode_ms):
             if isinstance(result, Exception):
                 failed += 1
-                _report_error(path, f"analysis failed: {type(result).__name__}: {result}", args.json)
+                phi = identity_values(image.dataset)  # a message may quote them: redacted
+                _report_error(path, f"analysis failed: {safe_message(result, phi)}", args.json)
                 progress.update(1)
                 continue
             try:
@@ -257,7 +260,8 @@ def run(args: argparse.Namespace) -> int:
             except Exception as exc:  # a writer refusing one image must not stop the others
                 failed += 1
                 log.debug("writing results for %s failed", path, exc_info=True)
-                reason = f"cannot write the result objects: {type(exc).__name__}: {exc}"
+                phi = identity_values(image.dataset)
+                reason = f"cannot write the result objects: {safe_message(exc, phi)}"
                 _report_error(path, reason, args.json)
                 progress.update(1)
                 continue

@@ -132,3 +132,32 @@ def test_the_lung_field_gate_and_its_switch(tmp_path: Path, chest_png: Path, ran
     assert main(["analyze", *common, "--out", str(tmp_path / "open"), "--ignore-lung-field"]) == 0
     open_ = json.loads(capsys.readouterr().out)
     assert open_["analysed"] and any("lung-field check off" in w for w in open_["warnings"])
+
+
+def test_a_writer_error_quoting_the_patient_is_redacted(
+    tmp_path: Path, chest_dicom: Path, random_models: Path, state_dir: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import node.results
+
+    ds = pydicom.dcmread(chest_dicom)
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Qzxname^Hidden", "PIDQZ777", "19010101"
+    source = tmp_path / "phi.dcm"
+    ds.save_as(source)
+
+    def refuse(source_ds: pydicom.Dataset, *_args: object, **_kwargs: object) -> list:
+        raise ValueError(f"Unable to convert '{source_ds.PatientBirthDate}' for {source_ds.PatientName} "
+                         f"({source_ds.PatientID})\nforged line")
+
+    monkeypatch.setattr(node.results, "build_result_objects", refuse)
+    status = main(["analyze", str(source), "--out", str(tmp_path / "o"), "--json",
+                   "--models", str(random_models), "--device", "cpu", "--state-dir", str(state_dir)])
+    captured = capsys.readouterr()
+    assert status == 1
+    record = json.loads(captured.out.strip().splitlines()[-1])
+    assert record["error"].startswith("cannot write the result objects: ValueError: Unable to convert")
+    everything = (captured.out + captured.err).lower()
+    assert "[redacted]" in everything
+    for value in ("qzxname", "hidden", "pidqz777", "19010101"):
+        assert value not in everything, value
+    assert "\nforged line" not in captured.err
