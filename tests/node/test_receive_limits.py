@@ -144,3 +144,29 @@ def test_data_set_over_max_instance_bytes_is_refused_while_it_arrives(
     data_dir = Path(node.config_path).parent / "var"
     assert not list(data_dir.rglob(".rx-*")), "the refused data set's bytes were kept"
     assert not list(data_dir.rglob(f"{ds.SOPInstanceUID}.dcm"))
+
+
+def test_jpeg_code_stream_larger_than_rows_columns_is_refused(node: NodeProcess, tmp_path: Path) -> None:
+    """A JPEG declaring 12000 x 12000 inside a 512 x 512 image would make the worker's decoder
+    allocate the code stream's size (+660 MiB measured): refused at receive with 0xA900."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    def jpeg(rows: int, cols: int) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(np.zeros((rows, cols), np.uint8)).save(buf, format="JPEG", quality=50)
+        return buf.getvalue()
+
+    for (rows, cols), expected in (((12000, 12000), 0xA900), ((512, 512), 0x0000)):
+        ds = make_dx(generate_uid(), rows=512, cols=512)
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+        ds.PixelData = encapsulate([jpeg(rows, cols)])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        path = tmp_path / f"jpeg-{rows}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        assert _send(node, path, JPEGBaseline8Bit) == expected
