@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import datetime
 import logging
-import threading
 import time
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import pydicom
@@ -77,16 +75,6 @@ def build_result_objects(source: pydicom.Dataset, result: ChestResult, *,
 
 
 _T = TypeVar("_T")
-_SC_EXECUTOR: list[ThreadPoolExecutor] = []
-_SC_EXECUTOR_LOCK = threading.Lock()
-
-
-def _sc_executor() -> ThreadPoolExecutor:
-    """The drawing threads of the process, made on first use (shared by the worker threads)."""
-    with _SC_EXECUTOR_LOCK:
-        if not _SC_EXECUTOR:
-            _SC_EXECUTOR.append(ThreadPoolExecutor(max_workers=2, thread_name_prefix="result-sc"))
-        return _SC_EXECUTOR[0]
 
 
 def _timed(timings: dict[str, float], name: str, make: Callable[[], _T]) -> _T:
@@ -105,19 +93,12 @@ def _build(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext,
         log.info("results for %s: SR only (not analysed: %s)", uid, result.not_analysed_reason)
         return _with_kos(source, result, ctx, [sr], timings)
     lung_tracking_uid, ggo_tracking_uid = generate_uid(), generate_uid()
-    # The capture needs neither the SEG nor the SR: it is drawn on another thread meanwhile. Its work
-    # is mostly OpenCV/NumPy, which release the GIL, so on a machine with a second core the SEG + SR
-    # chain (Python, highdicom) and the drawing overlap instead of adding up.
-    sc_future = _sc_executor().submit(_timed, timings, "sc", lambda: build_sc(source, result, ctx, image))
-    try:
-        seg = _timed(timings, "seg", lambda: build_seg(source, result, ctx,
-                                                       lung_tracking_uid=lung_tracking_uid,
-                                                       ggo_tracking_uid=ggo_tracking_uid))
-        sr = _timed(timings, "sr", lambda: build_sr(source, result, ctx, seg=seg,
-                                                    lung_tracking_uid=lung_tracking_uid,
-                                                    ggo_tracking_uid=ggo_tracking_uid))
-    finally:
-        sc = sc_future.result()  # waits even when SEG/SR failed: no drawing outlives this call
+    seg = _timed(timings, "seg", lambda: build_seg(source, result, ctx, lung_tracking_uid=lung_tracking_uid,
+                                                   ggo_tracking_uid=ggo_tracking_uid))
+    sr = _timed(timings, "sr", lambda: build_sr(source, result, ctx, seg=seg,
+                                                lung_tracking_uid=lung_tracking_uid,
+                                                ggo_tracking_uid=ggo_tracking_uid))
+    sc = _timed(timings, "sc", lambda: build_sc(source, result, ctx, image))
     for obj in (seg, sr, sc):
         copy_study_attributes(obj, source)
     log.info("results for %s: SEG %s, SR %s, SC %s", uid, seg.SOPInstanceUID, sr.SOPInstanceUID,
