@@ -34,7 +34,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom import AE, evt
 from pynetdicom.dimse import DIMSEServiceProvider
@@ -268,9 +268,11 @@ class NodeRequestHandler(RequestHandler):
         assoc = super()._create_association()
         limits = self.server.limits
         sock = assoc.dul.socket
+        assert sock is not None  # set by _create_association
         sock.__class__ = BoundedSocket  # same object and state, bounded reads (no second Evt5)
-        sock.limits = limits
-        sock.peer = f"{self.client_address[0]}:{self.client_address[1]}"
+        bounded = cast(BoundedSocket, sock)
+        bounded.limits = limits
+        bounded.peer = f"{self.client_address[0]}:{self.client_address[1]}"
         assoc.dimse = ReceivingDIMSE(assoc, limits)
         return assoc
 
@@ -347,7 +349,7 @@ class NodeAE(AE):
     def make_server(self, address: Any, ae_title: Any = None, contexts: Any = None, ssl_context: Any = None,
                     evt_handlers: Any = None, server_class: Any = None, **kwargs: Any) -> Any:
         kwargs.setdefault("request_handler", NodeRequestHandler)
-        server = super().make_server(address, ae_title, contexts, ssl_context, evt_handlers,
-                                     server_class=NodeServer, **kwargs)
+        server = cast(NodeServer, super().make_server(address, ae_title, contexts, ssl_context, evt_handlers,
+                                                      server_class=NodeServer, **kwargs))
         server.limits = self.limits
         return server
