@@ -141,7 +141,11 @@ _SEED_IMPLICIT = encode(make_dx(generate_uid(), rows=16, cols=16), ImplicitVRLit
 @given(
     seed=st.sampled_from([_SEED, _SEED_IMPLICIT]),
     edits=st.lists(
-        st.tuples(st.floats(0.0, 1.0), st.sampled_from(["flip", "cut", "insert", "delete"]), st.binary(min_size=1, max_size=8)),
+        st.tuples(
+            st.floats(0.0, 1.0),
+            st.sampled_from(["flip", "cut", "insert", "delete"]),
+            st.binary(min_size=1, max_size=8),
+        ),
         min_size=1,
         max_size=4,
     ),
