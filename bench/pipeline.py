@@ -80,7 +80,8 @@ def bench_device(
     print(f"{'batch':>5} {'img/s':>7} {header} {'total':>9}   (ms per image)")
     for batch in batch_sizes:
         pipeline.batch_size = batch
-        walls, per_stage = [], {s: [] for s in (*STAGES, "total")}
+        walls: list[float] = []
+        per_stage: dict[str, list[float]] = {s: [] for s in (*STAGES, "total")}
         for _ in range(repeats):
             if device.startswith("cuda"):
                 import torch

@@ -13,6 +13,7 @@ import datetime
 import logging
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import highdicom as hd
 import pydicom
@@ -69,7 +70,7 @@ class ResultContext:
     kos_instance_uid: UID = field(default_factory=generate_uid)
 
     @property
-    def date_kwargs(self) -> dict[str, object]:
+    def date_kwargs(self) -> dict[str, Any]:
         """highdicom SOPClass keywords for Content and Series Date/Time (PS3.3 C.7.3.1, C.7.6.1)."""
         return {
             "content_date": self.now.date(),
@@ -78,9 +79,9 @@ class ResultContext:
             "series_time": self.now.time().replace(microsecond=0),
         }
 
-    def common_kwargs(self) -> dict[str, object]:
+    def common_kwargs(self) -> dict[str, Any]:
         """Keywords every highdicom constructor of ours accepts."""
-        kwargs: dict[str, object] = dict(self.date_kwargs)
+        kwargs: dict[str, Any] = dict(self.date_kwargs)
         if self.specific_character_set is not None:
             kwargs["specific_character_set"] = self.specific_character_set
         if self.settings.institution_name:
@@ -151,7 +152,8 @@ def check_inputs(source: pydicom.Dataset, result: ChestResult) -> None:
                     source.SOPInstanceUID, str(age))
     if int(source.get("NumberOfFrames", 1) or 1) != 1:
         raise ResultInputError(f"source {source.SOPInstanceUID}: multi-frame images are not supported")
-    dropped, cut = [], []
+    dropped: list[str] = []
+    cut: list[str] = []
     for element in source:
         if element.tag == pydicom.tag.Tag("PixelData"):
             continue

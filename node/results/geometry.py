@@ -36,7 +36,7 @@ def mask_outlines(mask: np.ndarray, max_outlines: int = 4, min_fraction: float =
     # area of the region behind each border (pixels), so a one-pixel-wide line still counts
     sizes = [cv2.contourArea(c) + 0.5 * cv2.arcLength(c, True) + 1.0 for c in contours]
     largest = max(sizes)
-    outlines = []
+    outlines: list[np.ndarray] = []
     for index in np.argsort(sizes)[::-1]:
         if sizes[index] < min_fraction * largest or len(outlines) >= max_outlines:
             break

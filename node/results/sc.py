@@ -84,7 +84,10 @@ def _to_u8(plane: np.ndarray) -> np.ndarray:
     return cv2.convertScaleAbs(np.clip(np.asarray(plane, dtype=np.float32), 0.0, 1.0), alpha=255.0)
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+_Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
+
+
+def _font(size: int) -> _Font:
     return ImageFont.load_default(size=size)
 
 
@@ -144,10 +147,10 @@ def _summary_lines(result: ChestResult) -> list[str]:
     return lines
 
 
-def _draw_text_block(draw: ImageDraw.ImageDraw, result: ChestResult, font: ImageFont.ImageFont,
+def _draw_text_block(draw: ImageDraw.ImageDraw, result: ChestResult, font: _Font,
                      font_px: int) -> None:
     pad = max(2, font_px // 4)
-    y = pad
+    y: float = pad
     for i, line in enumerate([RESEARCH_BANNER, *_summary_lines(result)]):
         left, top, right, bottom = draw.textbbox((pad, y), line, font=font)
         draw.rectangle([left - pad, top - pad, right + pad, bottom + pad], fill=PANEL_RGB)
@@ -155,7 +158,7 @@ def _draw_text_block(draw: ImageDraw.ImageDraw, result: ChestResult, font: Image
         y = bottom + 2 * pad
 
 
-def _draw_legend(draw: ImageDraw.ImageDraw, size: tuple[int, int], font: ImageFont.ImageFont, font_px: int,
+def _draw_legend(draw: ImageDraw.ImageDraw, size: tuple[int, int], font: _Font, font_px: int,
                  *, heat: bool) -> None:
     """Bottom-right legend: Grad-CAM colour bar (0..1), lung contour and GGO box swatches."""
     height, width = size
@@ -215,7 +218,7 @@ def build_sc(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext,
         sop_instance_uid=ctx.sc_instance_uid,
         instance_number=ctx.instance_number,
         manufacturer=settings.manufacturer,
-        pixel_spacing=spacing,
+        pixel_spacing=spacing,  # type: ignore[arg-type]  # highdicom 0.28 annotates it tuple[int, int]
         patient_orientation=patient_orientation(source) or DEFAULT_PATIENT_ORIENTATION,
         transfer_syntax_uid=settings.sc_transfer_syntax,
         contributing_equipment=contributing_equipment(ctx, result),

@@ -355,7 +355,7 @@ def build_sr(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext, *
              ggo_tracking_uid: str | None = None) -> hd.sr.Comprehensive3DSR:
     """The TID 1500 report; ``seg`` (with its tracking UIDs) is required for an analysed image."""
     src_ref = reference_copy(source)
-    groups: list[object] = [_projection_group(result, src_ref)]
+    groups: list[_Group] = [_projection_group(result, src_ref)]
     notes = [RESEARCH_USE_NOTE]
     if result.analysed:
         if result.lungs is None or seg is None:

@@ -31,7 +31,7 @@ from nodekit import REPO, OnlySomeClassesSCP, Orthanc, StoreSCP, free_port, node
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 
 sys.path.insert(0, str(REPO / "tests" / "results"))
-from factories import make_result  # noqa: E402
+from factories import make_result  # type: ignore[import-not-found]  # noqa: E402
 
 from node.config import load_config  # noqa: E402
 from node.delivery import DeliveryLoop  # noqa: E402
@@ -120,7 +120,7 @@ def dciodvfy_errors(path: Path) -> list[str]:
 
 def check_received(files: list[Path], sent: dict[str, pydicom.Dataset]) -> dict[str, pydicom.Dataset]:
     """Each received file: valid (dciodvfy), the same object, the same pixels; by SOP class."""
-    got = {}
+    got: dict[str, pydicom.Dataset] = {}
     for path in files:
         ds = pydicom.dcmread(path)
         assert not dciodvfy_errors(path), (path.name, dciodvfy_errors(path))
