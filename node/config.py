@@ -55,6 +55,11 @@ class Destination:
     host: str = "127.0.0.1"
     port: int = 4242
     type: str = "dicom"  # the sender registry key (node.delivery.SENDERS)
+    # C-STORE: transfer syntaxes to propose first, best first, as UIDs or pydicom keywords:
+    # ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless, JPEGLSLossless
+    # (node.results.encoding.SUPPORTED). Explicit and Implicit VR Little Endian are always proposed
+    # after them; empty: each object's stored syntax, then those two (node.delivery).
+    transfer_syntaxes: list[str] = field(default_factory=list)
     # type = "dicomweb": STOW-RS (PS3.18 10.5) to the DICOMweb base ``url`` (e.g. Orthanc's
     # http://host:8042/dicom-web), HTTP basic auth with username/password or a bearer token.
     url: str = ""
@@ -252,7 +257,7 @@ def _validate(config: NodeConfig) -> None:
             f"got {n.max_associations_per_host!r}"
         )
     if n.max_pdu_bytes != 0 and not 4096 <= n.max_pdu_bytes <= 2**31:
-        raise ConfigError(f"[node].max_pdu_bytes must be 0 (unlimited) or 4096..2^31, got {n.max_pdu_bytes!r}")
+        raise ConfigError(f"[node].max_pdu_bytes must be 0 (unlimited) or 4096..2^31, got {n.max_pdu_bytes}")
     if n.durability not in DURABILITY_MODES:
         raise ConfigError(f"[node].durability must be one of {DURABILITY_MODES}, got {n.durability!r}")
     if not 0 < len(n.ae_title.strip()) <= 16:
