@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from nodekit import REPO
 
-from node.config import NodeConfig, load_config, parse_config
+from node.config import Destination, NodeConfig, load_config, parse_config
 from node.errors import ConfigError
 from node.logs import log_event
 
@@ -44,9 +44,10 @@ def test_relative_paths_in_a_file_are_relative_to_its_folder(tmp_path: Path, mon
 def test_the_example_file_matches_the_defaults() -> None:
     example = load_config(REPO / "deploy" / "cxr-node.example.toml")
     defaults = NodeConfig()
-    for table in ("node", "pipeline", "worker", "delivery"):
+    for table in ("node", "pipeline", "worker", "delivery", "http", "audit"):
         assert getattr(example, table) == getattr(defaults, table), table
     assert [d.name for d in example.destinations] == ["pacs"]
+    assert example.destinations[0] == Destination(), "the example destination shows every default"
 
 
 @pytest.mark.parametrize(
