@@ -79,7 +79,7 @@ def vgg(
 
     ``batch_norm`` gives torchvision's ``vgg16_bn`` / ``vgg19_bn`` layout (a BatchNorm after every
     convolution): the paper's VGGs started from ImageNet weights, which cannot be downloaded here, and
-    the plain VGG16 did not train from random initialisation on our data (session 1); batch norm is
+    the plain VGG16 did not train from random initialisation on our data; batch norm is
     the usual way to train a VGG from scratch.
     """
     if depth not in _VGG_CFG:

@@ -10,7 +10,7 @@ PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
 
 
 def test_ultralytics_is_offline_and_inside_our_folder(random_models: Path, state_dir: Path) -> None:
-    """(``random_models`` first: it is what prepared ultralytics in this session.)"""
+    """(``random_models`` first: it is what prepared ultralytics in this test run.)"""
     from pipelines.yolo_env import prepare_ultralytics
 
     ultralytics = prepare_ultralytics(state_dir)  # already prepared with this folder: a no-op
