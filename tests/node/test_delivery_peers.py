@@ -20,7 +20,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,14 +31,15 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, g
 
 sys.path.insert(0, str(REPO / "tests" / "results"))
 from factories import make_result  # type: ignore[import-not-found]  # noqa: E402
+from outboxkit import queue_results  # noqa: E402
 
 from node.config import load_config  # noqa: E402
 from node.delivery import DeliveryLoop  # noqa: E402
 from node.errors import DeliveryError  # noqa: E402
-from node.repository import DeliveryState, InstanceRecord, Repository  # noqa: E402
+from node.repository import DeliveryState, Repository  # noqa: E402
 from node.results import ResultSettings, build_result_objects  # noqa: E402
 from node.service import open_repository, open_store  # noqa: E402
-from node.store import InstanceStore, encode_part10  # noqa: E402
+from node.store import InstanceStore  # noqa: E402
 
 SOURCE = "pydicomdata_RG1_J2KI_CR_chest.dcm"
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -91,23 +91,8 @@ def make_outbox(tmp_path: Path, objects: list[pydicom.Dataset], destination: dic
                                                                 "max_attempts": 5}))
     config = load_config(config_path)
     repo, store = open_repository(config), open_store(config)
-    study = str(objects[0].StudyInstanceUID)
-    uid = generate_uid()
-    repo.record_instances([InstanceRecord(
-        sop_instance_uid=uid, sop_class_uid="1.2.840.10008.5.1.4.1.1.1", study_instance_uid=study,
-        series_instance_uid=generate_uid(), transfer_syntax_uid=str(ExplicitVRLittleEndian), path=f"x/{uid}",
-        size_bytes=1, received_at=time.time() - 100)])
-    [job] = repo.schedule_stable_studies(time.time(), 10)
-    assert repo.claim_job("w", 60, 3) is not None
-    records = []
-    for ds in objects:
-        data = encode_part10(ds)
-        relpath, _ = store.write(str(ds.SOPInstanceUID), data)
-        records.append(InstanceRecord(
-            sop_instance_uid=str(ds.SOPInstanceUID), sop_class_uid=str(ds.SOPClassUID),
-            study_instance_uid=study, series_instance_uid=str(ds.SeriesInstanceUID),
-            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), path=relpath, size_bytes=len(data)))
-    assert repo.finish_job(job, "w", records, [destination["name"]])
+    queue_results(repo, store, objects, destination["name"], source_sop_class="1.2.840.10008.5.1.4.1.1.1",
+                  source_series=generate_uid())
     return Outbox(config_path, repo, store, {str(ds.SOPClassUID): ds for ds in objects})
 
 
