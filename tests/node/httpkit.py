@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
-from nodekit import REPO, free_port, node_toml, wait_for, which_or_fail
+from nodekit import REPO, free_port, node_toml, stop_process, wait_for, which_or_fail
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 
@@ -116,13 +116,7 @@ class OrthancDicomWeb:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
 
     def study_instances(self, study_uid: str) -> list[dict]:
         """QIDO-RS through the plugin: the instances of one study, as DICOM JSON."""

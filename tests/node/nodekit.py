@@ -42,6 +42,18 @@ def wait_port(port: int, timeout: float = 60.0, proc: subprocess.Popen | None = 
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
 
 
+def stop_process(proc: subprocess.Popen | None, grace: float = 20.0) -> None:
+    """SIGTERM a peer or node process and wait; SIGKILL it if it outlives ``grace`` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 def wait_for(predicate, timeout: float, interval: float = 0.25, what: str = "condition"):  # noqa: ANN001
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -286,13 +298,7 @@ class System:
         self.storescp.stop()
         self.orthanc.stop()
         for proc in (self.node.proc, self.worker.proc):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
+            stop_process(proc, grace=60)
 
 
 # -- dcmtk storescp as a destination ----------------------------------------------------------
@@ -421,13 +427,7 @@ class Orthanc:
             return bytes(resp.read())
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
 
 
 def which_or_fail(tool: str) -> str:
