@@ -57,6 +57,7 @@ from node.ingest import (
     store_durably,
     store_received,
 )
+from node.ingest.outcomes import ReceiveOutcomes
 from node.logs import log_event
 from node.peers import PeerTable, reject_calling_aet
 from node.scp_transport import IncomingFile, NodeAE, ReceiveLimits
@@ -140,6 +141,7 @@ class StoreHandler:
         self._stats: weakref.WeakKeyDictionary[Any, _AssocStats] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self.stored = 0  # since start, for tests and status
+        self.outcomes = ReceiveOutcomes()  # refusals by status, for /metrics
 
     def _assoc_stats(self, assoc: Any) -> _AssocStats:
         stats = self._stats.get(assoc)
@@ -247,6 +249,7 @@ class StoreHandler:
 
     def _fail(self, stats: _AssocStats, status: int, message: str, request: Any) -> int:
         stats.failed += 1
+        self.outcomes.refused("dimse", status)
         self._audit_instance(stats, "", request, status, reason=message)
         log_event(
             log,

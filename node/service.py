@@ -210,8 +210,11 @@ class NodeService:
                 batch_max=self.config.node.commit_batch_max,
                 timeout=self.config.node.dimse_timeout,
             )
-        self.http = HttpServer(HttpContext(self.config, self.repo, self.store, self.committer,
-                                           models_ready=lambda: workers_ready(self.workers)))
+        context = HttpContext(self.config, self.repo, self.store, self.committer,
+                              models_ready=lambda: workers_ready(self.workers))
+        if self.handler is not None:
+            context.outcomes = self.handler.outcomes  # C-STORE refusals in /metrics
+        self.http = HttpServer(context)
         self.http.start()
 
     def _close_listener(self, grace: float) -> None:

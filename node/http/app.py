@@ -28,6 +28,7 @@ from node.http import dashboard, health, metrics, stow
 from node.http.auth import BearerTokenBackend, unauthorized
 from node.http.bundles import model_inventory
 from node.ingest import GroupCommitter
+from node.ingest.outcomes import ReceiveOutcomes
 from node.logs import log_event
 from node.repository import Repository
 from node.store import InstanceStore
@@ -50,7 +51,8 @@ class HttpContext:
     store: InstanceStore
     committer: GroupCommitter | None = None  # None: STOW-RS answers 503 (no receive path here)
     models_ready: Callable[[], tuple[bool, str]] = lambda: (True, "no analysis worker in this process")
-    outcomes: metrics.ReceiveOutcomes = field(default_factory=metrics.ReceiveOutcomes)
+    # Shared with the C-STORE handler when this process listens, so /metrics counts both protocols.
+    outcomes: ReceiveOutcomes = field(default_factory=ReceiveOutcomes)
     audit_trail: audit.AuditTrail | None = None  # None: the server opens the [audit] trail
 
 
@@ -90,7 +92,6 @@ class HttpServer:
             pass
 
     def start(self, timeout: float = 15.0) -> None:
-        self.app.state.metrics.attach()
         # The first model listing imports pipelines.bundle (torch): done now, off the request path,
         # so that the first scrape or page does not wait for it.
         threading.Thread(target=model_inventory, args=(self.ctx.config.models_dir,), name="http-warm",
@@ -99,7 +100,6 @@ class HttpServer:
         deadline = time.monotonic() + timeout
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.app.state.metrics.detach()
                 raise HttpServerError(
                     f"cannot serve HTTP on {self.ctx.config.http.host}:{self.ctx.config.http.port} "
                     "(port in use or not allowed?)")
@@ -110,7 +110,6 @@ class HttpServer:
     def stop(self, timeout: float = 15.0) -> None:
         self._server.should_exit = True
         self._thread.join(timeout)
-        self.app.state.metrics.detach()
         if self._own_audit and self.ctx.audit_trail is not None:
             self.ctx.audit_trail.close()
         log_event(log, "http.stopped")

@@ -5,8 +5,8 @@ Most figures are read from the database at scrape time by a custom collector
 worker``) did the work and survive a restart. What the database does not hold is counted in
 this process:
 
-- refused instances (nothing is stored for them): STOW-RS refusals counted by the STOW-RS
-  handler, C-STORE refusals counted from the listener's ``store.failed`` events (``node.scp``);
+- refused instances (nothing is stored for them): counted where they are refused, by the STOW-RS
+  handler and the C-STORE handler (``node.scp``), in one ``node.ingest.outcomes.ReceiveOutcomes``;
 - the STOW-RS request duration histogram.
 
 Families:
@@ -24,10 +24,7 @@ Families:
 
 from __future__ import annotations
 
-import logging
-import re
 import shutil
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -46,38 +43,6 @@ from node.http.bundles import model_inventory
 
 STOW_CALLING_AET = "STOW-RS"  # the calling_aet recorded for instances received over DICOMweb
 _DB_UP = "1 when the scrape could read the database"
-_STATUS_FIELD = re.compile(r'status["=:]+\s*"?(0x[0-9A-Fa-f]{4})')
-
-
-class ReceiveOutcomes:
-    """Refused instances by (protocol, status), counted in this process (nothing is stored for them)."""
-
-    def __init__(self) -> None:
-        self._counts: Counter[tuple[str, str]] = Counter()
-        self._lock = threading.Lock()
-
-    def refused(self, protocol: str, status: int) -> None:
-        with self._lock:
-            self._counts[(protocol, f"0x{status:04X}")] += 1
-
-    def snapshot(self) -> dict[tuple[str, str], int]:
-        with self._lock:
-            return dict(self._counts)
-
-
-class ListenerRefusals(logging.Handler):
-    """Counts the C-STORE listener's ``store.failed`` events (text or JSON log lines) as refusals."""
-
-    def __init__(self, outcomes: ReceiveOutcomes) -> None:
-        super().__init__(level=logging.WARNING)
-        self.outcomes = outcomes
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if not (message.startswith("store.failed") or message.startswith('{"event":"store.failed"')):
-            return
-        found = _STATUS_FIELD.search(message)
-        self.outcomes.refused("dimse", int(found.group(1), 16) if found else 0xC000)
 
 
 class NodeCollector(Collector):
@@ -155,13 +120,6 @@ class MetricsRegistry:
         self.registry.register(NodeCollector(ctx))
         self.stow_seconds = Histogram("cxr_node_stow_request_seconds",
                                       "STOW-RS request duration (this process)", registry=self.registry)
-        self._listener_handler = ListenerRefusals(ctx.outcomes)
-
-    def attach(self) -> None:
-        logging.getLogger("node.scp").addHandler(self._listener_handler)
-
-    def detach(self) -> None:
-        logging.getLogger("node.scp").removeHandler(self._listener_handler)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
