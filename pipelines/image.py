@@ -21,9 +21,12 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_fragments
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
+from pydicom.uid import UID, JPEGBaseline8Bit
 
+from pipelines.codestream import CODESTREAM_HEAD_BYTES, declared_frame_size
 from pipelines.errors import ImageDecodeError
 from pipelines.results import PixelSpacing, SourceImage, SpacingSource
 
@@ -32,6 +35,8 @@ log = logging.getLogger(__name__)
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # Objects that carry no radiograph even when they have Pixel Data.
 _NOT_RADIOGRAPHS = {"SEG", "SR", "KO", "PR", "RTSTRUCT", "DOC"}
+# Values one decoded frame may hold (Rows x Columns x Samples per Pixel): the node's receive limit.
+DEFAULT_MAX_PIXELS = 100_000_000
 
 
 def is_dicom_file(path: Path | str) -> bool:
@@ -97,11 +102,12 @@ def _to_grey(arr: np.ndarray, ds: Dataset, where: str) -> np.ndarray:
     raise ImageDecodeError(f"{where}: unsupported Photometric Interpretation {photometric!r}")
 
 
-def load_dicom(ds_or_path: Dataset | Path | str) -> SourceImage:
+def load_dicom(ds_or_path: Dataset | Path | str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> SourceImage:
     """Decode a DICOM radiograph to a presentation-polarity float32 image in [0, 1].
 
     Raises :class:`ImageDecodeError` naming the file for a non-DICOM file, an object without a
-    radiograph (SR, SEG, ...), undecodable Pixel Data or a blank image.
+    radiograph (SR, SEG, ...), an image over ``max_pixels`` (Rows x Columns x Samples per Pixel)
+    or whose code stream declares another size, undecodable Pixel Data or a blank image.
     """
     path: Path | str | None = None
     if isinstance(ds_or_path, Dataset):
@@ -118,9 +124,10 @@ def load_dicom(ds_or_path: Dataset | Path | str) -> SourceImage:
         raise ImageDecodeError(f"{where}: a {modality} object is not a radiograph")
     if "PixelData" not in ds:
         raise ImageDecodeError(f"{where}: no Pixel Data (7FE0,0010)")
+    frames = _check_decode_bounds(ds, where, max_pixels)
     try:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        arr = ds.pixel_array if frames == 1 else ds.pixel_array[0]
+        # The first frame only: a multi-frame object is not decoded whole to analyse one frame.
+        arr = _decode_first_frame(ds, frames)
     except Exception as exc:  # the decoder plugins raise many types (ValueError, RuntimeError, ...)
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
         raise ImageDecodeError(f"{where}: cannot decode Pixel Data (transfer syntax {ts}): {exc}") from exc
@@ -131,24 +138,14 @@ def load_dicom(ds_or_path: Dataset | Path | str) -> SourceImage:
     if arr.ndim != 2 or arr.shape != (rows, cols):
         raise ImageDecodeError(f"{where}: decoded shape {arr.shape} is not Rows x Columns {rows}x{cols}")
     try:
-        values = apply_modality_lut(arr, ds).astype(np.float64)
-        voi_range = _voi_range(ds)
-        if voi_range is not None:
-            values = apply_voi_lut(values, ds, index=0, prefer_lut=True).astype(np.float64)
-            low, high = voi_range
+        if arr.dtype.kind in "iu" and arr.dtype.itemsize <= 2:
+            pixels = _presentation_by_table(arr, ds, where)
         else:
-            low, high = float(values.min()), float(values.max())
+            pixels = _presentation(arr, ds, where)
     except (ValueError, IndexError, AttributeError, TypeError) as exc:
         raise ImageDecodeError(f"{where}: invalid Modality/VOI LUT attributes: {exc}") from exc
-    if not high > low:
-        raise ImageDecodeError(f"{where}: blank image (all pixels {low})")
-    pixels = np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
     if float(pixels.max()) <= float(pixels.min()):
         raise ImageDecodeError(f"{where}: blank image after the VOI window")
-    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
-    shape = str(ds.get("PresentationLUTShape", "")).upper()
-    if photometric == "MONOCHROME1" or (photometric == "MONOCHROME2" and shape == "INVERSE"):
-        pixels = 1.0 - pixels
     return SourceImage(
         pixels=pixels,
         path=where,
@@ -156,6 +153,107 @@ def load_dicom(ds_or_path: Dataset | Path | str) -> SourceImage:
         sop_instance_uid=str(ds.SOPInstanceUID) if "SOPInstanceUID" in ds else None,
         dataset=ds,
     )
+
+
+def _decode_first_frame(ds: Dataset, frames: int) -> np.ndarray:
+    """The first frame: a multi-frame object is not decoded whole to analyse one frame.
+
+    JPEG Baseline goes to Pillow first: its libjpeg-turbo decodes a 2446 x 2010 CR in 11 ms where
+    pylibjpeg (pydicom's first choice) takes 55 ms; the two IDCTs differ by at most one grey level.
+    """
+    index = 0 if frames > 1 else None
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts == JPEGBaseline8Bit:
+        try:
+            return pixel_array(ds, index=index, decoding_plugin="pillow")
+        except Exception:  # noqa: BLE001 - Pillow missing or refusing: pydicom's own choice decides
+            log.debug("Pillow could not decode a JPEG Baseline frame; using pydicom's default plugin")
+    return pixel_array(ds, index=index)
+
+
+def _check_decode_bounds(ds: Dataset, where: str, max_pixels: int) -> int:
+    """Refuse, before decoding, what would make the decoder allocate more than the bound.
+
+    The output of one frame is Rows x Columns x Samples per Pixel values; a compressed frame is
+    decoded to the size its code stream declares, which must therefore be Rows x Columns.
+    Returns the number of frames.
+    """
+    try:
+        rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+        samples = int(ds.get("SamplesPerPixel") or 1)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError) as exc:
+        raise ImageDecodeError(f"{where}: image geometry not readable: {exc}") from exc
+    if rows <= 0 or cols <= 0:
+        raise ImageDecodeError(f"{where}: Rows/Columns missing")
+    if rows * cols * max(samples, 1) > max_pixels:
+        raise ImageDecodeError(
+            f"{where}: image is {rows} x {cols} x {samples} values, over the decode limit {max_pixels}"
+        )
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is not None and UID(ts).is_compressed:
+        try:
+            fragments = generate_fragments(ds.PixelData)
+            next(fragments, None)  # the Basic Offset Table
+            first = next(fragments, b"")
+        except (ValueError, TypeError):  # not encapsulated: the decoder reports it
+            first = b""
+        declared = declared_frame_size(ts, bytes(first[:CODESTREAM_HEAD_BYTES]))
+        if declared is not None and declared != (rows, cols):
+            raise ImageDecodeError(
+                f"{where}: compressed Pixel Data is {declared[0]} x {declared[1]}, "
+                f"Rows/Columns say {rows} x {cols}"
+            )
+    return frames
+
+
+def _presentation(arr: np.ndarray, ds: Dataset, where: str) -> np.ndarray:
+    """Modality LUT, VOI, scaling to [0, 1] and polarity, applied to every pixel."""
+    values = apply_modality_lut(arr, ds).astype(np.float64)
+    voi_range = _voi_range(ds)
+    if voi_range is not None:
+        values = apply_voi_lut(values, ds, index=0, prefer_lut=True).astype(np.float64)
+        low, high = voi_range
+    else:
+        low, high = float(values.min()), float(values.max())
+    if not high > low:
+        raise ImageDecodeError(f"{where}: blank image (all pixels {low})")
+    pixels = np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
+    if _inverted(ds):
+        pixels = 1.0 - pixels
+    return pixels
+
+
+def _presentation_by_table(arr: np.ndarray, ds: Dataset, where: str) -> np.ndarray:
+    """:func:`_presentation` for integer pixels, computed once per stored value in use.
+
+    Every stage is a function of the stored value alone, so the same arithmetic on the at most
+    65,536 values between the image's minimum and maximum, then one table lookup, gives the same
+    result as per pixel; on a 2446 x 2010 CR this takes a fifth of the time.
+    """
+    lowest, highest = int(arr.min()), int(arr.max())
+    stored = np.arange(lowest, highest + 1, dtype=np.int64).astype(arr.dtype)
+    index = arr if lowest == 0 and arr.dtype.kind == "u" else arr.astype(np.int32) - lowest
+    if _voi_range(ds) is not None:
+        table = _presentation(stored, ds, where)
+    else:
+        # Without a VOI the scaling uses the range of the values present, not of every value between.
+        present = np.bincount(index.ravel(), minlength=stored.size) > 0
+        values = apply_modality_lut(stored, ds).astype(np.float64)
+        low, high = float(values[present].min()), float(values[present].max())
+        if not high > low:
+            raise ImageDecodeError(f"{where}: blank image (all pixels {low})")
+        table = np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
+        if _inverted(ds):
+            table = 1.0 - table
+    return table[index]
+
+
+def _inverted(ds: Dataset) -> bool:
+    """MONOCHROME1, or MONOCHROME2 with Presentation LUT Shape INVERSE (C.11.6): air is bright."""
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    shape = str(ds.get("PresentationLUTShape", "")).upper()
+    return photometric == "MONOCHROME1" or (photometric == "MONOCHROME2" and shape == "INVERSE")
 
 
 def load_raster(path: Path | str) -> SourceImage:

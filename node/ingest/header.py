@@ -22,26 +22,21 @@ from typing import Any
 
 from pydicom.datadict import dictionary_VR
 from pydicom.filereader import read_dataset
-from pydicom.pixels.utils import _get_jpg_parameters
 from pydicom.tag import Tag
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
-    JPEG2000TransferSyntaxes,
-    JPEGLSTransferSyntaxes,
-    JPEGTransferSyntaxes,
 )
 
 from node.errors import InvalidInstanceError, StoreError
 from node.ingest.status import STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH, STATUS_OUT_OF_RESOURCES
 from node.store import valid_uid
+from pipelines.codestream import CODESTREAM_HEAD_BYTES, declared_frame_size
 
 # pydicom and the writers read sequences recursively; the real chest samples nest at most 5 deep.
 MAX_SEQUENCE_DEPTH = 16
 _DEFER_BYTES = 1 << 20  # the pydicom fallback leaves larger values unread
 _INFLATE_CHUNK = 1 << 20
-_HTJ2K = ("1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203")
-_CODESTREAM_HEAD = 1 << 16  # JPEG markers before SOF (tables, APPn) fit in the first 64 KiB
 
 PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}  # Float, Double Float, Pixel Data
 LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
@@ -432,21 +427,6 @@ def _first_fragment(buf: bytes | memoryview, start: int, limit: int) -> bytes:
     return b""
 
 
-def _code_stream_size(ts: UID, stream: bytes) -> tuple[int, int] | None:
-    """(rows, columns) a JPEG, JPEG-LS or JPEG 2000 code stream declares; None if not read."""
-    if ts in JPEG2000TransferSyntaxes or ts in _HTJ2K:
-        # PS3.5 A.4.4 / ISO 15444-1 A.5.1: SOC, then SIZ: Lsiz, Rsiz, Xsiz, Ysiz, XOsiz, YOsiz.
-        if len(stream) >= 24 and stream[:4] == b"\xff\x4f\xff\x51":
-            xsiz, ysiz, xo, yo = struct.unpack_from(">LLLL", stream, 8)
-            return ysiz - yo, xsiz - xo
-        return None
-    if ts in JPEGTransferSyntaxes or ts in JPEGLSTransferSyntaxes:
-        info = _get_jpg_parameters(stream)
-        if "height" in info and "width" in info:
-            return int(info["height"]), int(info["width"])
-    return None
-
-
 def check_header(
     buf: bytes | memoryview,
     ts: UID,
@@ -525,7 +505,7 @@ def check_header(
                 "undefined-length Pixel Data in a native transfer syntax", STATUS_CANNOT_UNDERSTAND
             )
         _encapsulated_end(buf, start)
-        declared = _code_stream_size(ts, _first_fragment(buf, start, _CODESTREAM_HEAD))
+        declared = declared_frame_size(ts, _first_fragment(buf, start, CODESTREAM_HEAD_BYTES))
         if declared is not None and declared[0] > 0 and declared != (rows, columns):
             # A decoder allocates what the code stream says: 1.7 MB of JPEG declaring 12000 x
             # 12000 cost the worker +660 MiB before the shape check, whatever Rows/Columns say.
