@@ -28,6 +28,7 @@ from node.results.common import (
     reference_copy,
     spacing_tuple,
 )
+from pipelines.overlays import GGO_RGB, LUNG_RGB  # the display colours: those of the secondary capture
 from pipelines.results import ChestResult, ModelInfo
 
 # JPEG 2000 Lossless, each frame its own fragment (PS3.5 A.4), for BINARY and FRACTIONAL alike.
@@ -41,9 +42,6 @@ LUNG_SEGMENT = 1
 GGO_SEGMENT = 2
 LUNG_LABEL = "Lungs"
 GGO_LABEL = "Ground glass opacity"
-# Display colours (CIELab via sRGB): lungs blue, GGO orange, as in the secondary capture.
-LUNG_RGB = (40, 120, 255)
-GGO_RGB = (255, 140, 0)
 # Without a spacing in the source the SEG still needs Pixel Measures (highdicom's reader fails
 # without it); 1.0 mm is written and documented as nominal in deploy/conformance/results.md.
 # Measurements in mm come only from the SR, which says when there is no spacing.

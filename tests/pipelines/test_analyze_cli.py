@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from node.cli.main import main
+from pipelines.overlays import BANNER_RGB, LUNG_RGB
 
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 SC = "1.2.840.10008.5.1.4.1.1.7"
@@ -65,6 +66,12 @@ def test_folder_with_bad_files(input_folder: Path, tmp_path: Path, random_models
     source_size = Image.open(input_folder / "sub" / "chest.png").size
     lungs = np.asarray(Image.open(folder / "lungs_mask.png"))
     assert lungs.shape == source_size[::-1] and int((lungs == 255).sum()) == png["lung_area_px"]
+    # overlay.png is the secondary capture's picture: same renderer, banner and lung contour colours
+    overlay = np.asarray(Image.open(folder / "overlay.png"))
+    assert overlay.shape == (*source_size[::-1], 3)
+    top = overlay[: overlay.shape[0] // 10].astype(int)
+    assert (np.abs(top - BANNER_RGB).max(axis=-1) < 60).sum() > 20  # anti-aliased banner text
+    assert np.all(overlay == LUNG_RGB, axis=-1).any()  # contour (random models here) or legend swatch
     assert {"decode", "write", "total"} <= set(png["timings_ms"])
 
     status = main(["analyze", str(input_folder), "--out", str(out), "--json", "--models", str(random_models),

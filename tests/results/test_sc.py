@@ -10,9 +10,8 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 from result_sets import ResultSet
 
 from node.results import ResultSettings, build_result_objects
-from node.results.sc import BANNER_RGB, heat_colormap, render_overlay
-from node.results.seg import GGO_RGB, LUNG_RGB
 from pipelines.image import load_dicom
+from pipelines.overlays import BANNER_RGB, GGO_RGB, LUNG_RGB, heat_colormap, render_overlay
 
 
 def test_attributes_of_every_capture(frontal_sets: dict[str, ResultSet]) -> None:
