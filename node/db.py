@@ -1,7 +1,9 @@
 """Database schema (SQLAlchemy 2.0 ORM): instances, jobs, deliveries.
 
 The same schema runs on SQLite (one machine) and PostgreSQL (several machines sharing the
-queue). All SQL that reads or writes these tables lives in :mod:`node.repository`.
+queue). All SQL that reads or writes these tables lives in :mod:`node.repository`. The states
+are :class:`JobState` and :class:`DeliveryState`, stored as their string values (a plain
+``VARCHAR``, so a new state never needs a schema migration).
 
 - ``instances``: every object in the store, received (``derived = False``) or produced by the
   worker (``derived = True``). ``job_id`` is NULL until the scheduler puts a received
@@ -18,7 +20,8 @@ queue). All SQL that reads or writes these tables lives in :mod:`node.repository
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from enum import StrEnum
 
 from sqlalchemy import (
     BigInteger,
@@ -29,13 +32,28 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-JOB_STATES = ("queued", "running", "done", "failed")
-DELIVERY_STATES = ("pending", "sent", "failed")
+
+class JobState(StrEnum):
+    """``jobs.state``: queued -> running -> done | failed (a running job whose lease expired is claimable)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class DeliveryState(StrEnum):
+    """``deliveries.state``: pending -> sent | failed."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"  # final until ``cxr-node resend`` puts it back to pending
 
 
 class Base(DeclarativeBase):
@@ -73,7 +91,7 @@ class Job(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     study_instance_uid: Mapped[str] = mapped_column(String(64))
     accession_number: Mapped[str] = mapped_column(String(16), default="")
-    state: Mapped[str] = mapped_column(String(16), default="queued")
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
     lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -95,7 +113,7 @@ class Delivery(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"))
     destination: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16), default="pending")
+    state: Mapped[str] = mapped_column(String(16), default=DeliveryState.PENDING.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[float] = mapped_column(Float, default=0.0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -121,23 +139,31 @@ class AnalysisProcess(Base):
     seen_at: Mapped[float] = mapped_column(Float)
 
 
+# The tables as Core ``Table`` objects (``Model.__table__`` is typed as a bare FromClause), for the
+# statements in node.repository.
+INSTANCES: Table = Base.metadata.tables["instances"]
+JOBS: Table = Base.metadata.tables["jobs"]
+DELIVERIES: Table = Base.metadata.tables["deliveries"]
+
+
 def utc_from_epoch(seconds: float | None) -> datetime | None:
     """For display only: epoch seconds -> aware UTC datetime."""
     if seconds is None:
         return None
-    from datetime import UTC
-
     return datetime.fromtimestamp(seconds, tz=UTC)
 
 
 __all__ = [
     "AnalysisProcess",
     "Base",
+    "DELIVERIES",
     "Delivery",
+    "DeliveryState",
+    "INSTANCES",
     "Instance",
+    "JOBS",
     "Job",
-    "JOB_STATES",
-    "DELIVERY_STATES",
+    "JobState",
     "utc_from_epoch",
     "DateTime",
 ]
