@@ -50,6 +50,11 @@ class ImageFailure(NodeError):
         super().__init__(f"{sop_instance_uid}: {stage}: {reason}")
         self.sop_instance_uid, self.stage, self.reason = sop_instance_uid, stage, reason
 
+    def reader_text(self) -> str:
+        """The sentence the image's "not analysed" SR shows a reader: what failed, then the reason."""
+        what = STAGE_SENTENCES.get(self.stage, f"it failed at stage {self.stage}")
+        return f"Image not analysed by the AI: {what} ({self.reason})."
+
 
 class TransientJobError(NodeError):
     """The job could not finish for a reason outside its images (database, store I/O, lease lost):
@@ -57,6 +62,13 @@ class TransientJobError(NodeError):
 
 
 IMAGE_STAGES = ("read", "decode", "analyse", "write", "store")
+STAGE_SENTENCES = {
+    "read": "its stored file could not be read",
+    "decode": "its pixel data could not be decoded",
+    "analyse": "the analysis failed",
+    "write": "its result objects could not be written",
+    "store": "its result objects could not be stored",
+}
 
 
 def parse_image_failures(note: str | None) -> list[dict[str, str]]:

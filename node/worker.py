@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pydicom
+import pydicom.filereader
 from pydicom.errors import InvalidDicomError
 
 from node.config import NodeConfig
@@ -41,10 +42,11 @@ from node.errors import (
     StoreError,
     TransientJobError,
 )
+from node.ingest.commit import store_result
 from node.logs import escape_control, log_event, redacting
 from node.phi import identity_values, identity_values_from_file, safe_message
 from node.repository import ClaimedJob, InstanceRecord, Repository
-from node.store import InstanceStore, encode_part10
+from node.store import InstanceStore
 
 if TYPE_CHECKING:  # node.results imports highdicom: loaded when the first job runs
     from node.results import ResultSeries
@@ -278,7 +280,12 @@ class Worker:
 
     # -- one job ----------------------------------------------------------------------------
     def process(self, job: ClaimedJob) -> str:
-        """Run one claimed job to done / queued-for-retry / failed / released; returns the state."""
+        """Run one claimed job to done / queued-for-retry / failed / released; returns the state.
+
+        The result files an attempt writes are removed again unless the transaction that records
+        their rows with the job commits (:meth:`_discard`): the store never keeps a file that no
+        row names, whatever step fails.
+        """
         started = time.monotonic()
         log_event(
             log,
@@ -289,24 +296,37 @@ class Worker:
             attempt=job.attempts,
             owner=self.owner,
         )
+        written: list[InstanceRecord] = []  # this attempt's result files, durable, rows not committed
+        committed = unknown = False
         try:
-            with LeaseKeeper(self.repo, job.id, self.owner, self.config.worker.lease_seconds) as lease:
-                outcome = self._analyse_job(job, lease)
-        except Exception as exc:  # transient (or a fault of the node itself): retried with a backoff
-            return self._fail(job, safe_message(exc), retry=True, started=started)
-        if outcome is None:
-            self.repo.release_job(job.id, self.owner)
-            log_event(log, "job.released", job_id=job.id, study=job.study_instance_uid, owner=self.owner)
-            return "queued"
-        results, failures, n_images = outcome
-        note = "\n".join(str(f) for f in failures)  # one line per image: "<uid>: <stage>: <reason>"
-        if failures and len(failures) == n_images:
-            # every image failed for a reason that will not change: no retry
-            return self._fail(job, note, retry=False, started=started)
-        names = [d.name for d in self.config.destinations]
-        if not self.repo.finish_job(job.id, self.owner, results, names, note=note):
-            log_event(log, "job.lease_lost", logging.WARNING, job_id=job.id, study=job.study_instance_uid)
-            return "lost"
+            try:
+                with LeaseKeeper(self.repo, job.id, self.owner, self.config.worker.lease_seconds) as lease:
+                    outcome = self._analyse_job(job, lease, written)
+            except Exception as exc:  # transient (or a fault of the node itself): retried with a backoff
+                return self._fail(job, safe_message(exc), retry=True, started=started)
+            if outcome is None:
+                self.repo.release_job(job.id, self.owner)
+                log_event(log, "job.released", job_id=job.id, study=job.study_instance_uid, owner=self.owner)
+                return "queued"
+            failures, n_images = outcome
+            note = "\n".join(str(f) for f in failures)  # one line per image: "<uid>: <stage>: <reason>"
+            if failures and not written:
+                # no image analysed and no "not analysed" report made: nothing to send, and the
+                # reasons will not change, so no retry
+                return self._fail(job, note, retry=False, started=started)
+            names = [d.name for d in self.config.destinations]
+            try:
+                committed = self.repo.finish_job(job.id, self.owner, written, names, note=note)
+            except DatabaseError as exc:  # committed or not? _discard asks the database first
+                unknown = True
+                self._discard(job, written, check_rows=True)
+                return self._fail(job, safe_message(exc), retry=True, started=started)
+            if not committed:
+                log_event(log, "job.lease_lost", logging.WARNING, job_id=job.id, study=job.study_instance_uid)
+                return "lost"
+        finally:
+            if not committed and not unknown:
+                self._discard(job, written, check_rows=False)
         self.jobs_done += 1
         log_event(
             log,
@@ -314,12 +334,41 @@ class Worker:
             job_id=job.id,
             study=job.study_instance_uid,
             accession=job.accession_number,
-            results=len(results),
-            deliveries=len(results) * len(names),
+            results=len(written),
+            deliveries=len(written) * len(names),
             images_failed=len(failures),
+            images=n_images,
             seconds=time.monotonic() - started,
         )
         return "done"
+
+    def _discard(self, job: ClaimedJob, records: list[InstanceRecord], *, check_rows: bool) -> None:
+        """Remove the result files of an attempt whose rows were not committed.
+
+        ``check_rows``: the commit failed in a way that may still have committed it (a connection
+        lost during COMMIT), so a file is removed only when the database says it has no row; when
+        the database cannot say, the file stays (a row naming a missing file would be worse than
+        a file no row names).
+        """
+        removed = kept = 0
+        for record in records:
+            if check_rows:
+                try:
+                    has_row = self.repo.find_instance(record.sop_instance_uid) is not None
+                except DatabaseError:
+                    has_row = True
+                if has_row:
+                    kept += 1
+                    continue
+            try:
+                removed += self.store.remove(record.path)
+            except StoreError as exc:
+                kept += 1
+                log_event(log, "job.result_file_not_removed", logging.ERROR, job_id=job.id,
+                          path=record.path, error=str(exc))
+        if records:
+            log_event(log, "job.results_discarded", logging.WARNING if kept else logging.INFO, job_id=job.id,
+                      removed=removed, kept=kept)
 
     def _fail(self, job: ClaimedJob, message: str, *, retry: bool, started: float) -> str:
         max_attempts = self.config.worker.max_attempts if retry else 0  # 0: failed at once
@@ -342,16 +391,16 @@ class Worker:
         return state
 
     def _analyse_job(
-        self, job: ClaimedJob, lease: LeaseKeeper
-    ) -> tuple[list[InstanceRecord], list[ImageFailure], int] | None:
+        self, job: ClaimedJob, lease: LeaseKeeper, written: list[InstanceRecord]
+    ) -> tuple[list[ImageFailure], int] | None:
         """Analyse every image; None when stopping (the job is released, not failed).
 
-        Returns the result records and the images that failed (deterministically); raises on a
-        transient fault, which fails the whole attempt (nothing of it is recorded).
+        Appends the result records to ``written`` as their files are stored (a failed image gets
+        its "not analysed" report there) and returns the images that failed (deterministically)
+        and the number of images; raises on a transient fault, which fails the whole attempt.
         """
         assert self.analyzer is not None
         instances = self.repo.job_instances(job.id)
-        results: list[InstanceRecord] = []
         failures: list[ImageFailure] = []
         from node.results import ResultSeries
 
@@ -360,18 +409,21 @@ class Worker:
             if self.stop_event.is_set():
                 return None
             try:
-                results.extend(self._analyse_image(inst, number, series))
+                self._analyse_image(inst, number, series, written)
             except ImageFailure as failure:
                 failures.append(failure)
                 log_event(log, "image.not_analysed", logging.WARNING, job_id=job.id,
                           sop_instance_uid=failure.sop_instance_uid, stage=failure.stage,
                           error=failure.reason, retried=False)
+                self._report_failure(inst, failure, number, series, written)
             if lease.lost.is_set():
                 raise TransientJobError(f"lease on job {job.id} lost while analysing")
-        return results, failures, len(instances)
+        return failures, len(instances)
 
-    def _analyse_image(self, inst: InstanceRecord, number: int, series: ResultSeries) -> list[InstanceRecord]:
-        """One image's result records; ImageFailure (deterministic) or a transient error otherwise."""
+    def _analyse_image(self, inst: InstanceRecord, number: int, series: ResultSeries,
+                       written: list[InstanceRecord]) -> None:
+        """Store one image's result objects into ``written``; ImageFailure (deterministic) or a
+        transient error otherwise."""
         assert self.analyzer is not None
         uid = escape_control(inst.sop_instance_uid)
         try:
@@ -392,35 +444,86 @@ class Worker:
                 stage, cause = ((exc.stage, exc.cause) if isinstance(exc, AnalysisStageError)
                                 else ("analyse", exc))
                 raise ImageFailure(uid, stage, safe_message(cause, values)) from None
+            written.extend(self._store_results(outputs, inst, uid, values))
+
+    def _report_failure(self, inst: InstanceRecord, failure: ImageFailure, number: int, series: ResultSeries,
+                        written: list[InstanceRecord]) -> None:
+        """Store the failed image's "not analysed" SR (node.results.sr), so that a reader sees in the
+        viewer that this image has no AI result and why; the reason is the job's (PHI-free) one.
+
+        The report is built from the image's own header (:func:`read_failed_header`), never from
+        another image of the study: when that header cannot be read or does not match the image's
+        row, no report is made and the reason stays in the job and ``cxr-node status`` only.
+        """
+        from node.results import ResultSettings
+        from node.results.sr import not_analysed_report
+
+        values: set[str] = set()
+        try:
+            header = read_failed_header(self.store.path(inst.path))
+            values = identity_values(header)
+            with redacting(values):
+                if (str(header.get("SOPInstanceUID", "")) != inst.sop_instance_uid
+                        or str(header.get("StudyInstanceUID", "")) != inst.study_instance_uid):
+                    raise ValueError("the header's SOP Instance or Study Instance UID differs from its row")
+                report = not_analysed_report(
+                    header, failure.reader_text(), series=series, instance_number=number,
+                    settings=ResultSettings(institution_name=self.config.pipeline.institution_name or None))
+        except Exception as exc:  # noqa: BLE001 - any reason: no report, the job still says why
+            log_event(log, "image.no_report", logging.WARNING, sop_instance_uid=failure.sop_instance_uid,
+                      error=safe_message(exc, values))
+            return
+        with redacting(values):
             try:
-                return self._store_results(outputs, inst)
+                written.extend(self._store_results([report], inst, failure.sop_instance_uid, values))
+            except ImageFailure as store_failure:
+                log_event(log, "image.no_report", logging.WARNING, sop_instance_uid=failure.sop_instance_uid,
+                          error=store_failure.reason)
+
+    def _store_results(self, outputs: list[pydicom.Dataset], source: InstanceRecord, uid: str,
+                       values: set[str]) -> list[InstanceRecord]:
+        """One image's result objects written durably (node.ingest.commit.store_result); their rows
+        are committed later, with the job. All or none: when one file fails, the image's files
+        already written are removed before the error goes up (TransientJobError for I/O and
+        database faults, ImageFailure at stage "store" otherwise)."""
+        records: list[InstanceRecord] = []
+        for ds in outputs:
+            try:
+                records.append(store_result(self.store, ds, accession_number=source.accession_number))
             except Exception as exc:
+                for path in [r.path for r in records] + _final_path(self.store, ds):
+                    try:
+                        self.store.remove(path)
+                    except StoreError as remove_exc:
+                        log_event(log, "job.result_file_not_removed", logging.ERROR, path=path,
+                                  error=str(remove_exc))
                 if _is_transient(exc) or isinstance(exc, OSError):
                     raise TransientJobError(f"{uid}: {safe_message(exc, values)}") from exc
                 raise ImageFailure(uid, "store", safe_message(exc, values)) from None
-
-    def _store_results(self, outputs: list[pydicom.Dataset], source: InstanceRecord) -> list[InstanceRecord]:
-        records = []
-        directories = set()
-        for ds in outputs:
-            data = encode_part10(ds)
-            relpath, directory = self.store.write(str(ds.SOPInstanceUID), data)
-            directories.add(directory)
-            records.append(
-                InstanceRecord(
-                    sop_instance_uid=str(ds.SOPInstanceUID),
-                    sop_class_uid=str(ds.SOPClassUID),
-                    study_instance_uid=str(ds.StudyInstanceUID),
-                    series_instance_uid=str(ds.SeriesInstanceUID),
-                    transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-                    path=relpath,
-                    size_bytes=len(data),
-                    accession_number=source.accession_number,
-                    derived=True,
-                )
-            )
-        self.store.sync_dirs(directories)
         return records
+
+
+# Groups of a header that a "not analysed" report copies (up to Image Pixel, 0028): read alone, they
+# leave out the Pixel Data and the later groups where a data set nested too deeply usually sits.
+_LAST_HEADER_GROUP = 0x0028
+
+
+def read_failed_header(path: Path) -> pydicom.Dataset:
+    """The header of a stored image (groups up to 0028, no Pixel Data), for its "not analysed" report.
+
+    Raises whatever pydicom raises on it (RecursionError for nesting within those groups too).
+    """
+    with open(path, "rb") as f:
+        return pydicom.filereader.read_partial(
+            f, stop_when=lambda tag, _vr, _length: tag.group > _LAST_HEADER_GROUP)
+
+
+def _final_path(store: InstanceStore, ds: pydicom.Dataset) -> list[str]:
+    """Where a result object that failed while being made durable may already lie (after its rename)."""
+    try:
+        return [store.relpath(str(ds.SOPInstanceUID))]
+    except (StoreError, AttributeError):
+        return []
 
 
 def start_worker_threads(

@@ -8,6 +8,9 @@ of every instance waiting at that moment in ONE transaction (one WAL fsync) and 
 handlers. A SOP Instance UID already stored is never replaced: an identical resend is
 acknowledged again without new work, a different one is refused (0x0111) and the first copy
 stays.
+
+The worker's result objects take the same road (:func:`store_result`): one function,
+:func:`durable_record`, makes a file durable and builds the row that names it, whoever commits it.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ import threading
 import time
 from pathlib import Path
 
+import pydicom
+
 from node.errors import DatabaseError, InvalidInstanceError, StoreError
 from node.ingest.header import Header
 from node.ingest.status import STATUS_DUPLICATE_CONFLICT
 from node.repository import InstanceRecord, Repository
-from node.store import InstanceStore, PendingFile, same_data_set
+from node.store import InstanceStore, PendingFile, encode_part10, same_data_set
 
 log = logging.getLogger("node.ingest")
 
@@ -148,9 +153,8 @@ def _commit(
     """Make the file durable (data and directory entry), then commit its row; True if the row
     is new. Raises StoreError/DatabaseError: nothing acknowledged, and a file left without its
     row is replaced by the next copy of the UID."""
-    pending.finish()
     record = receive_record(
-        header, relpath=pending.relpath, size=size, transfer_syntax=transfer_syntax, calling_aet=calling_aet
+        header, pending, size=size, transfer_syntax=transfer_syntax, calling_aet=calling_aet
     )
     ticket = committer.submit(record)
     ticket.wait(committer.timeout)
@@ -214,18 +218,74 @@ def store_durably(
         )
 
 
-def receive_record(
-    header: Header, *, relpath: str, size: int, transfer_syntax: str, calling_aet: str
+def durable_record(
+    pending: PendingFile,
+    *,
+    sop_instance_uid: str,
+    sop_class_uid: str,
+    study_instance_uid: str,
+    series_instance_uid: str,
+    transfer_syntax_uid: str,
+    size: int,
+    accession_number: str = "",
+    calling_aet: str = "",
+    derived: bool = False,
 ) -> InstanceRecord:
+    """Make a written file durable, then return the row that may name it: the one way the node
+    turns a file into an instance row, for received instances and its own result objects alike.
+
+    :meth:`PendingFile.finish` renames the file into place and fsyncs its data and directory
+    (``durability = "fsync"``) before this returns, so whoever commits the row (the group
+    committer, or :meth:`Repository.finish_job` for result objects) never names a file that a
+    power loss could take away. The row is not committed here.
+    """
+    pending.finish()
     return InstanceRecord(
+        sop_instance_uid=sop_instance_uid,
+        sop_class_uid=sop_class_uid,
+        study_instance_uid=study_instance_uid,
+        series_instance_uid=series_instance_uid,
+        transfer_syntax_uid=str(transfer_syntax_uid),
+        path=pending.relpath,
+        size_bytes=size,
+        accession_number=accession_number,
+        calling_aet=calling_aet[:16],
+        derived=derived,
+        received_at=time.time(),
+    )
+
+
+def receive_record(
+    header: Header, pending: PendingFile, *, size: int, transfer_syntax: str, calling_aet: str
+) -> InstanceRecord:
+    """A received instance's file made durable, and its row (:func:`durable_record`)."""
+    return durable_record(
+        pending,
         sop_instance_uid=header.sop_instance_uid,
         sop_class_uid=header.sop_class_uid,
         study_instance_uid=header.study_instance_uid,
         series_instance_uid=header.series_instance_uid,
-        transfer_syntax_uid=str(transfer_syntax),
-        path=relpath,
-        size_bytes=size,
+        transfer_syntax_uid=transfer_syntax,
+        size=size,
         accession_number=header.accession_number,
-        calling_aet=calling_aet[:16],
-        received_at=time.time(),
+        calling_aet=calling_aet,
+    )
+
+
+def store_result(store: InstanceStore, ds: pydicom.Dataset, *, accession_number: str) -> InstanceRecord:
+    """A result object of this node (SEG, SR, SC, KOS) written like a received instance: encoded as
+    Part 10, made durable and described by :func:`durable_record` (``derived``). The caller commits
+    the row with its job (:meth:`Repository.finish_job`), or removes the file when it cannot."""
+    data = encode_part10(ds)
+    pending = store.begin_write(str(ds.SOPInstanceUID), data)
+    return durable_record(
+        pending,
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        sop_class_uid=str(ds.SOPClassUID),
+        study_instance_uid=str(ds.StudyInstanceUID),
+        series_instance_uid=str(ds.SeriesInstanceUID),
+        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+        size=len(data),
+        accession_number=accession_number,
+        derived=True,
     )

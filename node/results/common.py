@@ -285,9 +285,13 @@ def copy_study_attributes(target: pydicom.Dataset, source: pydicom.Dataset) -> N
             setattr(target, keyword, reference[keyword].value)
 
 
-def contributing_equipment(ctx: ResultContext, result: ChestResult) -> list[hd.ContributingEquipment]:
-    """Contributing Equipment item naming this node as the processing software (PS3.3 C.12.1.1.5)."""
-    models = ", ".join(f"{m.name} {m.version}" for m in result.models.values())
+def contributing_equipment(ctx: ResultContext, result: ChestResult | None) -> list[hd.ContributingEquipment]:
+    """Contributing Equipment item naming this node as the processing software (PS3.3 C.12.1.1.5).
+
+    ``result`` None: an image the node could not analyse, so no model contributed anything.
+    """
+    models = ("none, image not analysed" if result is None
+              else ", ".join(f"{m.name} {m.version}" for m in result.models.values()))
     return [
         hd.ContributingEquipment(
             manufacturer=ctx.settings.manufacturer,

@@ -24,19 +24,26 @@ Content tree (PS3.16 TID 1500; codes in ``node.results.codes``):
 
 from __future__ import annotations
 
+import datetime
+import warnings
+
 import highdicom as hd
 import numpy as np
 import pydicom
 import pydicom.sr.codedict
 import pydicom.sr.coding
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from highdicom.sr.templates import DEFAULT_LANGUAGE
 from pydicom.uid import generate_uid
 
 from node.results import codes
 from node.results.common import (
     ResultContext,
     ResultInputError,
+    ResultSeries,
     contributing_equipment,
+    copy_study_attributes,
+    make_context,
     patient_orientation,
     reference_copy,
 )
@@ -286,7 +293,7 @@ _ACQUISITION_MODALITY = {
 _LIBRARY, _LIBRARY_GROUP, _MODALITY = "111028", "126200", "121139"
 
 
-def _library_modality(report: hd.sr.MeasurementReport, source: pydicom.Dataset) -> None:
+def _library_modality(report: hd.sr.ContentSequence, source: pydicom.Dataset) -> None:
     """Make the Image Library entry's Modality (TID 1602 row 1, DCID 29) an acquisition modality.
 
     highdicom derives it from the SOP Class, so a Secondary Capture source gets (OT, DCM, "Other"),
@@ -397,6 +404,13 @@ def build_sr(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext, *
     report[0].ContentSequence.append(_notes(notes))
     _library_modality(report, source)
     evidence = [src_ref] + ([seg] if seg is not None else [])
+    return _document(report, evidence, ctx, result)
+
+
+def _document(report: hd.sr.ContentSequence, evidence: list[pydicom.Dataset], ctx: ResultContext,
+              result: ChestResult | None) -> hd.sr.Comprehensive3DSR:
+    """The Comprehensive 3D SR instance around a TID 1500 content tree (series 9102)."""
+    settings = ctx.settings
     return hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report,
@@ -418,3 +432,54 @@ def build_sr(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext, *
         contributing_equipment=contributing_equipment(ctx, result),
         **ctx.common_kwargs(),
     )
+
+
+# Attributes a "not analysed" report needs from its source: what it belongs to and what it cites.
+NOT_ANALYSED_REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+_DCM = pydicom.sr.codedict.codes.DCM
+
+
+def build_not_analysed_sr(source: pydicom.Dataset, text: str, ctx: ResultContext) -> hd.sr.Comprehensive3DSR:
+    """The TID 1500 report of an image the node failed to analyse (unreadable pixels, an analysis or
+    writer error): a reader who opens the study sees that this image has no AI result, and why.
+
+    ``source`` may be the image's header only (no Pixel Data). The report has no Imaging
+    Measurements (nothing was measured; TID 1500 requires at least one of its rows 6, 8 and 12):
+    Procedure Reported, the device observer, the image in the Image Library (when its header gives
+    Rows and Columns) and the Qualitative Evaluations with the research-use note and ``text``,
+    which must already be free of patient identity (node.phi). The image is the SR's evidence.
+    """
+    missing = [k for k in NOT_ANALYSED_REQUIRED if not source.get(k)]
+    if missing:
+        raise ResultInputError(f"source {source.get('SOPInstanceUID', '<no SOPInstanceUID>')}: missing "
+                               f"{', '.join(missing)}")
+    src_ref = reference_copy(source)
+    root = hd.sr.ContainerContentItem(name=_DCM.ImagingMeasurementReport, template_id="1500")
+    root.ContentSequence = hd.sr.ContentSequence([
+        *hd.sr.LanguageOfContentItemAndDescendants(DEFAULT_LANGUAGE),
+        *hd.sr.ObservationContext(observer_device_context=device_observer(ctx.settings)),
+        hd.sr.CodeContentItem(name=_DCM.ProcedureReported, value=codes.PLAIN_CHEST_XRAY,
+                              relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD),
+    ])
+    if src_ref.get("Rows") and src_ref.get("Columns"):
+        root.ContentSequence.extend(hd.sr.ImageLibrary([_library_reference(src_ref)]))
+    root.ContentSequence.append(_notes([RESEARCH_USE_NOTE, text]))
+    report = hd.sr.ContentSequence([root], is_root=True)
+    _library_modality(report, source)
+    return _document(report, [src_ref], ctx, None)
+
+
+def not_analysed_report(source: pydicom.Dataset, text: str, *, settings: ResultSettings | None = None,
+                        series: ResultSeries | None = None, instance_number: int = 1,
+                        now: datetime.datetime | None = None) -> pydicom.Dataset:
+    """:func:`build_not_analysed_sr` with the study-level attributes of every result object, in the
+    study's SR series (``series``) at the image's place (``instance_number``), as the worker sends it."""
+    with warnings.catch_warnings():
+        # as in node.results.build_result_objects: single-component Patient Names are the source's data
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*",
+                                category=UserWarning)
+        ctx = make_context(source, settings or ResultSettings(), now, series=series,
+                           instance_number=instance_number)
+        sr = build_not_analysed_sr(source, text, ctx)
+    copy_study_attributes(sr, source)
+    return sr
