@@ -29,7 +29,7 @@ from node.logs import log_event
 from node.repository import Repository, make_engine
 from node.retention import RetentionLoop
 from node.scheduler import Scheduler
-from node.scp import StoreHandler, start_listener
+from node.scp import Listeners, StoreHandler, start_listener
 from node.store import InstanceStore
 from node.worker import (
     Analyzer,
@@ -101,7 +101,7 @@ class NodeService:
         self.delivery_wake = threading.Event()
         self.committer: GroupCommitter | None = None
         self.handler: StoreHandler | None = None
-        self.server = None
+        self.server: Listeners | None = None
         self.scheduler: Scheduler | None = None
         self.workers: list[tuple[Worker, threading.Thread]] = []
         self.delivery_thread: threading.Thread | None = None

@@ -64,7 +64,7 @@ class ListenerContext(ssl.SSLContext):
     handshake_timeout: float = 10.0
     on_failure: HandshakeFailure | None = None
 
-    def wrap_socket(self, sock: socket.socket, *args: Any, **kwargs: Any) -> ssl.SSLSocket:  # type: ignore[override]
+    def wrap_socket(self, sock: socket.socket, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
         previous = sock.gettimeout()
         host = _peer_host(sock)
         sock.settimeout(self.handshake_timeout)

@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # imported where used: torchvision, MONAI and ultralytics load only when needed
+    from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+    from ultralytics.nn.tasks import DetectionModel
 
 # VGG configurations of Simonyan & Zisserman (torchvision's "D" and "E"): channel counts at
 # width 64, "M" = max-pool.
@@ -102,7 +106,8 @@ def vgg(
     for m in net.modules():  # torchvision's VGG initialisation
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0, 0.01)
             nn.init.zeros_(m.bias)
@@ -118,15 +123,18 @@ def densenet121(in_channels: int = 1, num_classes: int = 1, dropout: float = 0.0
     )
 
 
-def resnet(depth: int = 18, in_channels: int = 1, num_classes: int = 1, width: int = 64) -> nn.Module:
+def resnet(depth: int = 18, in_channels: int = 1, num_classes: int = 1, width: int = 64) -> ResNet:
     """torchvision ResNet-18/34/50 (weights=None) with its stem adapted to ``in_channels``.
 
     ``width`` (the stem width, 64 originally) is there for tiny test networks.
     """
     from torchvision.models import resnet as tv_resnet
 
-    blocks = {18: (tv_resnet.BasicBlock, [2, 2, 2, 2]), 34: (tv_resnet.BasicBlock, [3, 4, 6, 3]),
-              50: (tv_resnet.Bottleneck, [3, 4, 6, 3])}
+    blocks: dict[int, tuple[type[BasicBlock | Bottleneck], list[int]]] = {
+        18: (tv_resnet.BasicBlock, [2, 2, 2, 2]),
+        34: (tv_resnet.BasicBlock, [3, 4, 6, 3]),
+        50: (tv_resnet.Bottleneck, [3, 4, 6, 3]),
+    }
     if depth not in blocks:
         raise ValueError(f"ResNet depth must be 18, 34 or 50, got {depth}")
     block, layers = blocks[depth]
@@ -136,8 +144,8 @@ def resnet(depth: int = 18, in_channels: int = 1, num_classes: int = 1, width: i
     return net
 
 
-def _narrow_resnet(net: nn.Module, block: type, layers: list[int], in_channels: int, width: int,
-                   num_classes: int) -> None:
+def _narrow_resnet(net: ResNet, block: type[BasicBlock | Bottleneck], layers: list[int], in_channels: int,
+                   width: int, num_classes: int) -> None:
     """Rebuild the stem and stages of a torchvision ResNet at another width / input channel count."""
     net.inplanes = width
     net.conv1 = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
@@ -166,8 +174,8 @@ def unet(
     """
     from monai.networks.nets import UNet
 
-    kwargs = dict(spatial_dims=2, in_channels=in_channels, channels=tuple(channels), strides=tuple(strides),
-                  num_res_units=num_res_units, dropout=dropout)
+    kwargs: dict[str, Any] = dict(spatial_dims=2, in_channels=in_channels, channels=tuple(channels),
+                                  strides=tuple(strides), num_res_units=num_res_units, dropout=dropout)
     if aux_heads:
         return _aux_heads_unet_class()(served=out_channels, out_channels=out_channels + aux_heads, **kwargs)
     return UNet(out_channels=out_channels, **kwargs)
@@ -198,7 +206,7 @@ class MeanEnsemble(nn.Module):
     """Several networks of one task (classifiers or segmenters) whose probabilities are averaged.
 
     Why: on small, noisy splits one network's ranking moves by several AUC points with its seed
-    (session-2 covid candidates); the mean of independently seeded members is steadier and no member
+    (seen on the covid candidates); the mean of independently seeded members is steadier and no member
     has to be picked on a small validation split. The output is still logits under the convention
     above, so everything that reads a network of the task reads an ensemble unchanged. The class
     axis is dim 1 of each member's output ((B, C) or (B, C, H, W)): one channel gives
@@ -258,7 +266,7 @@ def build_network(architecture: str, **kwargs: Any) -> nn.Module:
 # -- YOLO (ultralytics) ---------------------------------------------------------------------------
 def yolo_model(
     cfg: str = "yolo11n.yaml", num_classes: int = 1, state_dir: str | Path | None = None
-) -> nn.Module:
+) -> DetectionModel:
     """A randomly initialised ultralytics ``DetectionModel`` from a model yaml (never a hub ``.pt``)."""
     from pipelines.yolo_env import prepare_ultralytics
 
@@ -270,7 +278,7 @@ def yolo_model(
     return DetectionModel(cfg, ch=3, nc=num_classes, verbose=False)
 
 
-def save_yolo_checkpoint(model: nn.Module, path: Path | str, imgsz: int, names: list[str]) -> Path:
+def save_yolo_checkpoint(model: DetectionModel, path: Path | str, imgsz: int, names: list[str]) -> Path:
     """Write ``model`` as an ultralytics checkpoint (``{"model", "train_args"}``) for ``YOLO(path)``."""
     import copy
 

@@ -10,6 +10,7 @@ the GGO models find some boxes and some mask. Tests of the node and of the resul
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -28,9 +29,13 @@ Its outputs mean nothing. Research use only; not for diagnosis.
 """
 
 
-def _last_conv(net: nn.Module) -> nn.Module:
+def _last_conv_bias(net: nn.Module) -> torch.Tensor:
+    """The bias of the network's output convolution (set to steer a random network's output)."""
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
-    return convs[-1]
+    bias = convs[-1].bias
+    if bias is None:
+        raise ValueError(f"the last convolution of {type(net).__name__} has no bias")
+    return bias
 
 
 def _save(models_dir: Path, name: str, task: str, architecture: str, definition: dict, spec: InputSpec,
@@ -75,7 +80,7 @@ def write_random_bundles(
         unet_kwargs = {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0}
     whole = InputSpec(size=sizes["projection"], mode="whole_image")
 
-    proj = networks.build_network("resnet18", **width)
+    proj = networks.resnet(depth=18, **width)  # = build_network("resnet18"), typed
     with torch.no_grad():  # every image frontal (or lateral): the chain runs (or stops) deterministically
         proj.fc.weight.mul_(0.01)
         proj.fc.bias.fill_(6.0 if lateral else -6.0)
@@ -86,7 +91,7 @@ def write_random_bundles(
     unet_def = networks.network_def("unet", **unet_kwargs)
     lungs = networks.build_network("unet", **unet_kwargs)
     with torch.no_grad():  # mostly foreground, so lungs-only COVID input has lungs to crop to
-        _last_conv(lungs).bias.fill_(3.0)
+        _last_conv_bias(lungs).fill_(3.0)
     _save(models_dir, "random-lungs", "lungs", "unet", unet_def, InputSpec(size=sizes["lungs"]),
           ["background", "lung"], 0.5, lungs.state_dict())
 
@@ -100,13 +105,16 @@ def write_random_bundles(
 
     ggo_seg = networks.build_network("unet", **unet_kwargs)
     with torch.no_grad():
-        _last_conv(ggo_seg).bias.fill_(-0.2)
+        _last_conv_bias(ggo_seg).fill_(-0.2)
     _save(models_dir, "random-ggo-segmentation", "ggo_segmentation", "unet", unet_def,
           InputSpec(size=sizes["ggo_segmentation"]), ["background", "ggo"], 0.5, ggo_seg.state_dict())
 
     yolo = networks.yolo_model("yolo11n.yaml", num_classes=1, state_dir=state_dir)
     with torch.no_grad():  # class logits near 0 instead of ultralytics' prior: some boxes pass 0.25
-        for branch in yolo.model[-1].cv3:
+        # DetectionModel.model is its nn.Sequential of layers (unannotated in ultralytics); the last is the
+        # Detect head, whose cv3 holds one class branch per scale ending in a Conv2d.
+        detect: Any = cast(nn.Sequential, yolo.model)[-1]
+        for branch in detect.cv3:
             branch[-1].bias.fill_(-1.0)
     checkpoint = models_dir / ".random-yolo.pt"
     networks.save_yolo_checkpoint(yolo, checkpoint, imgsz=sizes["ggo_detection"], names=["ggo"])

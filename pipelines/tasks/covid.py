@@ -56,9 +56,8 @@ class CovidClassifier:
         # member's own target layer; the heatmap is their mean, the probability the ensemble's.
         self.members = list(net.members) if isinstance(net, MeanEnsemble) else [net]
         layer = bundle.metadata.target_layer or DEFAULT_TARGET_LAYERS.get(bundle.metadata.architecture)
-        for member in self.members:
-            if layer is None or layer not in dict(member.named_modules()):
-                raise BundleError(f"{bundle.path}: Grad-CAM target layer {layer!r} not found in the network")
+        if layer is None or any(layer not in dict(m.named_modules()) for m in self.members):
+            raise BundleError(f"{bundle.path}: Grad-CAM target layer {layer!r} not found in the network")
         self.target_layer = layer
         self._logits: list[torch.Tensor] = []
         for member in self.members:
