@@ -30,7 +30,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
 from node.cli.main import main as cli_main
 from node.config import NodeConfig, load_config
-from node.errors import parse_image_failures
+from node.errors import DatabaseError, StoreError, parse_image_failures
 from node.ingest import file_meta_bytes
 from node.logs import log_event, setup_logging
 from node.repository import ClaimedJob, InstanceRecord, Repository
@@ -266,6 +266,27 @@ def test_one_bad_instance_fails_alone_and_is_not_retried(
     assert any(r.sop_class_uid.startswith("1.2.840.10008.5.1.4.1.1.88.") for r in results)  # the chest's SR
     assert repo.claim_job(worker.owner, 60, config.worker.max_attempts) is None  # nothing queued again
 
+    # each bad image has its "not analysed" SR beside the chest's results: same SR series, numbered by
+    # the image's place in the study, saying why; valid for dciodvfy and pixelmed's TID 1500 validator
+    reports = _reports(repo, store, job.id)
+    assert set(reports) == set(uids.values())
+    srs = [pydicom.dcmread(store.path(r.path)) for r in _derived(repo, job.id)
+           if r.sop_class_uid == COMPREHENSIVE_3D_SR]
+    assert len(srs) == 5 and len({ds.SeriesInstanceUID for ds in srs}) == 1
+    assert sorted(int(ds.InstanceNumber) for ds in srs) == [1, 2, 3, 4, 5]
+    for uid, (path, ds) in reports.items():
+        [text] = [t for t in _texts(ds) if NOT_ANALYSED in t]
+        assert failed[uid]["reason"] in text and ds.PatientID == PHI["PatientID"], text
+        assert _dciodvfy_errors(path) == [], (uid, path)
+    proc = subprocess.run([*PIXELMED, str(reports[uids["deep"]][0])], capture_output=True, text=True,
+                          timeout=300, check=False)
+    output = proc.stdout + proc.stderr
+    assert "Found Root Template TID_1500 (MeasurementReport)" in output, output[-2000:]
+    assert "IOD validation complete" in output, output[-2000:]
+    errors = [line for line in output.splitlines() if line.lower().startswith("error")]
+    assert [e for e in errors if PIXELMED_ACCEPTED not in e] == [], errors
+    _assert_store_matches_db(repo, store)
+
     assert cli_main(["status", "--json", "--config", str(config.source)]) == 0
     out, err = capfd.readouterr()
     status = json.loads(out.strip().splitlines()[-1])
@@ -279,6 +300,105 @@ def test_one_bad_instance_fails_alone_and_is_not_retried(
     for value in PHI_STRINGS:
         assert value.lower() not in everything.lower(), value
     assert all(line[:4].isdigit() for line in err.splitlines() if line)  # one line per record, tracebacks too
+
+
+@pytest.fixture
+def recorded(monkeypatch: pytest.MonkeyPatch) -> list[InstanceRecord]:
+    """The result records the worker writes (node.ingest.commit.store_result, as the worker calls it)."""
+    import node.worker
+
+    written: list[InstanceRecord] = []
+
+    def store_result(*args: object, **kwargs: object) -> InstanceRecord:
+        record = real(*args, **kwargs)
+        written.append(record)
+        return record
+
+    real = node.worker.store_result
+    monkeypatch.setattr(node.worker, "store_result", store_result)
+    return written
+
+
+def _retry(repo: Repository, worker: Worker, job: ClaimedJob) -> str:
+    """Claim the queued job again past its backoff, and run it."""
+    claim = repo.claim_job(worker.owner, 60, worker.config.worker.max_attempts, now=time.time() + 600)
+    assert claim is not None and claim.id == job.id
+    return worker.process(claim)
+
+
+@pytest.mark.slow
+def test_result_files_go_when_their_rows_cannot_be_committed(
+    node: tuple, dicom_samples: Path, recorded: list[InstanceRecord], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database fails at the step that records the results with the job (after SEG, SR and SC were
+    written): their files are removed, the job is queued again, and the retry records new ones."""
+    _config, repo, store, worker = node
+    study = generate_uid()
+    _store(repo, store, [_real_chest(dicom_samples, study, generate_uid())])
+
+    def finish_job(*_args: object, **_kwargs: object) -> bool:
+        raise DatabaseError("database write failed: OperationalError: injected")
+
+    monkeypatch.setattr(repo, "finish_job", finish_job)
+    job, state = _run_one(repo, worker)
+    assert state == "queued" and "injected" in _job_row(repo, job.id)["error"]
+    assert len(recorded) == 3 and not any(store.path(r.path).exists() for r in recorded)
+    _assert_store_matches_db(repo, store)
+
+    monkeypatch.undo()
+    assert _retry(repo, worker, job) == "done"
+    classes = sorted(r.sop_class_uid for r in _derived(repo, job.id))
+    assert len(classes) == 3 and "1.2.840.10008.5.1.4.1.1.66.4" in classes and COMPREHENSIVE_3D_SR in classes
+    _assert_store_matches_db(repo, store)
+
+
+@pytest.mark.slow
+def test_result_files_stay_when_a_failed_commit_went_through(
+    node: tuple, dicom_samples: Path, recorded: list[InstanceRecord], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit that reports a failure but did commit (connection lost during COMMIT): the database is
+    asked, and files whose rows exist stay, so no row ever names a missing file."""
+    _config, repo, store, worker = node
+    _store(repo, store, [_real_chest(dicom_samples, generate_uid(), generate_uid())])
+    real_finish = repo.finish_job
+
+    def finish_job(*args: object, **kwargs: object) -> bool:
+        real_finish(*args, **kwargs)
+        raise DatabaseError("database write failed: connection lost during COMMIT")
+
+    monkeypatch.setattr(repo, "finish_job", finish_job)
+    job, _state = _run_one(repo, worker)
+    assert _job_row(repo, job.id)["state"] == "done"
+    assert len(recorded) == 3 and all(store.path(r.path).is_file() for r in recorded)
+    assert len(_derived(repo, job.id)) == 3
+    _assert_store_matches_db(repo, store)
+
+
+@pytest.mark.slow
+def test_an_image_whose_results_fail_midway_leaves_no_file(
+    node: tuple, dicom_samples: Path, recorded: list[InstanceRecord], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store fails on the image's second result object (disk full): the first one, already durable,
+    is removed, the attempt is retried, and store and database agree after each step."""
+    _config, repo, store, worker = node
+    _store(repo, store, [_real_chest(dicom_samples, generate_uid(), generate_uid())])
+    real_begin = store.begin_write
+    calls = []
+
+    def begin_write(uid: str, *parts: bytes) -> object:
+        calls.append(uid)
+        if len(calls) == 2:
+            raise StoreError(f"cannot write {uid}.dcm: No space left on device")
+        return real_begin(uid, *parts)
+
+    monkeypatch.setattr(store, "begin_write", begin_write)
+    job, state = _run_one(repo, worker)
+    assert state == "queued" and "No space left on device" in _job_row(repo, job.id)["error"]
+    assert len(recorded) == 1 and not store.path(recorded[0].path).exists()
+    _assert_store_matches_db(repo, store)
+    monkeypatch.undo()
+    assert _retry(repo, worker, job) == "done" and len(_derived(repo, job.id)) == 3
+    _assert_store_matches_db(repo, store)
 
 
 def test_a_study_of_bad_images_gets_a_report_per_image_and_is_not_retried(light: tuple) -> None:
