@@ -14,8 +14,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from node.audit import AuditTrail, study_deleted
 from node.errors import DatabaseError, StoreError
 from node.logs import log_event
 from node.repository import Repository
@@ -42,8 +44,13 @@ class PurgeReport:
 
 
 def purge(repo: Repository, store: InstanceStore, older_than_days: float, *, now: float | None = None,
-          dry_run: bool = False, max_studies: int = 0) -> PurgeReport:
-    """Remove every finished study older than ``older_than_days`` (all of them; ``max_studies`` caps it)."""
+          dry_run: bool = False, max_studies: int = 0,
+          on_removed: Callable[[str, int], None] | None = None) -> PurgeReport:
+    """Remove every finished study older than ``older_than_days`` (all of them; ``max_studies`` caps it).
+
+    ``on_removed(study, instances)`` runs right after each study is gone (not on a dry run): the
+    retention loop audits there, so a node stopped halfway has audited every study it removed.
+    """
     if not older_than_days > 0:
         raise ValueError(f"older_than_days must be > 0, got {older_than_days!r}")
     cutoff = (time.time() if now is None else now) - older_than_days * DAY_SECONDS
@@ -63,6 +70,8 @@ def purge(repo: Repository, store: InstanceStore, older_than_days: float, *, now
             report.bytes += sum(size for _, size in files)
             if not dry_run:
                 report.files_missing += sum(not store.remove(path) for path, _ in files)
+                if on_removed is not None:
+                    on_removed(study, len(files))
             log_event(log, "study.purged" if not dry_run else "study.purgeable", study=study,
                       instances=len(files))
             if max_studies and len(report.studies) >= max_studies:
@@ -73,17 +82,30 @@ def purge(repo: Repository, store: InstanceStore, older_than_days: float, *, now
 
 
 class RetentionLoop:
-    """``serve``'s retention thread: :func:`purge` every ``interval`` seconds until stopped."""
+    """``serve``'s retention thread: :func:`purge` every ``interval`` seconds until stopped.
+
+    Each study it removes leaves a PS3.15 A.5.3.5 "DICOM Study Deleted" record in ``audit_trail``
+    (the node as the requestor, ``command = "retention"``), as ``cxr-node purge`` does for an
+    operator: a deletion nobody asked for at that moment is the one an auditor most needs to see.
+    Without a trail (``None``) nothing is audited.
+    """
 
     def __init__(self, repo: Repository, store: InstanceStore, retention_days: float, interval: float,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, *, audit_trail: AuditTrail | None = None, node_aet: str = "") -> None:
         self.repo, self.store = repo, store
         self.retention_days, self.interval = retention_days, interval
         self.stop = stop
+        self.audit_trail, self.node_aet = audit_trail, node_aet
+
+    def _audit(self, study: str, instances: int) -> None:
+        if self.audit_trail is not None:
+            self.audit_trail.record(study_deleted(
+                node_aet=self.node_aet, study_instance_uid=study, command="retention", by_operator=False,
+                instances=instances))
 
     def run_once(self) -> PurgeReport | None:
         try:
-            report = purge(self.repo, self.store, self.retention_days)
+            report = purge(self.repo, self.store, self.retention_days, on_removed=self._audit)
         except (DatabaseError, StoreError) as exc:  # try again next round: the database may come back
             log_event(log, "retention.error", logging.ERROR, error=str(exc))
             return None

@@ -218,3 +218,36 @@ def test_serve_runs_retention_when_configured(tmp_path: Path) -> None:
     plain.start()
     plain.stop(timeout=5)
     assert plain.retention_thread is None  # retention_days = 0: keep everything
+
+
+def test_the_loop_audits_each_study_it_removes(tmp_path: Path) -> None:
+    """Retention removes studies nobody asked to remove at that moment: each one leaves a PS3.15 A.5.3.5
+    "DICOM Study Deleted" record (action D, the node as requestor, command "retention", no operator)."""
+    from node.audit import AuditTrail
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'audit.sqlite3'}")
+    repo = Repository(engine)
+    repo.create_schema()
+    store = InstanceStore(tmp_path / "instances", fsync=False)
+    old = time.time() - 3 * DAY_SECONDS
+    studies = [_study(repo, store, received_at=old)[0] for _ in range(2)]
+    kept, _ = _study(repo, store, received_at=old, delivery="pending")  # unfinished: stays, not audited
+    with engine.begin() as conn:  # the results too are old
+        conn.exec_driver_sql("UPDATE instances SET received_at = ?", (old,))
+    trail = AuditTrail("CXRNODE@test", tmp_path / "audit" / "audit.jsonl")
+    loop = RetentionLoop(repo, store, retention_days=1.0, interval=60, stop=threading.Event(),
+                         audit_trail=trail, node_aet="CXRNODE")
+    report = loop.run_once()
+    trail.close()
+    assert report is not None and sorted(report.studies) == sorted(studies)
+    records = [json.loads(line) for line in (tmp_path / "audit" / "audit.jsonl").read_text().splitlines()]
+    assert sorted(r["participant_objects"][0]["participant_object_id"] for r in records) == sorted(studies)
+    for record in records:
+        assert record["event"] == "study-deleted" and record["event_id"]["code"] == "110105"
+        assert record["event_action_code"] == "D" and record["event_outcome_indicator"] == 0
+        assert record["detail"] == {"command": "retention", "instances": 2}
+        [node] = record["active_participants"]  # the node alone: no operator launched it
+        assert node["user_id"] == "CXRNODE" and node["user_is_requestor"] is True
+    assert repo.instance_count() == 2 and kept not in report.studies
+    assert RetentionLoop(repo, store, 1.0, 60, threading.Event()).run_once() is not None  # no trail: no audit
+    engine.dispose()
