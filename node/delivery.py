@@ -34,8 +34,6 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
 import pydicom
 from pydicom.uid import UID
@@ -43,7 +41,9 @@ from pynetdicom import AE, _config
 
 from node import audit
 from node.config import Destination, NodeConfig
+from node.delivery_outcome import SOP_CLASS_NOT_SUPPORTED, DeliveryFailure, Outcome, Sender
 from node.errors import DatabaseError, DeliveryError
+from node.http.dicomweb_sender import StowRsSender
 from node.logs import log_event
 from node.repository import DeliveryFault, DeliveryState, DueDelivery, Repository
 from node.results.encoding import EncodingError, parse_transfer_syntax, proposal, reencode
@@ -55,8 +55,6 @@ log = logging.getLogger("node.delivery")
 # PS3.4 B.2.3 Table B.2-1: success and the warnings (coercion, elements discarded, data set
 # does not match SOP class) all mean the SCP stored the instance.
 STORED_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}
-# PS3.7 C.4.2.1.4 / PS3.4 B.2.3: "Refused: SOP Class not supported".
-SOP_CLASS_NOT_SUPPORTED = 0x0122
 MAX_CONTEXTS = 128
 # Result SOP classes without pixel data (SR, KOS): sent in uncompressed syntaxes only.
 _NO_PIXELS_PREFIXES = ("1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4.1.1.11.")
@@ -65,23 +63,6 @@ SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 # Send stored files as their bytes (read in chunks after the file meta), never decoded and
 # re-encoded when the destination accepted the stored syntax.
 _config.STORE_SEND_CHUNKED_DATASET = True
-
-
-@dataclass(frozen=True)
-class DeliveryFailure:
-    """A failed attempt and its kind; a sender may also answer a plain string (transient)."""
-
-    message: str
-    fault: DeliveryFault = DeliveryFault.TRANSIENT
-
-
-Outcome = str | DeliveryFailure | None
-
-
-class Sender(Protocol):
-    def send(self, items: Sequence[DueDelivery]) -> dict[int, Outcome]:
-        """Send ``items``; map delivery id -> None (stored) or the failure (a message: transient)."""
-        ...
 
 
 def sop_class_name(uid: str) -> str:
@@ -213,15 +194,7 @@ def _chunks_by_contexts(items: Sequence[DueDelivery], syntaxes: object) -> list[
 
 SenderFactory = Callable[[Destination, NodeConfig, InstanceStore], Sender]
 # Registry of destination types: [[destinations]] type -> the sender class made for each one.
-def stow_rs_sender(destination: Destination, config: NodeConfig, store: InstanceStore) -> Sender:
-    """``type = "dicomweb"``: STOW-RS (node.http.dicomweb_sender). Imported when such a destination
-    is configured: that module imports this one (DeliveryFailure), so not at module level."""
-    from node.http.dicomweb_sender import StowRsSender
-
-    return StowRsSender(destination, config, store)
-
-
-SENDERS: dict[str, SenderFactory] = {"dicom": CStoreSender, "dicomweb": stow_rs_sender}
+SENDERS: dict[str, SenderFactory] = {"dicom": CStoreSender, "dicomweb": StowRsSender}
 
 
 def backoff(attempts_done: int, base: float, cap: float) -> float:

@@ -27,13 +27,12 @@ from dicomweb_client.api import DICOMwebClient
 from requests.auth import HTTPBasicAuth
 
 from node.config import Destination, NodeConfig
-from node.delivery import DeliveryFailure, Outcome
+from node.delivery_outcome import SOP_CLASS_NOT_SUPPORTED, DeliveryFailure, Outcome
 from node.repository import DeliveryFault, DueDelivery
 from node.store import InstanceStore
 
 log = logging.getLogger("node.delivery.dicomweb")
 
-SOP_CLASS_NOT_SUPPORTED = 0x0122
 MAX_REQUEST_BYTES = 64 * 2**20  # objects per STOW-RS request, by stored size
 
 
