@@ -8,6 +8,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from nodekit import PG_URL, WorkerProcess, make_dx, node_toml, wait_for
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
@@ -75,6 +76,8 @@ def _job_done_lines(*logs: Path) -> list[dict]:
     return lines
 
 
+@pytest.mark.postgres
+@pytest.mark.slow  # two worker processes loading models, a lease to expire: ~70 s
 def test_two_worker_processes_on_postgresql_share_jobs_and_take_over_a_killed_workers_job(
     tmp_path: Path, models_dir: Path, pg_schema: str
 ) -> None:

@@ -17,7 +17,7 @@ from pydicom.uid import generate_uid
 from node.repository import InstanceRecord, Repository, make_engine
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repository]:
     if request.param == "sqlite":
         engine = make_engine(f"sqlite:///{tmp_path / 'q.sqlite3'}")
@@ -175,6 +175,7 @@ def test_delivery_backoff_failure_and_resend(repo: Repository) -> None:
 
 
 # -- PostgreSQL: several workers -------------------------------------------------------------
+@pytest.mark.postgres
 def test_postgres_concurrent_claims_never_hand_a_job_twice(pg_schema: str) -> None:
     repos = [Repository(make_engine(PG_URL, schema=pg_schema)) for _ in range(4)]
     repos[0].create_schema()
@@ -215,6 +216,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.postgres
 def test_postgres_killed_workers_job_is_taken_over(pg_schema: str) -> None:
     repo = Repository(make_engine(PG_URL, schema=pg_schema))
     repo.create_schema()

@@ -19,7 +19,7 @@ from node.retention import DAY_SECONDS, RetentionLoop, purge
 from node.store import InstanceStore
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repository]:
     if request.param == "sqlite":
         engine = make_engine(f"sqlite:///{tmp_path / 'r.sqlite3'}")
