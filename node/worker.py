@@ -310,7 +310,7 @@ class Worker:
                 return "queued"
             failures, n_images = outcome
             note = "\n".join(str(f) for f in failures)  # one line per image: "<uid>: <stage>: <reason>"
-            if failures and not written:
+            if failures and len(failures) == n_images and not written:
                 # no image analysed and no "not analysed" report made: nothing to send, and the
                 # reasons will not change, so no retry
                 return self._fail(job, note, retry=False, started=started)

@@ -445,6 +445,19 @@ def test_a_study_no_report_can_be_made_for_fails_at_once(light: tuple) -> None:
     _assert_store_matches_db(repo, store)
 
 
+def test_an_unreportable_image_beside_a_good_one_does_not_fail_the_job(light: tuple) -> None:
+    """The study's other image was analysed: the job is done although the bad one has no report."""
+    repo, store, worker = light
+    study = generate_uid()
+    good, bad = make_dx(study, rows=64, cols=64), make_dx(study, rows=64, cols=64)
+    _store(repo, store, [(ds, _body(ds), ExplicitVRLittleEndian) for ds in (good, bad)])
+    store.path(repo.find_instance(bad.SOPInstanceUID).path).write_bytes(b"not a DICOM file at all" * 20)
+    job, state = _run_one(repo, worker)
+    assert state == "done" and _derived(repo, job.id) == []
+    assert [f["sop_instance_uid"] for f in parse_image_failures(_job_row(repo, job.id)["error"])] == [
+        bad.SOPInstanceUID]
+
+
 def test_a_store_fault_is_retried(light: tuple) -> None:
     repo, store, worker = light
     study = generate_uid()
