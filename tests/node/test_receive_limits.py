@@ -161,6 +161,7 @@ def test_jpeg_code_stream_larger_than_rows_columns_is_refused(node: NodeProcess,
         Image.fromarray(np.zeros((rows, cols), np.uint8)).save(buf, format="JPEG", quality=50)
         return buf.getvalue()
 
+    baseline = _warm_up(node, tmp_path)
     for (rows, cols), expected in (((12000, 12000), 0xA900), ((512, 512), 0x0000)):
         ds = make_dx(generate_uid(), rows=512, cols=512)
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
@@ -170,3 +171,6 @@ def test_jpeg_code_stream_larger_than_rows_columns_is_refused(node: NodeProcess,
         path = tmp_path / f"jpeg-{rows}.dcm"
         ds.save_as(path, enforce_file_format=True)
         assert _send(node, path, JPEGBaseline8Bit) == expected
+    peak = vm_hwm_mib(node.proc.pid)
+    print(f"JPEG declaring 12000 x 12000: peak RSS +{peak - baseline:.1f} MiB")
+    assert peak - baseline < 48, (baseline, peak)
