@@ -43,7 +43,7 @@ from node.errors import (
     TransientJobError,
 )
 from node.ingest.commit import store_result
-from node.logs import escape_control, log_event, redacting
+from node.logs import escape_control, log_event, redact, redacting
 from node.phi import identity_values, identity_values_from_file, safe_message
 from node.repository import ClaimedJob, InstanceRecord, Repository
 from node.store import InstanceStore
@@ -466,8 +466,11 @@ class Worker:
                 if (str(header.get("SOPInstanceUID", "")) != inst.sop_instance_uid
                         or str(header.get("StudyInstanceUID", "")) != inst.study_instance_uid):
                     raise ValueError("the header's SOP Instance or Study Instance UID differs from its row")
+                # the reason was redacted with what was known when it failed; the header read now
+                # may know more (a file whose full read failed): redact with that too
+                text = escape_control(redact(failure.reader_text(), values))
                 report = not_analysed_report(
-                    header, failure.reader_text(), series=series, instance_number=number,
+                    header, text, series=series, instance_number=number,
                     settings=ResultSettings(institution_name=self.config.pipeline.institution_name or None))
         except Exception as exc:  # noqa: BLE001 - any reason: no report, the job still says why
             log_event(log, "image.no_report", logging.WARNING, sop_instance_uid=failure.sop_instance_uid,

@@ -458,6 +458,26 @@ def test_an_unreportable_image_beside_a_good_one_does_not_fail_the_job(light: tu
         bad.SOPInstanceUID]
 
 
+def test_a_report_redacts_what_its_own_header_names(light: tuple) -> None:
+    """A reason recorded before the image's identity was known (its full read failed) is redacted again
+    with the header the report is built from."""
+    from node.errors import ImageFailure
+    from node.results import ResultSeries
+
+    repo, store, worker = light
+    ds = _header(generate_uid(), generate_uid(), PHI)
+    ds.PixelData = bytes(64 * 64 * 2)
+    _store(repo, store, [(ds, _body(ds), ExplicitVRLittleEndian)])
+    inst = repo.find_instance(ds.SOPInstanceUID)
+    written: list[InstanceRecord] = []
+    failure = ImageFailure(ds.SOPInstanceUID, "read", f"ValueError: cannot parse {PHI['PatientName']}\n")
+    worker._report_failure(inst, failure, 1, ResultSeries(), written)
+    [record] = written
+    text = _texts(pydicom.dcmread(store.path(record.path)))[-1]
+    assert "[redacted]" in text and "\\n" in text and "Zyqxname" not in text, text
+    store.remove(record.path)  # its row was never committed
+
+
 def test_a_store_fault_is_retried(light: tuple) -> None:
     repo, store, worker = light
     study = generate_uid()
