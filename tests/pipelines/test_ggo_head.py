@@ -94,12 +94,15 @@ def test_gate_refuses_a_head_that_reads_the_collection() -> None:
     assert entry["oof_ieee8023_positive_vs_nih_openist_normal_auc"] > 0.95
     assert 0.35 < entry["oof_within_ieee8023_auc"] < 0.65
     assert not entry["passes_gate"]
+    # Blind to the ieee8023 normals, the same head would report most of them (the trap the gate refuses).
+    reported, n = map(int, entry["if_blind_to_ieee8023_normals"]["oof_ieee8023_normals_reported"].split("/"))
+    assert reported > 0.5 * n
 
 
 def test_gate_passes_a_head_that_reads_the_disease() -> None:
     entry = assess(_records("disease"), "unet_encoder")
     assert entry["oof_within_ieee8023_auc"] > 0.95
     assert entry["passes_gate"]
-    test = entry["test"]["image"]
+    test = entry["test"]["image"]["operating"]
     assert test["ggo/generalblockchain"]["reported"] >= 0.6 * test["ggo/generalblockchain"]["n"]
     assert test["normal_adult/nih_cxr14"]["reported"] <= 0.1 * test["normal_adult/nih_cxr14"]["n"]
