@@ -1,6 +1,8 @@
 """The shipped pipeline's GGO decision on real images (issue "GGO output a reader can trust: specific first").
 
-Normal adults (NIH "No Finding", OpenIST) must get "GGO not detected" on at least 90 %. On the 14
+Normal adults (NIH "No Finding", OpenIST, and every ieee8023 "No Finding" frontal: the collection all GGO
+images come from, where a decision that read the collection would fail) must get "GGO not detected" on at
+least 90 %. On the 14
 radiologist-labelled GGO test images (GeneralBlockchain, the GGO models' patient-level test split) the
 decision reports GGO on 1 (measured with ``training.recipes.ggo_decision``; GGO card): the test holds that
 figure with a margin of 2, so a change of detector or rule that moves it is seen, and checks that what is
@@ -19,6 +21,7 @@ import pytest
 REPO_MODELS = Path(os.environ.get("CXR_NODE_SHIPPED_MODELS", Path(__file__).resolve().parents[2] / "models"))
 GGO_TEST_REPORTED = 1  # of 14, measured (GGO card, "Metrics")
 NORMALS_PER_COLLECTION = 20
+IEEE8023_NORMAL_FRONTALS = 19  # every "No Finding" frontal of ../shared/data/ieee8023_covid_cxr
 
 pytestmark = [
     pytest.mark.slow,
@@ -39,7 +42,8 @@ def shipped(state_dir: Path):  # type: ignore[no-untyped-def]
 
 
 def _normal_adults(shared_data: Path) -> dict[str, list[Path]]:
-    """Every k-th NIH "No Finding" and OpenIST image (a fixed spread over each collection)."""
+    """Every k-th NIH "No Finding" and OpenIST image (a fixed spread over each collection), and every
+    ieee8023 "No Finding" frontal."""
     by_folder: dict[str, list[Path]] = {"nih_cxr14_talo": [], "openist_normal_lungmask": []}
     with open(shared_data / "all_labels_nih_kermany_openist.csv", newline="") as fh:
         for row in csv.DictReader(fh):
@@ -47,7 +51,12 @@ def _normal_adults(shared_data: Path) -> dict[str, list[Path]]:
                     and row["projection"] == "frontal"):
                 by_folder[row["folder"]].append(shared_data / row["file"])
     n = NORMALS_PER_COLLECTION
-    return {k: v[:: max(1, len(v) // n)][:n] for k, v in by_folder.items()}
+    picked = {k: v[:: max(1, len(v) // n)][:n] for k, v in by_folder.items()}
+    ieee = shared_data / "ieee8023_covid_cxr"
+    with open(ieee / "labels.csv", newline="") as fh:
+        picked["ieee8023_covid_cxr"] = [ieee / row["image"] for row in csv.DictReader(fh)
+                                        if row["finding"] == "No Finding" and row["projection"] == "frontal"]
+    return picked
 
 
 def _ggo_test_images(shared_data: Path) -> list:
@@ -69,7 +78,8 @@ def test_normal_adults_get_ggo_not_detected(shipped, shared_data: Path) -> None:
     from pipelines.image import load_image
 
     for folder, paths in _normal_adults(shared_data).items():
-        assert len(paths) == NORMALS_PER_COLLECTION, folder
+        expected = IEEE8023_NORMAL_FRONTALS if folder == "ieee8023_covid_cxr" else NORMALS_PER_COLLECTION
+        assert len(paths) == expected, folder
         results = shipped.analyze_batch([load_image(p) for p in paths])
         assert all(r.analysed and r.ggo is not None and r.ggo.decision is not None for r in results), folder
         reported = [r for r in results if r.ggo.detected]
