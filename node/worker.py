@@ -47,6 +47,7 @@ from node.logs import escape_control, log_event, redact, redacting
 from node.phi import identity_values, identity_values_from_file, safe_message
 from node.repository import ClaimedJob, InstanceRecord, Repository
 from node.store import InstanceStore
+from pipelines.image import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:  # node.results imports highdicom: loaded when the first job runs
     from node.results import ResultSeries
@@ -75,7 +76,7 @@ class ChestAnalyzer:
 
     def __init__(self, models_dir: Path, device: str = "auto", institution_name: str = "",
                  use_view_position: bool = True, use_body_part: bool = True,
-                 use_lung_field: bool = True) -> None:
+                 use_lung_field: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         if not Path(models_dir).is_dir():  # said at once, before seconds of importing torch
             raise ModelsUnavailableError(f"models folder not found: {Path(models_dir).resolve()}")
         from pipelines.chest import ChestPipeline  # torch/MONAI: imported here, not at module load
@@ -85,6 +86,7 @@ class ChestAnalyzer:
             use_body_part=use_body_part, use_lung_field=use_lung_field,
         )
         self._institution_name = institution_name
+        self._max_pixels = max_pixels  # the receive limit bounds the decoder too (a file stored before)
 
     def analyze(
         self, source: pydicom.Dataset, *, series: ResultSeries | None = None, instance_number: int = 1
@@ -93,7 +95,7 @@ class ChestAnalyzer:
         from pipelines.image import load_dicom
 
         try:
-            image = load_dicom(source)
+            image = load_dicom(source, max_pixels=self._max_pixels)
         except Exception as exc:
             raise AnalysisStageError("decode", exc) from exc
         try:
@@ -126,7 +128,7 @@ def chest_analyzer_factory(config: NodeConfig) -> Callable[[], Analyzer]:
     def factory() -> Analyzer:
         return ChestAnalyzer(config.models_dir, config.pipeline.device, config.pipeline.institution_name,
                              config.pipeline.use_view_position, config.pipeline.use_body_part,
-                             config.pipeline.use_lung_field)
+                             config.pipeline.use_lung_field, config.node.max_pixels)
 
     return factory
 

@@ -36,7 +36,7 @@ from node.logs import log_event, setup_logging
 from node.repository import ClaimedJob, InstanceRecord, Repository
 from node.service import open_repository, open_store
 from node.store import InstanceStore
-from node.worker import Worker, chest_analyzer_factory, load_models
+from node.worker import AnalysisStageError, Worker, chest_analyzer_factory, load_models
 
 PHI = {"PatientName": "Zyqxname^Secretfirst", "PatientID": "PIDQX42424242", "PatientBirthDate": "1901-01-01"}
 PHI_STRINGS = ("Zyqxname", "Secretfirst", "PIDQX42424242", "1901-01-01", "19010101")
@@ -544,3 +544,20 @@ def test_patient_values_in_exceptions_and_library_logs_are_redacted(
     lines = err.splitlines()
     assert not any(line.startswith("forged.event") for line in lines)  # escaped: one record, one line
     assert any('study="1.2.3\\nforged.event job_id=9"' in line for line in lines)
+
+
+def test_the_receive_limit_bounds_the_workers_decoder(
+    tmp_path: Path, models_dir: Path, dicom_samples: Path
+) -> None:
+    """A file stored before max_pixels was lowered (or by an older node) is refused by the decoder with
+    the configured bound, before decoding, as the "decode" stage of that image."""
+    (tmp_path / "node.toml").write_text(node_toml(tmp_path / "var", 0, models_dir=models_dir)
+                                        .replace("[node]\n", "[node]\nmax_pixels = 1000000\n", 1))
+    config = load_config(tmp_path / "node.toml")
+    assert config.node.max_pixels == 1_000_000
+    analyzer = chest_analyzer_factory(config)()
+    source = pydicom.dcmread(dicom_samples / "txv_siim_ptx_CR_chest_PA.dcm")  # 1024 x 1024 = 1,048,576
+    with pytest.raises(AnalysisStageError) as info:
+        analyzer.analyze(source)
+    assert info.value.stage == "decode"
+    assert "over the decode limit 1000000" in str(info.value.cause)
