@@ -22,6 +22,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from node.audit import open_audit_trail
 from node.config import NodeConfig
 from node.delivery import DeliveryLoop
 from node.ingest import GroupCommitter
@@ -163,7 +164,9 @@ class NodeService:
             self.delivery_thread.start()
         if self.schedule and self.config.node.retention_days > 0:
             retention = RetentionLoop(self.repo, self.store, self.config.node.retention_days,
-                                      self.config.node.retention_check_seconds, self.stop_event)
+                                      self.config.node.retention_check_seconds, self.stop_event,
+                                      audit_trail=open_audit_trail(self.config),
+                                      node_aet=self.config.node.ae_title)
             self.retention_thread = threading.Thread(target=retention.run, name="retention", daemon=True)
             self.retention_thread.start()
         if self.config.http.port > 0:

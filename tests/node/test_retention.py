@@ -212,6 +212,10 @@ def test_serve_runs_retention_when_configured(tmp_path: Path) -> None:
         assert service.repo.instance_count() == 0 and not service.store.path(files[0]).exists()
     finally:
         service.stop(timeout=5)
+    audit_log = tmp_path / "var" / "audit" / "audit.jsonl"  # [audit] defaults: on, under data_dir
+    deleted = [json.loads(line) for line in audit_log.read_text().splitlines()
+               if '"110105"' in line]  # DICOM Study Deleted
+    assert len(deleted) == 1, audit_log.read_text()[-2000:]
     assert service.retention_thread is not None and not service.retention_thread.is_alive()
     plain = NodeService(parse_config({"node": {"data_dir": str(tmp_path / "var2")}}), workers=0, listen=False,
                         deliver=False, analyzer_factory=lambda: None)  # type: ignore[arg-type,return-value]
