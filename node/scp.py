@@ -32,14 +32,13 @@ from typing import Any
 
 import pydicom.pixels
 import pydicom.uid
-from pynetdicom import AE, evt
-from pynetdicom.sop_class import (
+from pydicom.uid import (
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
     DigitalXRayImageStorageForProcessing,
     SecondaryCaptureImageStorage,
-    Verification,
 )
+from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node import audit
@@ -66,6 +65,7 @@ from node.tls import node_listener_context, tls_peer
 
 log = logging.getLogger("node.scp")
 
+VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"  # PS3.4 A.4: C-ECHO
 STORAGE_SOP_CLASSES = (
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
@@ -114,7 +114,7 @@ def _socket(assoc: Any) -> Any:
 
 
 # PS3.8 9.3.4 (result, source, reason) of the rejections pynetdicom makes itself.
-_REJECT_REASONS = {
+_REJECT_REASONS: dict[tuple[int | None, int | None, int | None], str] = {
     (1, 1, 3): "calling AE title not recognised",
     (1, 1, 7): "called AE title not recognised",
     (2, 3, 2): "local limit exceeded",
@@ -273,7 +273,8 @@ class StoreHandler:
         if not self.peers.enabled:
             return
         assoc = event.assoc
-        calling = str(assoc.requestor.primitive.calling_ae_title).strip()
+        request = assoc.requestor.primitive  # the A-ASSOCIATE-RQ, set before EVT_REQUESTED
+        calling = str(request.calling_ae_title).strip() if request is not None else ""
         try:
             decision = self.peers.check(calling, str(assoc.requestor.address))
             reason = decision.reason
@@ -319,7 +320,7 @@ class StoreHandler:
             "association.rejected",
             logging.WARNING,
             calling_aet=str(requestor.ae_title).strip(),
-            called_aet=str(requestor.primitive.called_ae_title).strip(),
+            called_aet=str(requestor.primitive.called_ae_title).strip() if requestor.primitive else "",
             peer=f"{requestor.address}:{requestor.port}",
             transport="tls" if tls else "tcp",
             reason=reason,
@@ -356,7 +357,7 @@ def build_ae(config: NodeConfig, incoming_dir: Path) -> AE:
     ae.dimse_timeout = node.dimse_timeout
     ae.maximum_pdu_size = node.max_pdu_bytes  # PS3.8 D.1 Maximum Length, enforced by the transport
     syntaxes = decodable_transfer_syntaxes()
-    ae.add_supported_context(Verification)
+    ae.add_supported_context(VERIFICATION_SOP_CLASS)
     for sop_class in STORAGE_SOP_CLASSES:
         ae.add_supported_context(sop_class, syntaxes)
     return ae
@@ -380,7 +381,7 @@ def start_listener(config: NodeConfig, handler: StoreHandler) -> Listeners:
     unless it is 0 with a ``tls_port``) and on ``tls_port`` (DICOM TLS, PS3.15 B.9)."""
     node = config.node
     ae = build_ae(config, handler.store.incoming)
-    handlers = [
+    handlers: list[evt.EventHandlerType] = [
         (evt.EVT_REQUESTED, handler.handle_requested),
         (evt.EVT_C_STORE, handler.handle_store),
         (evt.EVT_C_ECHO, handler.handle_echo),
@@ -397,8 +398,11 @@ def start_listener(config: NodeConfig, handler: StoreHandler) -> Listeners:
         ports.append((node.tls_port, node_listener_context(config, on_failure=handler.handle_tls_refused)))
     try:
         for port, ssl_context in ports:
-            servers.append(ae.start_server((node.host, port), block=False, evt_handlers=handlers,
-                                           ssl_context=ssl_context))
+            server = ae.start_server((node.host, port), block=False, evt_handlers=handlers,
+                                     ssl_context=ssl_context)
+            if server is None:  # block=False returns the running server
+                raise OSError(f"pynetdicom started no server on port {port}")
+            servers.append(server)
             log_event(
                 log,
                 "listener.started",
