@@ -204,6 +204,7 @@ def test_orthanc_defaults_store_seg_sr_and_sc(tmp_path: Path,
         orthanc.stop()
 
 
+@pytest.mark.slow  # Orthanc restricted to some SOP classes, then resend: ~9 s
 def test_refused_sop_class_fails_at_once_others_arrive_and_resend_requeues(
         tmp_path: Path, written: dict[str, list[pydicom.Dataset]]) -> None:
     port = free_port()

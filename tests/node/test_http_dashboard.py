@@ -115,6 +115,7 @@ def test_a_source_image_is_never_served_as_a_picture(node: NodeService, study: s
         assert http.get(f"/instances/{source['sop_instance_uid']}/heatmap.png").status_code == 404
 
 
+@pytest.mark.slow  # the status CLI in a new process (imports the node): ~5 s
 def test_status_command_and_dashboard_agree(node: NodeService, study: str) -> None:
     cli = subprocess.run([sys.executable, "-m", "node.cli.main", "status", "--json", "--config",
                           node.config.source], capture_output=True, text=True, timeout=120, cwd=REPO)

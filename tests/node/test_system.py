@@ -19,7 +19,11 @@ import time
 from pathlib import Path
 
 import pydicom
+import pytest
 from nodekit import StoreSCP, System, wait_for, which_or_fail, write_study
+
+# The running system (serve + a worker process loading the pipeline) and 100-image runs: 6-25 s each.
+pytestmark = pytest.mark.slow
 
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 SC = "1.2.840.10008.5.1.4.1.1.7"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from result_sets import PIXELMED, ResultSet, run_tool
 
 # pixelmed (2022 build) checks Procedure Reported against the values listed in CID 100, ignoring
@@ -48,6 +49,7 @@ def _pixelmed(path: str) -> str:
     return proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # one Java validator process per report: ~18 s
 def test_pixelmed_sr_validator_on_representative_reports(frontal_sets, lateral_sets) -> None:
     """A real CR (area in mm2) and a lateral report; ~5-30 s each (one JVM per file, XSLT compile)."""
     run_tool(["java", "-version"])
@@ -75,6 +77,7 @@ def _accepted_warning(line: str) -> bool:
         concept in line for concept in QUALITATIVE_CONCEPTS)
 
 
+@pytest.mark.slow  # Java validator processes: ~20 s
 def test_pixelmed_on_secondary_capture_and_ot_sources(dicom_samples, tmp_path) -> None:
     """A real secondary-capture chest (Modality DX) and the same with Modality OT: the Image Library
     entry never carries (OT, DCM, "Other"), which CID 29 lacks (TID 1602 row 1)."""

@@ -69,6 +69,7 @@ def test_fold_manifests_nest_validation_and_keep_never_trained_datasets_out_of_t
     assert all(r.split == "" for r in rows)  # the pool's rows are not modified
 
 
+@pytest.mark.slow  # trains one tiny model per fold: ~18 s
 def test_tiny_cross_validation_scores_every_pool_image_once_and_never_reads_test(
     shared_data: Path, training_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from tiny_runs import tiny_config, to_toml
+
+pytestmark = pytest.mark.slow  # two torchrun processes and the tiny trainings: ~60 s
 
 
 def _free_port() -> int:

@@ -32,6 +32,7 @@ def _lungs_member(
     return _member(tmp, manifest, seed, out, shared_data, task="lungs", **extra)
 
 
+@pytest.mark.slow  # needs the tiny trainings (tiny_models: ~35 s)
 def test_ensemble_of_trained_members_exports_a_bundle_the_pipeline_runs(
     tiny_models: dict[str, Path], shared_data: Path, training_root: Path, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -77,6 +78,7 @@ def test_ensemble_of_trained_members_exports_a_bundle_the_pipeline_runs(
     assert result.heatmap.shape == image.shape
 
 
+@pytest.mark.slow  # needs the tiny trainings (tiny_models: ~35 s)
 def test_members_that_differ_beyond_the_seed_are_refused(
     tiny_models: dict[str, Path], shared_data: Path, training_root: Path, tmp_path: Path
 ) -> None:
@@ -95,6 +97,7 @@ def test_members_that_differ_beyond_the_seed_are_refused(
         check_members([a, c])
 
 
+@pytest.mark.slow  # needs the tiny trainings (tiny_models: ~35 s)
 def test_a_shipped_lungs_bundle_and_a_new_seed_average_per_pixel(
     tiny_models: dict[str, Path], shared_data: Path, training_root: Path, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -133,6 +136,7 @@ def test_a_shipped_lungs_bundle_and_a_new_seed_average_per_pixel(
         assert torch.allclose(foreground_probability(loaded.network(x)), expected, atol=1e-5)
 
 
+@pytest.mark.slow  # needs the tiny trainings (tiny_models: ~35 s)
 def test_a_mean_ensemble_bundle_supplies_several_members_and_grows_by_one_seed(
     tiny_models: dict[str, Path], shared_data: Path, training_root: Path, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -169,6 +173,7 @@ def test_a_mean_ensemble_bundle_supplies_several_members_and_grows_by_one_seed(
         assert torch.allclose(foreground_probability(net(x)), sum(parts) / 3, atol=1e-5)
 
 
+@pytest.mark.slow  # needs the tiny trainings (tiny_models: ~35 s)
 def test_mixed_recipes_are_allowed_only_on_the_same_validation_and_test_images(
     tiny_models: dict[str, Path], shared_data: Path, training_root: Path, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],

@@ -115,6 +115,7 @@ def test_near_duplicate_check_catches_an_unlabelled_copy(
     assert [(rows[a].image_path, rows[b].image_path) for a, b, _ in leaks] == [(twin.image_path, str(copy))]
 
 
+@pytest.mark.slow  # near-duplicate search over the real collection: ~6 s
 def test_ieee8023_has_unlinked_duplicates_that_splitting_links(ieee_and_gb: list[ManifestRow]) -> None:
     ieee = [r for r in ieee_and_gb if r.dataset == "ieee8023"]
     pairs = near_duplicate_pairs(thumbnails(ieee))

@@ -14,6 +14,9 @@ from training.manifest import file_sha256
 
 TASKS = ("projection", "lungs", "covid", "ggo_segmentation", "ggo_detection")
 
+# The tiny trainings of every task (the session fixture tiny_models) take ~35 s before the first test.
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("task", TASKS)
 def test_bundle_is_complete_and_loads(task: str, tiny_models: dict[str, Path]) -> None:
