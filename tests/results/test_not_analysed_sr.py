@@ -78,6 +78,7 @@ def test_the_report_cites_its_image_and_says_why(reports: dict[str, tuple[Path, 
             str(e.get("ContributionDescription", "")) for e in report.ContributingEquipmentSequence]
 
 
+@pytest.mark.slow  # dciodvfy and the pixelmed (Java) validators on every report: ~20 s
 def test_validators_accept_the_report(reports: dict[str, tuple[Path, Path]]) -> None:
     failures = {name: _errors(run_tool(["dciodvfy", "-new", str(path)]))
                 for name, (_s, path) in reports.items()}
