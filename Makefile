@@ -24,7 +24,7 @@ serve: env
 test: env
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Fast feedback (under 90 s on 2 cores): ruff, every test not marked slow / postgres / ohif, then mypy
+# Fast feedback, meant to stay under 90 s on 2 cores: ruff, the tests not marked slow / postgres / ohif, mypy
 # on node and pipelines (its incremental cache makes a re-run take seconds). The whole suite is `make test`.
 check: env
 	$(VENV)/bin/ruff check node pipelines training tests bench

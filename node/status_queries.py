@@ -1,5 +1,5 @@
-"""Moved to :mod:`node.repository.status`; this name stays until its importers (node.http.metrics,
-node.http.dashboard, node.cli.status and two tests) import the new one."""
+"""The read-only status queries under the name node.http.metrics, node.http.dashboard, node.cli.status
+and two tests import: an alias of :mod:`node.repository.status`, where they live with the rest of the SQL."""
 
 from node.repository.status import (
     DURATION_BUCKETS,
