@@ -221,19 +221,27 @@ class NodeService:
         self.http.start()
 
     def _close_listener(self, grace: float) -> None:
-        """Stop accepting; give running associations ``grace`` seconds to end, then abort them.
+        """Stop accepting; give established associations ``grace`` seconds to end, then abort them.
 
         An instance whose C-STORE is cut off this way was not acknowledged (or, if it was
-        committed just before, a resend is idempotent), so nothing acknowledged is lost.
+        committed just before, a resend is idempotent), so nothing acknowledged is lost. A
+        connection with no association yet has nothing to finish and is aborted at once: a TCP
+        probe that connects and closes without an A-ASSOCIATE-RQ (a load balancer's check) leaves
+        its acceptor waiting until ``acse_timeout``, which would otherwise hold the stop for the
+        whole grace.
         """
         assert self.server is not None
         ae = self.server.ae
         self.server.shutdown()
         active = [a for a in ae.active_associations if a.is_acceptor]
-        deadline = time.monotonic() + grace
-        while any(a.is_alive() for a in active) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        running = [a for a in active if a.is_established]
         for assoc in active:
+            if assoc not in running and assoc.is_alive():
+                assoc.abort()  # its thread ends on its own (a daemon); nothing to wait for
+        deadline = time.monotonic() + grace
+        while any(a.is_alive() for a in running) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for assoc in running:
             if assoc.is_alive():
                 assoc.abort()
         log_event(log, "listener.stopped", associations_aborted=sum(1 for a in active if a.is_aborted))

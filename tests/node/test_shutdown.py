@@ -5,6 +5,7 @@ test_system.py): only the job bookkeeping is under test."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from pathlib import Path
@@ -94,3 +95,37 @@ def test_an_image_slower_than_the_lease_does_not_hand_the_job_to_another_worker(
         assert study["jobs"] == {"done": 1}
     finally:
         service.stop(timeout=20)
+
+
+def test_a_connection_without_an_association_does_not_hold_the_stop(tmp_path: Path) -> None:
+    """A TCP probe that never sends an A-ASSOCIATE-RQ is aborted at once; an established association
+    still gets the grace (a third of the stop timeout, at most 10 s) to finish."""
+    config_path = tmp_path / "node.toml"
+    config_path.write_text(node_toml(tmp_path / "var", free_port()))
+    config = load_config(config_path)
+
+    def acceptors(service: NodeService) -> list:
+        assert service.server is not None
+        return [a for a in service.server.ae.active_associations if a.is_acceptor]
+
+    service = NodeService(config, workers=0, deliver=False, schedule=False)
+    service.start()
+    with socket.create_connection(("127.0.0.1", config.node.port)):  # connected, never speaks DICOM
+        wait_for(lambda: acceptors(service), 10, what="the probe's acceptor")
+        began = time.monotonic()
+        service.stop(timeout=30)  # grace 10 s
+        assert time.monotonic() - began < 5
+
+    service = NodeService(config, workers=0, deliver=False, schedule=False)
+    service.start()
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(DX_PRESENTATION, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", config.node.port, ae_title="CXRNODE")
+    assert assoc.is_established
+    [acceptor] = acceptors(service)
+    began = time.monotonic()
+    service.stop(timeout=3)  # grace 1 s, then the idle association is aborted
+    assert time.monotonic() - began >= 0.9
+    assert acceptor.is_aborted
+    wait_for(lambda: not assoc.is_alive(), 10, what="the peer seeing the abort")
+    assert assoc.is_aborted
