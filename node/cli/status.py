@@ -16,11 +16,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from node import status_queries
 from node.config import load_config
 from node.db import Job
 from node.errors import DatabaseError, NodeError, parse_image_failures
 from node.logs import escape_control
+from node.repository import status as status_queries
 from node.worker_registry import list_processes
 
 
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         from node.service import open_repository
 
-        # The same query as the dashboard's (node.status_queries): one set of numbers everywhere.
+        # The same query as the dashboard's (node.repository.status): one set of numbers everywhere.
         engine = open_repository(config).engine
         status = add_worker_details(status_queries.overview(engine, max_studies=args.studies), engine)
     except NodeError as exc:

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from node import audit, status_queries
+from node import audit
 from node.errors import parse_image_failures
 from node.http.bundles import model_inventory
 from node.http.findings import (
@@ -36,6 +36,7 @@ from node.http.findings import (
     thumbnail_png,
 )
 from node.logs import log_event
+from node.repository import status as status_queries
 from node.store import valid_uid
 from node.worker_registry import list_processes
 

@@ -37,9 +37,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from node import status_queries
 from node.errors import DatabaseError
 from node.http.bundles import model_inventory
+from node.repository import status as status_queries
 
 STOW_CALLING_AET = "STOW-RS"  # the calling_aet recorded for instances received over DICOMweb
 _DB_UP = "1 when the scrape could read the database"

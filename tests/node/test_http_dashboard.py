@@ -22,7 +22,7 @@ from nodekit import REPO, free_port, make_dx, wait_for
 from PIL import Image
 from pydicom.uid import generate_uid
 
-from node import status_queries
+from node.repository import status as status_queries
 from node.service import NodeService
 
 ACCESSION = "ACC-HTTP-7"

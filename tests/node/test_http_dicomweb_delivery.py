@@ -30,9 +30,9 @@ from httpkit import (
 from nodekit import REPO, make_dx, wait_for
 from pydicom.uid import generate_uid
 
-from node import status_queries
 from node.config import parse_config
 from node.errors import ConfigError
+from node.repository import status as status_queries
 from node.service import NodeService
 
 SEG, SR3D, SC = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"
