@@ -1,6 +1,6 @@
-"""training.recipes.ggo_decision: the fit, the operating point per collection, the choice and the metadata
-it writes, on constructed records (the real run is in the GGO card; the shipped rule is tested on real
-images in tests/pipelines/test_ggo_shipped_decision.py)."""
+"""training.recipes.ggo_decision: the choice, its figures and the metadata it writes, on constructed records
+(the real run is in the GGO card; the shipped rule is tested on real images in
+tests/pipelines/test_ggo_shipped_decision.py; the shared statistics in test_ggo_measure.py)."""
 
 from __future__ import annotations
 
@@ -8,44 +8,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from training.recipes.ggo_decision import (
-    MASK_THRESHOLDS,
-    choose,
-    figures,
-    fit_logistic,
-    lowest_threshold,
-    wilson,
-    write_rule,
-)
-
-
-def test_fit_logistic_finds_the_direction_of_the_evidence() -> None:
-    rng = np.random.default_rng(0)
-    x = np.vstack([rng.normal(0.2, 0.05, (100, 2)), rng.normal([0.4, 0.2], 0.05, (100, 2))])
-    y = np.r_[np.zeros(100), np.ones(100)]
-    mean, scale, coef, _ = fit_logistic(x, y)
-    assert coef[0] > 1.0 and abs(coef[1]) < 0.5  # the first feature separates, the second does not
-    np.testing.assert_allclose(mean, x.mean(axis=0))
-    np.testing.assert_allclose(scale, x.std(axis=0))
-
-
-def test_lowest_threshold_keeps_every_collection_at_or_below_ten_percent() -> None:
-    scores = {"a": [i / 20 for i in range(20)], "b": [0.1, 0.2, 0.3]}
-    t = lowest_threshold(scores)
-    assert sum(s >= t for s in scores["a"]) <= 2 and sum(s >= t for s in scores["b"]) == 0
-    # "a" (20 images: 2 may pass) sets it midway between its 3rd (0.85) and 2nd (0.90) highest scores;
-    # "b" (3 images: none may pass) alone would set it just above 0.3.
-    assert t == pytest.approx(0.875)
-    assert 0.3 < lowest_threshold({"b": scores["b"]}) < 0.3001
-    assert lowest_threshold({"c": [0.5] * 10}) > 0.5  # ties cannot be split: none may pass
-
-
-def test_wilson_interval() -> None:
-    low, high = wilson(0, 14)
-    assert low == 0.0 and 0.2 < high < 0.23
-    assert wilson(7, 14)[0] < 0.5 < wilson(7, 14)[1]
+from pipelines.bundle import load_bundle, read_metadata
+from pipelines.tasks.ggo_decision import GgoDecisionRule
+from pipelines.testing import write_random_bundles
+from training.recipes.ggo_decision import MASK_THRESHOLDS, choose, figures, write_rule
 
 
 def _record(kind: str, dataset: str, split: str, box: float, prob: float, extent: float = 10.0) -> dict:
@@ -84,10 +51,6 @@ def test_choose_refuses_reversed_evidence_and_sets_the_point_on_validation() -> 
 
 
 def test_write_rule_keeps_the_weights(tmp_path: Path) -> None:
-    from pipelines.bundle import load_bundle, read_metadata
-    from pipelines.tasks.ggo_decision import GgoDecisionRule
-    from pipelines.testing import write_random_bundles
-
     write_random_bundles(tmp_path, seed=0, state_dir=tmp_path / "state")
     bundle = tmp_path / "random-ggo-segmentation"
     before = read_metadata(bundle).weights

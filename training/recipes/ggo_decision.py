@@ -36,7 +36,6 @@ The test split and the held-out list are read only to report (per collection, Wi
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections import Counter, defaultdict
@@ -45,12 +44,37 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-REPO = Path(__file__).resolve().parents[2]
-SEED = 20260101
-BOX_FLOOR = 0.01
+from pipelines.bundle import load_bundle, read_metadata
+from pipelines.image import load_image
+from pipelines.results import Box
+from pipelines.tasks.covid import CovidClassifier
+from pipelines.tasks.ggo_decision import GgoDecisionFeatures, GgoDecisionRule, decision_features
+from training.cache import load_mask
+from training.ggo_measure import (
+    BOX_FLOOR,
+    LogisticModel,
+    append_records,
+    auc,
+    bootstrap_mean,
+    fit_logistic,
+    image_rows,
+    load_ggo_models,
+    load_lungs,
+    logistic_score,
+    lowest_threshold,
+    normal_scores,
+    read_cache,
+    recipe_arguments,
+    usable,
+    wilson,
+)
+from training.metrics import dice_iou
+
 MASK_THRESHOLDS = tuple(round(0.30 + 0.05 * i, 2) for i in range(13))
-MAX_NORMAL_SHARE = 0.10
+L2 = 1e-2  # per image: the penalty grows with the training rows
+NEWTON_STEPS = 50
 ADULT_NORMALS = ("nih_cxr14", "openist", "ieee8023")
 CANDIDATES: tuple[tuple[str, ...], ...] = (
     ("max_box_confidence",),
@@ -63,38 +87,6 @@ CANDIDATES: tuple[tuple[str, ...], ...] = (
 
 
 # ----------------------------------------------------------------------------------------- the images
-def image_rows(data_root: Path, manifest: Path, seen: Path | None) -> list[dict[str, Any]]:
-    """Rows to measure: the manifest, its held-out list, and the unused normal patients (own split)."""
-    from training.datasets import scan_dataset
-    from training.manifest import read_manifest
-    from training.splits import assign_splits
-
-    rows = read_manifest(manifest)
-    held_path = manifest.with_name(manifest.stem + "_heldout.csv")
-    held = read_manifest(held_path) if held_path.is_file() else []
-    seen_split = {r.patient_id: r.split for r in read_manifest(seen)} if seen else {}
-    used = {r.patient_id for r in rows + held}
-    extra = []
-    for adapter, folder, keep in (
-        ("shared_openist", "openist_normal_lungmask", lambda r: True),
-        ("shared_nih_talo", "nih_cxr14_talo", lambda r: not r.findings),
-        ("shared_kermany_v7", "kermany_pediatric_v7", lambda r: r.findings in ([], ["No Finding"])),
-    ):
-        one_per_patient: dict[str, Any] = {}
-        for r in sorted(scan_dataset(adapter, data_root / folder), key=lambda r: r.image_path):
-            if keep(r) and r.projection != "lateral" and r.patient_id not in used:
-                one_per_patient.setdefault(r.patient_id, r)
-        extra += list(one_per_patient.values())
-    assign_splits(extra, fractions=(0.7, 0.15, 0.15), seed=SEED, stratum=lambda rs: "none")
-    out = []
-    for origin, group in (("manifest", rows), ("heldout", held), ("extra", extra)):
-        for r in group:
-            out.append({"path": r.image_path, "dataset": r.dataset, "patient_id": r.patient_id,
-                        "split": r.split, "origin": origin, "covid": r.covid, "ggo_mask": r.ggo_mask,
-                        "seen_split": seen_split.get(r.patient_id, "")})
-    return out
-
-
 def kind(row: dict[str, Any]) -> str:
     """ggo (radiologist GGO mask with foreground), normal_adult, child, covid (ieee8023 COVID-19, no mask)."""
     if row.get("has_truth"):
@@ -109,52 +101,32 @@ def kind(row: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------ the measurement
 def measure(rows: list[dict[str, Any]], features_path: Path, models: Path, batch: int = 8) -> list[dict]:
     """Run the pipeline's models on every row not yet in ``features_path``; return all measured rows."""
-    import torch
-
-    from pipelines.bundle import load_bundle
-    from pipelines.image import load_image
-    from pipelines.tasks.ggo import GgoDetector, GgoSegmenter
-    from pipelines.tasks.lungs import LungSegmenter
-    from training.cache import load_mask
-
-    torch.set_num_threads(1)
-    done: dict[str, dict] = {}
-    if features_path.is_file():
-        for line in features_path.read_text().splitlines():
-            rec = json.loads(line)
-            done[rec["path"]] = rec
+    done = read_cache(features_path)
     todo = [r for r in rows if r["path"] not in done]
     if todo:
-        lungs = LungSegmenter(load_bundle(models / "lungs", "lungs"))
-        det = GgoDetector(load_bundle(models / "ggo_detection", "ggo_detection",
-                                      state_dir=REPO / "runs" / "ultralytics"))
-        seg = GgoSegmenter(load_bundle(models / "ggo_segmentation", "ggo_segmentation"))
-        features_path.parent.mkdir(parents=True, exist_ok=True)
-        with features_path.open("a") as fh:
-            for start in range(0, len(todo), batch):
-                part = todo[start:start + batch]
-                images = [load_image(r["path"]) for r in part]
-                lung_masks = [lr.mask for lr in lungs.predict(images)]
-                boxes = det.predict(images, min_confidence=BOX_FLOOR)
-                maps = seg.predict(images, lung_masks)
-                for r, im, lung, bx, (_, prob) in zip(part, images, lung_masks, boxes, maps, strict=True):
-                    truth = load_mask(r["ggo_mask"], im.pixels.shape) if r["ggo_mask"] else None
-                    rec = {**r, **_record(bx, prob, lung, truth, det.threshold, seg.threshold)}
-                    done[r["path"]] = rec
-                    fh.write(json.dumps(rec) + "\n")
-                fh.flush()
-                print(f"measured {start + len(part)}/{len(todo)}", file=sys.stderr, flush=True)
+        ggo = load_ggo_models(models)
+        for start in range(0, len(todo), batch):
+            part = todo[start:start + batch]
+            images = [load_image(r["path"]) for r in part]
+            lung_masks = [lr.mask for lr in ggo.lungs.predict(images)]
+            boxes = ggo.detector.predict(images, min_confidence=BOX_FLOOR)
+            maps = ggo.segmenter.predict(images, lung_masks)
+            measured = []
+            for r, im, lung, bx, (_, prob) in zip(part, images, lung_masks, boxes, maps, strict=True):
+                truth = load_mask(r["ggo_mask"], im.pixels.shape) if r["ggo_mask"] else None
+                rec = {**r, **_record(bx, prob, lung, truth, ggo.detector.threshold, ggo.segmenter.threshold)}
+                done[r["path"]] = rec
+                measured.append(rec)
+            append_records(features_path, measured)
+            print(f"measured {start + len(part)}/{len(todo)}", file=sys.stderr, flush=True)
     return [done[r["path"]] | {"split": r["split"], "origin": r["origin"], "seen_split": r["seen_split"]}
             for r in rows]
 
 
-def _record(boxes: list, prob: np.ndarray, lung: np.ndarray, truth: np.ndarray | None, box_threshold: float,
-            mask_threshold: float) -> dict[str, Any]:
+def _record(boxes: list[Box], prob: np.ndarray, lung: np.ndarray, truth: np.ndarray | None,
+            box_threshold: float, mask_threshold: float) -> dict[str, Any]:
     """One image's decision features, extent per pixel threshold (inside the lungs) and, with a
     radiologist mask, its true extent and Dice per threshold."""
-    from pipelines.tasks.ggo_decision import decision_features
-    from training.metrics import dice_iou
-
     lung_px = int(lung.sum())
 
     def share(mask: np.ndarray) -> float:
@@ -178,104 +150,24 @@ def measure_covid(rows: list[dict[str, Any]], covid_path: Path, models: Path, ba
                   ) -> dict[str, float]:
     """P(COVID-19) per image as the pipeline computes it (its own input lungs when the bundle carries
     them), cached in ``covid_path``; for the report and as a candidate the rule may refuse."""
-    import torch
-
-    from pipelines.bundle import load_bundle
-    from pipelines.image import load_image
-    from pipelines.tasks.covid import CovidClassifier
-    from pipelines.tasks.lungs import LungSegmenter
-
-    torch.set_num_threads(1)
-    done: dict[str, float] = {}
-    if covid_path.is_file():
-        for line in covid_path.read_text().splitlines():
-            rec = json.loads(line)
-            done[rec["path"]] = rec["covid_probability"]
+    done = {path: rec["covid_probability"] for path, rec in read_cache(covid_path).items()}
     todo = [r for r in rows if r["path"] not in done]
     if todo:
+        torch.set_num_threads(1)
         covid = CovidClassifier(load_bundle(models / "covid", "covid"))
-        lungs = covid.input_lungs or LungSegmenter(load_bundle(models / "lungs", "lungs"))
-        with covid_path.open("a") as fh:
-            for start in range(0, len(todo), batch):
-                part = todo[start:start + batch]
-                images = [load_image(r["path"]) for r in part]
-                masks = [lr.mask for lr in lungs.predict(images)]
-                keep = [i for i, m in enumerate(masks) if m.any() or not covid.needs_lungs]
-                results = covid.predict([images[i] for i in keep], [masks[i] for i in keep])
-                for i, res in zip(keep, results, strict=True):
-                    done[part[i]["path"]] = res.probability
-                    record = {"path": part[i]["path"], "covid_probability": res.probability}
-                    fh.write(json.dumps(record) + "\n")
-                fh.flush()
-                print(f"covid {start + len(part)}/{len(todo)}", file=sys.stderr, flush=True)
+        lungs = covid.input_lungs or load_lungs(models)
+        for start in range(0, len(todo), batch):
+            part = todo[start:start + batch]
+            images = [load_image(r["path"]) for r in part]
+            masks = [lr.mask for lr in lungs.predict(images)]
+            keep = [i for i, m in enumerate(masks) if m.any() or not covid.needs_lungs]
+            results = covid.predict([images[i] for i in keep], [masks[i] for i in keep])
+            for i, res in zip(keep, results, strict=True):
+                done[part[i]["path"]] = res.probability
+            append_records(covid_path, [{"path": part[i]["path"], "covid_probability": res.probability}
+                                        for i, res in zip(keep, results, strict=True)])
+            print(f"covid {start + len(part)}/{len(todo)}", file=sys.stderr, flush=True)
     return done
-
-
-# ------------------------------------------------------------------------------------------ statistics
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, steps: int = 50
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """(mean, scale, coefficients, intercept) of an L2-penalised logistic regression on standardised x."""
-    mean, scale = x.mean(axis=0), x.std(axis=0)
-    scale = np.where(scale > 1e-9, scale, 1.0)
-    z = np.hstack([np.ones((len(x), 1)), (x - mean) / scale])
-    w = np.zeros(z.shape[1])
-    penalty = np.diag([0.0] + [l2 * len(x)] * (z.shape[1] - 1))
-    for _ in range(steps):
-        p = 1.0 / (1.0 + np.exp(-z @ w))
-        grad = z.T @ (p - y) + penalty @ w
-        hess = (z * (p * (1 - p))[:, None]).T @ z + penalty + 1e-9 * np.eye(len(w))
-        step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.abs(step).max() < 1e-8:
-            break
-    return mean, scale, w[1:], float(w[0])
-
-
-def auc(pos: list[float], neg: list[float]) -> float:
-    if not pos or not neg:
-        return float("nan")
-    p, n = np.asarray(pos)[:, None], np.asarray(neg)[None, :]
-    return float((p > n).mean() + 0.5 * (p == n).mean())
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
-    """Wilson 95 % interval of a proportion k / n."""
-    if n == 0:
-        return [float("nan"), float("nan")]
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(max(0.0, centre - half), 3), round(min(1.0, centre + half), 3)]
-
-
-def bootstrap_mean(values: list[float], n_boot: int = 2000, seed: int = 0) -> list[float] | None:
-    """95 % percentile interval of the mean, resampling images; None for fewer than two values."""
-    if len(values) < 2:
-        return None
-    v = np.asarray(values)
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
-    return [round(float(np.percentile(means, 2.5)), 3), round(float(np.percentile(means, 97.5)), 3)]
-
-
-def lowest_threshold(normal_scores: dict[str, list[float]], max_share: float = MAX_NORMAL_SHARE) -> float:
-    """The lowest score threshold at which every collection's normals are called present on <= max_share.
-
-    Per collection with n normals at most k = floor(max_share * n) may score at or above it; the threshold
-    lies midway between that collection's (k+1)-th highest score and its k-th (just above the highest when
-    k = 0), and the binding collection sets it.
-    """
-    best = 0.0
-    for scores in normal_scores.values():
-        s = sorted(scores, reverse=True)
-        k = int(np.floor(max_share * len(s) + 1e-9))
-        if k >= len(s):
-            continue
-        if k > 0 and s[k - 1] > s[k]:
-            best = max(best, (s[k] + s[k - 1]) / 2.0)
-        else:
-            best = max(best, float(np.nextafter(s[k], 2.0)))
-    return float(best)
 
 
 # ------------------------------------------------------------------------------------------ the choice
@@ -283,24 +175,16 @@ def _x(recs: list[dict], names: tuple[str, ...]) -> np.ndarray:
     return np.asarray([[r["features"][n] for n in names] for r in recs], dtype=float)
 
 
-def usable(recs: list[dict], split: str) -> list[dict]:
-    """Rows of a split that can speak for it: the segmentation model's training rows are left out of
-    validation, and its training and validation rows (which chose its epoch) out of test."""
-    barred = {"train": (), "validation": ("train",), "test": ("train", "validation")}[split]
-    return [r for r in recs if r["split"] == split and r["seen_split"] not in barred]
-
-
-def choose(recs: list[dict], detector_sha256: str) -> tuple[Any, dict]:
+def choose(recs: list[dict], detector_sha256: str) -> tuple[GgoDecisionRule, dict]:
     """Fit each candidate on train, choose its operating point on validation, pick one, then the mask
     threshold."""
-    from pipelines.tasks.ggo_decision import GgoDecisionRule
-
     train = [r for r in usable(recs, "train") if r["kind"] in ("ggo", "normal_adult")]
     val = usable(recs, "validation")
     y = np.asarray([r["kind"] == "ggo" for r in train], dtype=float)
     tried: list[dict[str, Any]] = []
     for names in CANDIDATES:
-        mean, scale, coef, intercept = fit_logistic(_x(train, names), y)
+        mean, scale, w = fit_logistic(_x(train, names), y, penalty=L2 * len(train), steps=NEWTON_STEPS)
+        coef, intercept = w[1:], float(w[0])
         if (coef <= 0).any():
             # A score that falls as the GGO models' evidence rises explains nothing to a reader: refused.
             tried.append({"features": list(names), "refused": "a coefficient <= 0",
@@ -310,10 +194,7 @@ def choose(recs: list[dict], detector_sha256: str) -> tuple[Any, dict]:
                                coefficients=tuple(map(float, coef)), intercept=intercept, threshold=0.0,
                                mask_threshold=0.5, box_floor=BOX_FLOOR, detector_sha256=detector_sha256)
         scores = {id(r): rule.score(_features(r)) for r in val}
-        normals: dict[str, list[float]] = defaultdict(list)
-        for r in val:
-            if r["kind"] == "normal_adult":
-                normals[r["dataset"]].append(scores[id(r)])
+        normals = normal_scores(val, [scores[id(r)] for r in val])
         thr = lowest_threshold(normals)
         pos = [scores[id(r)] for r in val if r["kind"] == "ggo"]
         neg = [s for v in normals.values() for s in v]
@@ -339,14 +220,12 @@ def choose(recs: list[dict], detector_sha256: str) -> tuple[Any, dict]:
     return rule, summary
 
 
-def _features(rec: dict) -> Any:
-    from pipelines.tasks.ggo_decision import GgoDecisionFeatures
-
+def _features(rec: dict) -> GgoDecisionFeatures:
     return GgoDecisionFeatures(**rec["features"])
 
 
 # ------------------------------------------------------------------------------------------ the figures
-def figures(recs: list[dict], rule: Any, split: str) -> dict:
+def figures(recs: list[dict], rule: GgoDecisionRule, split: str) -> dict:
     """Per collection and kind: GGO reported (share, Wilson CI), extent as reported, Dice on GGO images."""
     t = str(rule.mask_threshold)
     groups: dict[str, list[dict]] = defaultdict(list)
@@ -418,20 +297,14 @@ def covid_candidate(recs: list[dict]) -> dict:
         train = [r for r in usable(recs, "train") if r["kind"] in ("ggo", "normal_adult")
                  and r.get("covid_probability") is not None]
         labels = np.asarray([r["kind"] == "ggo" for r in train], dtype=float)
-        mean, scale, coef, intercept = fit_logistic(x(train), labels)
+        model = fit_logistic(x(train), labels, penalty=L2 * len(train), steps=NEWTON_STEPS)
 
-        def score(rows: list[dict], mean: np.ndarray = mean, scale: np.ndarray = scale,
-                  coef: np.ndarray = coef,
-                  intercept: float = intercept, x: Any = x) -> np.ndarray:
-            return 1.0 / (1.0 + np.exp(-(intercept + ((x(rows) - mean) / scale) @ coef)))
+        def score(rows: list[dict], model: LogisticModel = model, x: Any = x) -> np.ndarray:
+            return logistic_score(model, x(rows))
 
         val = [r for r in usable(recs, "validation") if r.get("covid_probability") is not None]
-        normals: dict[str, list[float]] = defaultdict(list)
-        for r, s in zip(val, score(val), strict=True):
-            if r["kind"] == "normal_adult":
-                normals[r["dataset"]].append(float(s))
-        thr = lowest_threshold(normals)
-        entry: dict[str, Any] = {"coefficients": [round(float(c), 4) for c in coef],
+        thr = lowest_threshold(normal_scores(val, [float(s) for s in score(val)]))
+        entry: dict[str, Any] = {"coefficients": [round(float(c), 4) for c in model[2][1:]],
                                  "threshold": round(thr, 4)}
         for split in ("validation", "test"):
             rows = [r for r in usable(recs, split) if r.get("covid_probability") is not None]
@@ -443,7 +316,7 @@ def covid_candidate(recs: list[dict]) -> dict:
     return out
 
 
-def write_rule(bundle_dir: Path, rule: Any) -> None:
+def write_rule(bundle_dir: Path, rule: GgoDecisionRule) -> None:
     """Add ``ggo_decision`` to a ggo_segmentation bundle's metadata.json (weights and sha256 untouched)."""
     path = bundle_dir / "configs" / "metadata.json"
     metadata = json.loads(path.read_text())
@@ -452,20 +325,12 @@ def write_rule(bundle_dir: Path, rule: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-root", type=Path, default=Path("../shared/data"))
-    ap.add_argument("--manifest", type=Path, default=REPO / "runs" / "manifests" / "ggo_neg100_ieee.csv")
-    ap.add_argument("--seen", type=Path, default=REPO / "runs" / "manifests" / "ggo_with_normals15.csv")
-    ap.add_argument("--models", type=Path, default=REPO / "models")
-    ap.add_argument("--features", type=Path, default=REPO / "runs" / "ggo_decision" / "features.jsonl")
-    ap.add_argument("--out", type=Path, default=REPO / "runs" / "ggo_decision" / "report.json")
+    ap = recipe_arguments(__doc__.splitlines()[0], "ggo_decision")
     ap.add_argument("--write-metadata", action="store_true",
                     help="store the chosen rule as ggo_decision in the GGO segmentation bundle's metadata")
     args = ap.parse_args(argv)
 
-    from pipelines.bundle import read_metadata
-
-    rows = image_rows(args.data_root, args.manifest, args.seen if args.seen.is_file() else None)
+    rows = image_rows(args.data_root, args.manifest, args.seen)
     recs = measure(rows, args.features, args.models)
     covid = measure_covid(rows, args.features.with_name("covid.jsonl"), args.models)
     for r in recs:

@@ -3,12 +3,13 @@
     nice -n 10 .venv/bin/python -m training.recipes.ggo_head [--data-root ../shared/data] \
         [--features runs/ggo_head/features.jsonl] [--out runs/ggo_head/report.json]
 
-Manifests first, as for ``training.recipes.ggo_decision`` (its image rows are reused: GeneralBlockchain GGO
-images with radiologist masks, normal adults of NIH / OpenIST / ieee8023, Kermany children, held-out
-ieee8023 COVID-19 pictures), plus every other ieee8023 frontal picture not in GeneralBlockchain, with its
-Brixia scores (``annotations/brixia_public-annotations.csv``) as weak labels. Splits are patient-level and
-consistent with the GGO manifests: a patient already split keeps its split; the others are dealt with
-``assign_splits`` (70/15/15, the GGO seed).
+Manifests first, as for ``training.recipes.ggo_decision``; the images are the decision's
+(``training.ggo_measure.image_rows``: GeneralBlockchain GGO images with radiologist masks, normal adults of
+NIH / OpenIST / ieee8023, Kermany children, held-out ieee8023 COVID-19 pictures), plus every other ieee8023
+frontal picture not in GeneralBlockchain, with its Brixia scores
+(``annotations/brixia_public-annotations.csv``) as weak labels. Splits are patient-level and consistent with
+the GGO manifests: a patient already split keeps its split; the others are dealt with ``assign_splits``
+(70/15/15, the GGO seed).
 
 Why: the shipped decision reads only the detector's top box and reports 1 of 14 GGO test images (GGO card).
 The GGO data are confounded with their collection (every GGO image is an ieee8023 picture; most normals are
@@ -27,7 +28,7 @@ Rule, fixed before the figures:
 - per family, an L2 logistic regression (balanced classes) in a 5-fold cross-validation by patient over
   train + validation (14 validation GGO images and 3 validation ieee8023 normals cannot set a 10 % point);
 - operating point on the out-of-fold scores: the lowest threshold that reports GGO on <= 10 % of the normal
-  adults of every collection (``ggo_decision.lowest_threshold``);
+  adults of every collection (``training.ggo_measure.lowest_threshold``);
 - ship gate: out-of-fold within-ieee8023 AUC (GGO vs ieee8023 normals and Brixia <= 1) >= 0.80 AND
   >= 60 % of the unseen (validation) GGO images reported at that point. A family that fails is reported
   and not shipped (one that passed would still need its features computed by the pipeline's decision).
@@ -37,7 +38,6 @@ and lungs-removed inputs).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -48,12 +48,38 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from training.recipes.ggo_decision import REPO, SEED, auc, image_rows, lowest_threshold, usable, wilson
+from pipelines.image import load_image
+from pipelines.preprocess import prepare_input
+from pipelines.results import Box
+from pipelines.runtime import foreground_probability, inference, stack
+from pipelines.tasks.ggo import GgoSegmenter
+from training.cache import load_mask
+from training.datasets import scan_dataset
+from training.ggo_measure import (
+    BOX_FLOOR,
+    LogisticModel,
+    append_records,
+    auc,
+    fit_logistic,
+    image_row,
+    image_rows,
+    load_ggo_models,
+    logistic_score,
+    lowest_threshold,
+    normal_scores,
+    read_cache,
+    recipe_arguments,
+    split_patients,
+    usable,
+    wilson,
+)
+from training.metrics import dice_iou
 
-BOX_FLOOR = 0.01
 FOLDS = 5
 L2 = 100.0
+NEWTON_STEPS = 100
 MIN_WITHIN_AUC = 0.80
 MIN_SENSITIVITY = 0.60
 BRIXIA_HIGH, BRIXIA_LOW = 6.0, 1.0
@@ -64,10 +90,7 @@ VIEWS = ("image", "lungs_only", "lungs_removed")
 
 # ----------------------------------------------------------------------------------------- the images
 def all_rows(data_root: Path, manifest: Path, seen: Path | None) -> list[dict[str, Any]]:
-    """``ggo_decision``'s rows plus the other ieee8023 frontals, Brixia scores attached where scored."""
-    from training.datasets import scan_dataset
-    from training.splits import assign_splits
-
+    """The decision's rows plus the other ieee8023 frontals, Brixia scores attached where scored."""
     rows = image_rows(data_root, manifest, seen)
     split_of = {r["patient_id"]: r["split"] for r in rows}
     gb = scan_dataset("shared_generalblockchain", data_root / "generalblockchain_cxr_seg")
@@ -77,11 +100,9 @@ def all_rows(data_root: Path, manifest: Path, seen: Path | None) -> list[dict[st
     gb_keys = {r.image_key for r in gb}
     extra = [r for r in ieee if r.image_path not in taken and r.image_key not in gb_keys]
     fresh = [r for r in extra if r.patient_id not in split_of]
-    assign_splits(fresh, fractions=(0.7, 0.15, 0.15), seed=SEED, stratum=lambda rs: "none")
-    for r in extra:
-        rows.append({"path": r.image_path, "dataset": r.dataset, "patient_id": r.patient_id,
-                     "split": split_of.get(r.patient_id, r.split), "origin": "ieee8023_extra",
-                     "covid": r.covid, "ggo_mask": "", "seen_split": ""})
+    split_patients(fresh)
+    rows += [image_row(r, split=split_of.get(r.patient_id, r.split), origin="ieee8023_extra", ggo_mask="",
+                       seen_split="") for r in extra]
     brixia = read_brixia(data_root / "ieee8023_covid_cxr" / "annotations" / "brixia_public-annotations.csv")
     source = {r.image_path: r for r in [*gb, *ieee]}
     for row in rows:
@@ -146,7 +167,7 @@ def map_features(prob: np.ndarray, lung: np.ndarray) -> list[float]:
             + zones + [(z - mean) / (sd + 1e-3) for z in zones])
 
 
-def box_features(boxes: Sequence[Any], lung: np.ndarray) -> list[float]:
+def box_features(boxes: Sequence[Box], lung: np.ndarray) -> list[float]:
     """Top three confidences, their sum over the top ten, boxes >= 0.1, share of the lung under boxes."""
     conf = sorted((b.confidence for b in boxes), reverse=True)[:10] + [0.0] * 10
     cover = []
@@ -181,22 +202,16 @@ def view_pixels(pixels: np.ndarray, lung: np.ndarray, view: str) -> np.ndarray:
 class UnetReader:
     """The GGO U-Net's P(GGO) map and its encoder activations at 1/8 and 1/16 averaged over the lungs."""
 
-    def __init__(self, segmenter: Any) -> None:
-        import torch
-
+    def __init__(self, segmenter: GgoSegmenter) -> None:
         self.segmenter = segmenter
-        self._store: dict[str, Any] = {}
+        self._store: dict[str, torch.Tensor] = {}
         unet = segmenter.bundle.network.model
         level3 = unet[1].submodule[1].submodule[0]
         level4 = unet[1].submodule[1].submodule[1].submodule[0]
         level3.register_forward_hook(lambda _m, _i, out: self._store.__setitem__("l3", out.detach()))
         level4.register_forward_hook(lambda _m, _i, out: self._store.__setitem__("l4", out.detach()))
-        self._torch = torch
 
-    def read(self, pixels: list[np.ndarray], lungs: list[np.ndarray]) -> list[dict[str, list[float]]]:
-        from pipelines.preprocess import prepare_input
-        from pipelines.runtime import foreground_probability, inference, stack
-
+    def read(self, pixels: list[np.ndarray], lungs: list[np.ndarray]) -> list[dict[str, Any]]:
         seg = self.segmenter
         prepared = [prepare_input(p, seg.spec, m) for p, m in zip(pixels, lungs, strict=True)]
         with inference(seg.bundle.device):
@@ -206,11 +221,12 @@ class UnetReader:
         for j, (prep, lung) in enumerate(zip(prepared, lungs, strict=True)):
             prob = np.clip(prep.geometry.to_source(probs[j]), 0.0, 1.0)
             lung_in_model = prep.geometry.mask_to_model(lung).astype(np.float32)
-            in_model = self._torch.from_numpy(lung_in_model)[None, None]
+            in_model = torch.from_numpy(lung_in_model)[None, None]
             rec = {"prob": map_features(prob, lung), "_prob_map": prob}
             for level in ("l3", "l4"):
                 fmap = self._store[level][j].float().cpu()
-                pooled = self._torch.nn.functional.adaptive_avg_pool2d(in_model, fmap.shape[-2:])[0, 0] >= 0.5
+                size = (int(fmap.shape[-2]), int(fmap.shape[-1]))
+                pooled = torch.nn.functional.adaptive_avg_pool2d(in_model, size)[0, 0] >= 0.5
                 if not bool(pooled.any()):
                     pooled[...] = True
                 v = fmap[:, pooled]
@@ -221,60 +237,44 @@ class UnetReader:
 
 def measure(rows: list[dict[str, Any]], features_path: Path, models: Path, batch: int = 8) -> list[dict]:
     """Run the lungs, detector and segmentation bundles (pipeline code) on rows not yet in the cache."""
-    import torch
-
-    from pipelines.bundle import load_bundle
-    from pipelines.image import load_image
-    from pipelines.tasks.ggo import GgoDetector, GgoSegmenter
-    from pipelines.tasks.lungs import LungSegmenter
-    from training.cache import load_mask
-    from training.metrics import dice_iou
-
-    torch.set_num_threads(1)
-    done: dict[str, dict] = {}
-    if features_path.is_file():
-        for line in features_path.read_text().splitlines():
-            rec = json.loads(line)
-            done[rec["path"]] = rec
+    done = read_cache(features_path)
     todo = [r for r in rows if r["path"] not in done]
     if todo:
-        lungs = LungSegmenter(load_bundle(models / "lungs", "lungs"))
-        detector = GgoDetector(load_bundle(models / "ggo_detection", "ggo_detection",
-                                           state_dir=REPO / "runs" / "ultralytics"))
-        unet = UnetReader(GgoSegmenter(load_bundle(models / "ggo_segmentation", "ggo_segmentation")))
-        features_path.parent.mkdir(parents=True, exist_ok=True)
-        with features_path.open("a") as fh:
-            batches = [[r for r in todo if r["split"] == s] for s in ("train", "validation", "test")]
-            parts = [b[i:i + batch] for b in batches for i in range(0, len(b), batch)]
-            for n_part, part in enumerate(parts):
-                images = [load_image(r["path"]) for r in part]
-                masks = [lr.mask for lr in lungs.predict(images)]
-                keep = [i for i, m in enumerate(masks) if m.sum() >= 100]
-                boxes = detector.predict([images[i] for i in keep], min_confidence=BOX_FLOOR)
-                # The lungs-removed input is read on test images only (the report's check).
-                views = {v: unet.read([view_pixels(images[i].pixels, masks[i], v) for i in keep],
-                                      [masks[i] for i in keep])
-                         if v != "lungs_removed" or part[0]["split"] == "test" else [{}] * len(keep)
-                         for v in VIEWS}
-                for n, i in enumerate(keep):
-                    r, lung, pixels = part[i], masks[i], images[i].pixels
-                    rec: dict[str, Any] = {**r, "box": box_features(boxes[n], lung),
-                                           "intensity": intensity_features(pixels, lung)}
-                    for v in VIEWS:
-                        if views[v][n]:
-                            rec[v] = {k: val for k, val in views[v][n].items() if not k.startswith("_")}
-                    truth = load_mask(r["ggo_mask"], pixels.shape) if r["ggo_mask"] else None
-                    rec["has_truth"] = bool(truth is not None and truth.any())
-                    if rec["has_truth"]:
-                        mask = (views["image"][n]["_prob_map"] >= 0.6) & lung
-                        rec["dice_at_0.6"] = dice_iou(mask, truth)[0]
-                    done[r["path"]] = rec
-                    fh.write(json.dumps(rec) + "\n")
-                for i in set(range(len(part))) - set(keep):
-                    done[part[i]["path"]] = {**part[i], "no_lungs": True}
-                    fh.write(json.dumps(done[part[i]["path"]]) + "\n")
-                fh.flush()
-                print(f"measured batch {n_part + 1}/{len(parts)}", file=sys.stderr, flush=True)
+        ggo = load_ggo_models(models)
+        unet = UnetReader(ggo.segmenter)
+        batches = [[r for r in todo if r["split"] == s] for s in ("train", "validation", "test")]
+        parts = [b[i:i + batch] for b in batches for i in range(0, len(b), batch)]
+        for n_part, part in enumerate(parts):
+            images = [load_image(r["path"]) for r in part]
+            masks = [lr.mask for lr in ggo.lungs.predict(images)]
+            keep = [i for i, m in enumerate(masks) if m.sum() >= 100]
+            boxes = ggo.detector.predict([images[i] for i in keep], min_confidence=BOX_FLOOR)
+            # The lungs-removed input is read on test images only (the report's check).
+            views: dict[str, list[dict[str, Any]]] = {
+                v: unet.read([view_pixels(images[i].pixels, masks[i], v) for i in keep],
+                             [masks[i] for i in keep])
+                if v != "lungs_removed" or part[0]["split"] == "test" else [{}] * len(keep)
+                for v in VIEWS}
+            measured = []
+            for n, i in enumerate(keep):
+                r, lung, pixels = part[i], masks[i], images[i].pixels
+                rec: dict[str, Any] = {**r, "box": box_features(boxes[n], lung),
+                                       "intensity": intensity_features(pixels, lung)}
+                for v in VIEWS:
+                    if views[v][n]:
+                        rec[v] = {k: val for k, val in views[v][n].items() if not k.startswith("_")}
+                truth = load_mask(r["ggo_mask"], pixels.shape) if r["ggo_mask"] else None
+                rec["has_truth"] = bool(truth is not None and truth.any())
+                if truth is not None and rec["has_truth"]:
+                    mask = (views["image"][n]["_prob_map"] >= 0.6) & lung
+                    rec["dice_at_0.6"] = dice_iou(mask, truth)[0]
+                measured.append(rec)
+            for i in set(range(len(part))) - set(keep):
+                measured.append({**part[i], "no_lungs": True})
+            for rec in measured:
+                done[rec["path"]] = rec
+            append_records(features_path, measured)
+            print(f"measured batch {n_part + 1}/{len(parts)}", file=sys.stderr, flush=True)
     return [done[r["path"]] | {k: r[k] for k in ("split", "origin", "seen_split", "findings", "brixia_global")
                                if k in r} for r in rows]
 
@@ -294,28 +294,15 @@ FAMILIES: dict[str, Callable[[dict, str], list[float]]] = {
 IMAGE_ONLY = ("boxes", "lung_intensity", "all")  # computed once, on the image as it is
 
 
-def fit_head(x: np.ndarray, y: np.ndarray, l2: float = L2, steps: int = 100) -> tuple[np.ndarray, ...]:
-    """(mean, scale, weights with intercept first) of a class-balanced L2 logistic regression (Newton)."""
-    mean, scale = x.mean(axis=0), x.std(axis=0)
-    scale = np.where(scale > 1e-9, scale, 1.0)
-    z = np.hstack([np.ones((len(x), 1)), (x - mean) / scale])
-    sw = np.where(y == 1, 0.5 / max(y.mean(), 1e-9), 0.5 / max(1 - y.mean(), 1e-9))
-    w = np.zeros(z.shape[1])
-    penalty = np.diag([0.0] + [l2] * (z.shape[1] - 1))
-    for _ in range(steps):
-        p = 1.0 / (1.0 + np.exp(-z @ w))
-        grad = z.T @ (sw * (p - y)) + penalty @ w
-        hess = (z * (sw * p * (1 - p))[:, None]).T @ z + penalty + 1e-9 * np.eye(len(w))
-        step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.abs(step).max() < 1e-8:
-            break
-    return mean, scale, w
+def fit_head(x: np.ndarray, y: np.ndarray) -> LogisticModel:
+    """(mean, scale, weights with intercept first) of a class-balanced L2 logistic regression: hundreds of
+    features for a few hundred images, hence a fixed penalty (not one per image) and more Newton steps."""
+    return fit_logistic(x, y, penalty=L2, steps=NEWTON_STEPS, balanced=True)
 
 
-def head_score(model: tuple[np.ndarray, ...], x: np.ndarray) -> np.ndarray:
-    mean, scale, w = model
-    return 1.0 / (1.0 + np.exp(-(w[0] + ((x - mean) / scale) @ w[1:])))
+def head_score(model: LogisticModel, x: np.ndarray) -> np.ndarray:
+    """P(GGO) of a :func:`fit_head` model for the rows of x."""
+    return logistic_score(model, x)
 
 
 def fold_of(patient_id: str) -> int:
@@ -352,10 +339,7 @@ def assess(recs: list[dict], family: str, view: str = "image") -> dict[str, Any]
     """One family read on one input (``view``): out-of-fold operating point and gate, then the test report."""
     oof = out_of_fold(recs, family, view)
     dev = [r for r in recs if r["path"] in oof]
-    normals: dict[str, list[float]] = defaultdict(list)
-    for r in dev:
-        if r["kind"] == "normal_adult":
-            normals[r["dataset"]].append(oof[r["path"]])
+    normals = normal_scores(dev, [oof[r["path"]] for r in dev])
     threshold = lowest_threshold(normals)
     unseen_ggo = [oof[r["path"]] for r in dev if r["kind"] == "ggo" and r["split"] == "validation"]
     pos, neg = within_ieee8023(recs, oof)
@@ -422,16 +406,9 @@ def test_report(recs: list[dict], family: str, thresholds: dict[str, float], tra
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-root", type=Path, default=Path("../shared/data"))
-    ap.add_argument("--manifest", type=Path, default=REPO / "runs" / "manifests" / "ggo_neg100_ieee.csv")
-    ap.add_argument("--seen", type=Path, default=REPO / "runs" / "manifests" / "ggo_with_normals15.csv")
-    ap.add_argument("--models", type=Path, default=REPO / "models")
-    ap.add_argument("--features", type=Path, default=REPO / "runs" / "ggo_head" / "features.jsonl")
-    ap.add_argument("--out", type=Path, default=REPO / "runs" / "ggo_head" / "report.json")
-    args = ap.parse_args(argv)
+    args = recipe_arguments(__doc__.splitlines()[0], "ggo_head").parse_args(argv)
 
-    rows = all_rows(args.data_root, args.manifest, args.seen if args.seen.is_file() else None)
+    rows = all_rows(args.data_root, args.manifest, args.seen)
     recs = [r for r in measure(rows, args.features, args.models) if not r.get("no_lungs")]
     for r in recs:
         r["kind"] = kind(r)
