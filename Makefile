@@ -24,11 +24,12 @@ serve: env
 test: env
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Fast feedback, meant to stay under 90 s on 2 cores: ruff, the tests not marked slow / postgres / ohif, mypy
-# on node and pipelines (its incremental cache makes a re-run take seconds). The whole suite is `make test`.
+# Fast feedback, about 95 s on 2 cores: ruff, the tests not marked slow / postgres / ohif on two pytest-xdist
+# workers, mypy on node and pipelines (its incremental cache makes a re-run take seconds).
+# The whole suite, one process, is `make test`.
 check: env
 	$(VENV)/bin/ruff check node pipelines training tests bench
-	$(PY) -m pytest -q -m "not slow and not postgres and not ohif" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 -m "not slow and not postgres and not ohif" $(PYTEST_ARGS)
 	$(VENV)/bin/mypy
 
 typecheck: env
