@@ -27,6 +27,7 @@ from node.config import NodeConfig
 from node.delivery import DeliveryLoop
 from node.ingest import GroupCommitter
 from node.logs import log_event
+from node.orphans import sweep_in_background
 from node.repository import Repository, make_engine
 from node.retention import RetentionLoop
 from node.scheduler import Scheduler
@@ -118,6 +119,8 @@ class NodeService:
         ``stop_waiting`` ends a wait for them (``[worker].load_retry_seconds`` > 0).
         """
         removed = self.store.remove_temporaries()
+        threading.Thread(target=sweep_in_background, args=(self.repo, self.store), name="orphan-sweep",
+                         daemon=True).start()
         log_event(
             log,
             "node.starting",

@@ -196,6 +196,19 @@ class InstanceStore:
             raise StoreError(f"cannot remove {path}: {exc.strerror or exc}") from exc
         return True
 
+    def files_older_than(self, cutoff: float) -> Iterator[str]:
+        """Relative paths of the instance files last modified before ``cutoff`` (epoch seconds)."""
+        for directory in sorted(self.root.iterdir()):
+            if directory.name.startswith(".") or not directory.is_dir():
+                continue
+            for entry in os.scandir(directory):
+                if entry.name.endswith(".dcm") and not entry.name.startswith("."):
+                    try:
+                        if entry.stat().st_mtime < cutoff:
+                            yield f"{directory.name}/{entry.name}"
+                    except FileNotFoundError:  # removed meanwhile (retention)
+                        continue
+
     def remove_temporaries(self) -> int:
         """At start-up: delete temporary files left by a killed process (never acknowledged)."""
         removed = 0

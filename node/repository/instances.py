@@ -145,3 +145,12 @@ class InstanceRows(RepositoryBase):
                 select(INSTANCES).where(INSTANCES.c.sop_instance_uid == sop_instance_uid)
             ).first()
         return None if row is None else instance_from_row(row)
+
+    def known_paths(self, relpaths: Sequence[str]) -> set[str]:
+        """Which of these store paths a row names (the orphan sweep asks in chunks)."""
+        found: set[str] = set()
+        with self._read() as conn:
+            for start in range(0, len(relpaths), 500):
+                chunk = list(relpaths[start : start + 500])
+                found.update(conn.execute(select(INSTANCES.c.path).where(INSTANCES.c.path.in_(chunk))).scalars())
+        return found
