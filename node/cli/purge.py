@@ -34,12 +34,18 @@ def run(args: argparse.Namespace) -> int:
         from node.retention import purge
         from node.service import open_repository, open_store
 
-        report = purge(open_repository(config), open_store(config), days, dry_run=args.dry_run)
-        if not report.dry_run:  # PS3.15 A.5.3.5 DICOM Study Deleted, one record per study
-            trail = open_audit_trail(config)
-            for study in report.studies:
-                trail.record(study_deleted(node_aet=config.node.ae_title, study_instance_uid=study,
-                                           command="purge", by_operator=True))
+        trail = open_audit_trail(config)
+
+        def audit_removed(study: str, instances: int) -> None:
+            """PS3.15 A.5.3.5 DICOM Study Deleted, right after each study goes (a purge stopped
+            halfway has audited every study it removed)."""
+            trail.record(study_deleted(node_aet=config.node.ae_title, study_instance_uid=study,
+                                       command="purge", by_operator=True, instances=instances))
+
+        try:
+            report = purge(open_repository(config), open_store(config), days, dry_run=args.dry_run,
+                           on_removed=audit_removed)
+        finally:
             trail.close()
     except NodeError as exc:
         print(f"cxr-node purge: {exc}", file=sys.stderr)

@@ -42,7 +42,7 @@ def test_resend_and_purge_are_audited(tmp_path: Path) -> None:
     (deleted,) = [r for r in audit_records(audit_path) if r["event"] == "study-deleted"]
     assert deleted["event_id"]["code"] == "110105" and deleted["event_action_code"] == "D"
     assert deleted["participant_objects"][0]["participant_object_id"] == study
-    assert deleted["detail"] == {"command": "purge"}
+    assert deleted["detail"] == {"command": "purge", "instances": 4}  # the study's image and its 3 results
     # a dry run removes nothing and audits nothing
     cli(tmp_path / "node.toml", "purge", "--older-than-days", "0.00001", "--dry-run")
     assert len([r for r in audit_records(audit_path) if r["event"] == "study-deleted"]) == 1
