@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from nodekit import PG_URL, REPO, System
 
+from node.repository import Repository, make_engine
+
 # -- random model bundles, written once in the background ------------------------------------
 _BUNDLES: dict[str, object] = {}
 
@@ -97,3 +99,16 @@ def pg_schema() -> Iterator[str]:
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
     finally:
         engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repository]:
+    """A fresh repository on SQLite and, in the suite with PostgreSQL, on its own schema there."""
+    if request.param == "sqlite":
+        engine = make_engine(f"sqlite:///{tmp_path / 'repo.sqlite3'}")
+    else:
+        engine = make_engine(PG_URL, schema=request.getfixturevalue("pg_schema"))
+    repository = Repository(engine)
+    repository.create_schema()
+    yield repository
+    engine.dispose()

@@ -4,32 +4,19 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from nodekit import PG_URL, wait_for
+from nodekit import wait_for
 from pydicom.uid import generate_uid
 
 from node.config import parse_config
 from node.orphans import GRACE_SECONDS, remove_orphan_files
-from node.repository import InstanceRecord, Repository, make_engine
+from node.repository import InstanceRecord, Repository
 from node.service import NodeService
 from node.store import InstanceStore
 
 HOUR = 3600.0
 
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repository]:
-    if request.param == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path / 'o.sqlite3'}")
-    else:
-        engine = make_engine(PG_URL, schema=request.getfixturevalue("pg_schema"))
-    repository = Repository(engine)
-    repository.create_schema()
-    yield repository
-    engine.dispose()
 
 
 def _file(store: InstanceStore, *, age: float) -> tuple[str, str]:

@@ -7,27 +7,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from nodekit import PG_URL, REPO
 from pydicom.uid import generate_uid
 
 from node.repository import InstanceRecord, Repository, make_engine
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repository]:
-    if request.param == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path / 'q.sqlite3'}")
-    else:
-        schema = request.getfixturevalue("pg_schema")
-        engine = make_engine(PG_URL, schema=schema)
-    repository = Repository(engine)
-    repository.create_schema()
-    yield repository
-    engine.dispose()
 
 
 def received(study: str, *, at: float, accession: str = "A1") -> InstanceRecord:

@@ -6,29 +6,15 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nodekit import PG_URL
 from pydicom.uid import generate_uid
 
 from node.cli.main import main
 from node.repository import InstanceRecord, Repository, make_engine
 from node.retention import DAY_SECONDS, RetentionLoop, purge
 from node.store import InstanceStore
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repository]:
-    if request.param == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path / 'r.sqlite3'}")
-    else:
-        engine = make_engine(PG_URL, schema=request.getfixturevalue("pg_schema"))
-    repository = Repository(engine)
-    repository.create_schema()
-    yield repository
-    engine.dispose()
 
 
 @pytest.fixture
