@@ -183,6 +183,7 @@ def test_unknown_preferred_transfer_syntax_is_a_clear_error(tmp_path: Path) -> N
         DeliveryLoop(config, open_repository(config), open_store(config), threading.Event())
 
 
+@pytest.mark.slow  # over ~3 s: make test runs it
 def test_orthanc_defaults_store_seg_sr_and_sc(tmp_path: Path,
                                               written: dict[str, list[pydicom.Dataset]]) -> None:
     which_or_fail("Orthanc")

@@ -70,6 +70,7 @@ def test_partial_association_request_is_closed_after_acse_timeout(node: NodeServ
     assert waited < ACSE_TIMEOUT + 2, waited
 
 
+@pytest.mark.slow  # over ~3 s: make test runs it
 def test_partial_pdata_is_closed_after_network_timeout(node: NodeService) -> None:
     assoc = legit_ae().associate("127.0.0.1", node.config.node.port, ae_title="CXRNODE")
     assert assoc.is_established

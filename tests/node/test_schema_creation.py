@@ -37,6 +37,7 @@ def _race(url: str, schema: str) -> list[int | None]:
     return [p.exitcode for p in procs]
 
 
+@pytest.mark.slow  # over ~3 s: make test runs it
 def test_concurrent_schema_creation_on_sqlite(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'node.sqlite3'}"
     assert _race(url, "") == [0] * PROCESSES

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pydicom
+import pytest
 from nodekit import DX_PRESENTATION, free_port, make_dx, node_toml, wait_for
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
@@ -34,6 +35,7 @@ class SlowAnalyzer:
         return []
 
 
+@pytest.mark.slow  # over ~3 s: make test runs it
 def test_stop_releases_the_running_job_and_a_restart_resumes_it(tmp_path: Path) -> None:
     config_path = tmp_path / "node.toml"
     config_path.write_text(node_toml(tmp_path / "var", free_port(), node={"study_stable_seconds": 0.3}))
@@ -67,6 +69,7 @@ def test_stop_releases_the_running_job_and_a_restart_resumes_it(tmp_path: Path) 
         restarted.stop(timeout=20)
 
 
+@pytest.mark.slow  # over ~3 s: make test runs it
 def test_an_image_slower_than_the_lease_does_not_hand_the_job_to_another_worker(tmp_path: Path) -> None:
     # The lease (0.6 s) is a fraction of one image's analysis (3 s): only a heartbeat that renews
     # it while the image is analysed keeps the second, idle worker from claiming the same job.

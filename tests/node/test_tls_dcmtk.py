@@ -138,6 +138,7 @@ def test_plain_port_stays_open_beside_tls(node: TlsNode) -> None:
     assert records[0]["transport"] == "tcp" and "tls" not in records[0]
 
 
+@pytest.mark.slow  # over ~3 s: make test runs it
 def test_port_zero_turns_plain_tcp_off(pki: Pki, tmp_path: Path) -> None:
     plain, tls = free_port(), free_port()
     (tmp_path / "node.toml").write_text(node_toml(tmp_path / "var", 0, node={
