@@ -24,7 +24,7 @@ serve: env
 test: env
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Fast feedback, under 90 s on 2 cores (87-93 s measured): ruff, the tests not marked slow / postgres / ohif on two pytest-xdist
+# Fast feedback, 87-93 s on 2 cores: ruff, the tests not marked slow / postgres / ohif on two pytest-xdist
 # workers, mypy on node and pipelines (its incremental cache makes a re-run take seconds).
 # The whole suite, one process, is `make test`.
 check: env
