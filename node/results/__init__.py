@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime
 import logging
 import time
-import warnings
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -30,6 +29,7 @@ from node.results.common import (
     check_inputs,
     copy_study_attributes,
     make_context,
+    source_person_names_as_they_are,
 )
 from node.results.kos import build_kos
 from node.results.sc import build_sc
@@ -64,11 +64,7 @@ def build_result_objects(source: pydicom.Dataset, result: ChestResult, *,
     attributes or does not match the result (other SOP Instance UID, other pixel grid).
     """
     check_inputs(source, result)
-    with warnings.catch_warnings():
-        # highdicom warns about single-component Patient Names copied from the source ("Covid0000");
-        # they are the source's data and are copied as they are (PS3.3 C.7.1.1).
-        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*",
-                                category=UserWarning)
+    with source_person_names_as_they_are():
         ctx = make_context(source, settings or ResultSettings(), now, series=series,
                            instance_number=instance_number)
         return _build(source, result, ctx, image, timings_ms if timings_ms is not None else {})

@@ -9,9 +9,12 @@ C.12.1.1.2: Specific Character Set must cover the copied Patient Name.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import re
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -323,3 +326,13 @@ def patient_orientation(source: pydicom.Dataset) -> tuple[str, str] | None:
     if len(values) == 2 and all(values):
         return values[0], values[1]
     return None
+
+
+@contextlib.contextmanager
+def source_person_names_as_they_are() -> Iterator[None]:
+    """highdicom warns about single-component Patient Names copied from the source ("Covid0000");
+    they are the source's data and are copied as they are (PS3.3 C.7.1.1): no warning per object."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*",
+                                category=UserWarning)
+        yield

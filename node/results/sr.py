@@ -25,7 +25,6 @@ Content tree (PS3.16 TID 1500; codes in ``node.results.codes``):
 from __future__ import annotations
 
 import datetime
-import warnings
 
 import highdicom as hd
 import numpy as np
@@ -46,6 +45,7 @@ from node.results.common import (
     make_context,
     patient_orientation,
     reference_copy,
+    source_person_names_as_they_are,
 )
 from node.results.geometry import image_outline, mask_outlines
 from node.results.seg import GGO_SEGMENT, LUNG_SEGMENT
@@ -474,10 +474,7 @@ def not_analysed_report(source: pydicom.Dataset, text: str, *, settings: ResultS
                         now: datetime.datetime | None = None) -> pydicom.Dataset:
     """:func:`build_not_analysed_sr` with the study-level attributes of every result object, in the
     study's SR series (``series``) at the image's place (``instance_number``), as the worker sends it."""
-    with warnings.catch_warnings():
-        # as in node.results.build_result_objects: single-component Patient Names are the source's data
-        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*",
-                                category=UserWarning)
+    with source_person_names_as_they_are():
         ctx = make_context(source, settings or ResultSettings(), now, series=series,
                            instance_number=instance_number)
         sr = build_not_analysed_sr(source, text, ctx)
