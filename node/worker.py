@@ -352,7 +352,7 @@ class Worker:
         the database cannot say, the file stays (a row naming a missing file would be worse than
         a file no row names).
         """
-        removed = kept = 0
+        removable: list[str] = []
         for record in records:
             if check_rows:
                 try:
@@ -360,17 +360,25 @@ class Worker:
                 except DatabaseError:
                     has_row = True
                 if has_row:
-                    kept += 1
                     continue
-            try:
-                removed += self.store.remove(record.path)
-            except StoreError as exc:
-                kept += 1
-                log_event(log, "job.result_file_not_removed", logging.ERROR, job_id=job.id,
-                          path=record.path, error=str(exc))
+            removable.append(record.path)
+        removed, not_removed = self._remove_files(removable)
+        kept = len(records) - len(removable) + not_removed
         if records:
             log_event(log, "job.results_discarded", logging.WARNING if kept else logging.INFO, job_id=job.id,
                       removed=removed, kept=kept)
+
+    def _remove_files(self, relpaths: list[str]) -> tuple[int, int]:
+        """Remove result files whose rows will not be committed: (removed, not removed). A file that
+        cannot be removed is logged and stays (no row names it); one already gone counts as neither."""
+        removed = not_removed = 0
+        for relpath in relpaths:
+            try:
+                removed += self.store.remove(relpath)
+            except StoreError as exc:
+                not_removed += 1
+                log_event(log, "job.result_file_not_removed", logging.ERROR, path=relpath, error=str(exc))
+        return removed, not_removed
 
     def _fail(self, job: ClaimedJob, message: str, *, retry: bool, started: float) -> str:
         max_attempts = self.config.worker.max_attempts if retry else 0  # 0: failed at once
@@ -496,12 +504,7 @@ class Worker:
             try:
                 records.append(store_result(self.store, ds, accession_number=source.accession_number))
             except Exception as exc:
-                for path in [r.path for r in records] + _final_path(self.store, ds):
-                    try:
-                        self.store.remove(path)
-                    except StoreError as remove_exc:
-                        log_event(log, "job.result_file_not_removed", logging.ERROR, path=path,
-                                  error=str(remove_exc))
+                self._remove_files([r.path for r in records] + _final_path(self.store, ds))
                 if _is_transient(exc) or isinstance(exc, OSError):
                     raise TransientJobError(f"{uid}: {safe_message(exc, values)}") from exc
                 raise ImageFailure(uid, "store", safe_message(exc, values)) from None
