@@ -48,6 +48,8 @@ HEAT_LUT = heat_colormap(_HEAT_LEVELS)
 # blend weight per level: HEAT_ALPHA x activation, 0 below the floor
 _ALPHA_LUT = np.where(_HEAT_LEVELS >= HEAT_FLOOR, HEAT_ALPHA * _HEAT_LEVELS, 0.0).astype(np.float32)
 _ALPHA_LUT = _ALPHA_LUT.reshape(256, 1)
+# the lowest 8-bit heat level that is drawn: the blend is confined to the rectangle holding them
+_FIRST_SHOWN_LEVEL = int(np.argmax(_ALPHA_LUT[:, 0] > 0))
 
 
 def _resize_u8(plane: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
@@ -59,8 +61,17 @@ def _resize_u8(plane: np.ndarray, size: tuple[int, int], nearest: bool = False) 
 
 
 def _to_u8(plane: np.ndarray) -> np.ndarray:
-    """[0, 1] floats -> uint8 levels 0..255 (rounded, clipped)."""
-    return cv2.convertScaleAbs(np.clip(np.asarray(plane, dtype=np.float32), 0.0, 1.0), alpha=255.0)
+    """[0, 1] floats -> uint8 levels 0..255 (rounded; below 0 -> 0, above 1 -> 255, NaN -> 0)."""
+    _, non_negative = cv2.threshold(np.asarray(plane, dtype=np.float32), 0.0, 0.0, cv2.THRESH_TOZERO)
+    return cv2.convertScaleAbs(non_negative, alpha=255.0)  # saturates above 255
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, slice] | None:
+    """The rows and columns holding the non-zero pixels of an 8-bit plane; None when there are none."""
+    x, y, w, h = cv2.boundingRect(mask)
+    if w == 0 or h == 0:
+        return None
+    return slice(y, y + h), slice(x, x + w)
 
 
 _Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
@@ -75,7 +86,8 @@ def render_overlay(grey: np.ndarray, result: ChestResult, max_side: int) -> tupl
 
     Works on 8-bit planes throughout (the output is 8-bit): the source, the heat levels and the
     lung mask are resized as uint8, the heat colour and weight come from lookup tables, and the
-    blend is integer arithmetic (weights in 1/256).
+    blend is integer arithmetic (weights in 1/256). The heat blend and the contour touch only the
+    rectangles where heat is drawn and where the lungs are (everywhere else they change nothing).
     """
     if result.lungs is None:
         raise ValueError("cannot render an overlay without a lung mask")
@@ -87,17 +99,24 @@ def render_overlay(grey: np.ndarray, result: ChestResult, max_side: int) -> tupl
 
     if result.covid is not None:
         level = _resize_u8(_to_u8(result.covid.heatmap), size)
-        alpha = cv2.LUT(level, _ALPHA_LUT)  # float32 weight per pixel, 0 below the floor
-        colour = cv2.applyColorMap(level, HEAT_LUT.reshape(256, 1, 3))  # the LUT's RGB, as given
-        rgb = cv2.blendLinear(rgb, colour, 1.0 - alpha, alpha)
+        _, shown = cv2.threshold(level, _FIRST_SHOWN_LEVEL - 1, 255, cv2.THRESH_BINARY)
+        heat_area = _bounding_box(shown)
+        if heat_area is not None:
+            level = np.ascontiguousarray(level[heat_area])
+            alpha = cv2.LUT(level, _ALPHA_LUT)  # float32 weight per pixel, 0 below the floor
+            colour = cv2.applyColorMap(level, HEAT_LUT.reshape(256, 1, 3))  # the LUT's RGB, as given
+            rgb[heat_area] = cv2.blendLinear(np.ascontiguousarray(rgb[heat_area]), colour, 1.0 - alpha, alpha)
 
     thickness = max(1, round(max(size) / 500))
     lungs = _resize_u8(np.asarray(result.lungs.mask).astype(np.uint8), size, nearest=True)
-    # the border band of the mask: pixels within ``thickness`` of the outside (square neighbourhood)
-    kernel = np.ones((2 * thickness + 1, 2 * thickness + 1), np.uint8)
-    inner = cv2.erode(lungs, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
-    band = np.flatnonzero(cv2.subtract(lungs, inner))  # a thin band: index it, do not mask the image
-    rgb.reshape(-1, 3)[band] = LUNG_RGB
+    lung_area = _bounding_box(lungs)
+    if lung_area is not None:
+        # the border band of the mask: pixels within ``thickness`` of the outside (square
+        # neighbourhood); outside the lungs' rectangle the mask is 0, as the erosion's border
+        lungs = np.ascontiguousarray(lungs[lung_area])
+        kernel = np.ones((2 * thickness + 1, 2 * thickness + 1), np.uint8)
+        inner = cv2.erode(lungs, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+        rgb[lung_area][cv2.subtract(lungs, inner) > 0] = LUNG_RGB
 
     image = Image.fromarray(rgb, mode="RGB")
     draw = ImageDraw.Draw(image)

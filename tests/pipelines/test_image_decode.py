@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 from chest_samples import CHEST_SAMPLES, lung_and_mediastinum_means
+from pydicom.pixels import pixel_array
 from pydicom.uid import (
     JPEG2000Lossless,
     JPEGLosslessSV1,
@@ -58,7 +60,7 @@ def test_spacing_sources(dicom_samples: Path) -> None:
 
 def _twelve_bit_monochrome1(native: pydicom.Dataset) -> pydicom.Dataset:
     """The real sample as 12-bit MONOCHROME1 with a window: exercises 16-bit codecs and inversion."""
-    ds = native.copy()
+    ds = copy.deepcopy(native)  # Dataset.copy() is shallow: it would change ``native`` too
     arr = native.pixel_array.astype(np.uint16)
     ds.PixelData = (4095 - arr * 16).astype(np.uint16).tobytes()
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
@@ -67,14 +69,27 @@ def _twelve_bit_monochrome1(native: pydicom.Dataset) -> pydicom.Dataset:
     return ds
 
 
+def _twelve_bit_signed(native: pydicom.Dataset) -> pydicom.Dataset:
+    """The real sample as signed 12-bit (-2048..2047): exercises the decoders' sign handling."""
+    ds = copy.deepcopy(native)  # Dataset.copy() is shallow: it would change ``native`` too
+    arr = native.pixel_array.astype(np.int16)
+    ds.PixelData = (arr * 16 - 2048).astype(np.int16).tobytes()
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.WindowCenter, ds.WindowWidth = 0, 4096
+    return ds
+
+
 @pytest.fixture(scope="module")
 def native_files(tmp_path_factory: pytest.TempPathFactory, chest_dicom: Path) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("transfer-syntaxes")
     ds = pydicom.dcmread(chest_dicom)
     ds.decompress()  # -> Explicit VR Little Endian, native pixel data
-    out = {"8bit": folder / "native8.dcm", "12bit": folder / "native12.dcm"}
+    out = {"8bit": folder / "native8.dcm", "12bit": folder / "native12.dcm",
+           "12bit-signed": folder / "native12s.dcm"}
     ds.save_as(out["8bit"], enforce_file_format=True)
     _twelve_bit_monochrome1(ds).save_as(out["12bit"], enforce_file_format=True)
+    _twelve_bit_signed(ds).save_as(out["12bit-signed"], enforce_file_format=True)
     return out
 
 
@@ -97,7 +112,7 @@ def _encode(kind: str, source: Path, target: Path) -> str:
     return uid
 
 
-@pytest.mark.parametrize("depth", ["8bit", "12bit"])
+@pytest.mark.parametrize("depth", ["8bit", "12bit", "12bit-signed"])
 @pytest.mark.parametrize(
     "kind",
     ["rle-pydicom", "j2k-lossless-pydicom", "jpegls-lossless-dcmtk", "rle-dcmtk", "jpeg-lossless-sv1-dcmtk"],
@@ -115,6 +130,10 @@ def test_lossless_transfer_syntaxes_decode_identically(
     np.testing.assert_array_equal(decoded.pixels, reference.pixels)
     left, right, middle = lung_and_mediastinum_means(decoded.pixels)
     assert middle > max(left, right) + 0.15  # the 12-bit copy is MONOCHROME1: inverted back
+    if uid == JPEG2000Lossless:  # Pillow decodes first; pydicom's default plugin agrees exactly
+        compressed = pydicom.dcmread(target)
+        np.testing.assert_array_equal(pixel_array(compressed, decoding_plugin="pillow"),
+                                      pixel_array(compressed, decoding_plugin="pylibjpeg"))
 
 
 def test_window_maps_to_unit_range_and_inverse_presentation_lut(native_files: dict[str, Path]) -> None:
