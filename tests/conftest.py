@@ -1,4 +1,5 @@
-"""Fixtures shared by every test package: where the real public data lives.
+"""Fixtures shared by every test package: where the real public data lives, and ultralytics'
+state folder for the session.
 
 Each area (node, pipelines, results, training) keeps its own fixtures in its own
 ``tests/<area>/conftest.py``.
@@ -27,3 +28,10 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def dicom_samples(shared_data: Path) -> Path:
     return shared_data / "dicom_samples"
+
+
+@pytest.fixture(scope="session")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ultralytics' offline state for the whole session (it reads its environment once per process,
+    so every fixture that builds or loads a YOLO model in this process passes this one folder)."""
+    return tmp_path_factory.mktemp("cxr-node-state")

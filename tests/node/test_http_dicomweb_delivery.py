@@ -79,6 +79,7 @@ def test_results_land_in_the_source_study_on_orthanc(tmp_path: Path, orthanc: Or
     assert classes == sorted([images[0].SOPClassUID] * 2 + [SEG] * 2 + [SR3D] * 2 + [SC] * 2)
 
 
+@pytest.mark.slow  # two delivery attempts of three objects: 3.7 s alone, 4-5 s in make check
 def test_a_wrong_password_fails_with_the_http_status(tmp_path: Path, orthanc: OrthancDicomWeb) -> None:
     config = http_config(tmp_path, destinations=[dicomweb_destination(orthanc, password="wrong")],
                          node={"study_stable_seconds": 0.5}, delivery={"max_attempts": 2})

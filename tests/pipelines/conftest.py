@@ -1,35 +1,27 @@
-"""Fixtures of the pipelines tests: random bundles and one pipeline, built once per session.
+"""Fixtures of the pipelines tests: one pipeline on the random bundles, built once per session.
 
-torch, MONAI and ultralytics are imported inside the fixtures (MONAI alone costs ~11 s on 2 cores),
-so collecting the tests stays fast and only the tests that need them pay, once.
+The random bundles come from tests/modelkit.py (shared with the node tests), ultralytics' state
+folder (``state_dir``) from tests/conftest.py.
 """
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
+from modelkit import random_models_dir
 
-
-@pytest.fixture(scope="session")
-def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """ultralytics' offline state for the whole session (it reads its environment once per process)."""
-    return tmp_path_factory.mktemp("cxr-node-state")
+from pipelines.chest import ChestPipeline
 
 
 @pytest.fixture(scope="session")
 def random_models(tmp_path_factory: pytest.TempPathFactory, state_dir: Path) -> Path:
-    from pipelines.testing import write_random_bundles
-
-    models = tmp_path_factory.mktemp("random-models")
-    write_random_bundles(models, seed=0, state_dir=state_dir)
-    return models
+    return random_models_dir(tmp_path_factory, state_dir)
 
 
 @pytest.fixture(scope="session")
-def pipeline(random_models: Path, state_dir: Path):  # type: ignore[no-untyped-def]
-    from pipelines.chest import ChestPipeline
-
+def pipeline(random_models: Path, state_dir: Path) -> ChestPipeline:
     return ChestPipeline.from_models_dir(random_models, device="cpu", state_dir=state_dir)
 
 
@@ -42,8 +34,6 @@ def chest_dicom(dicom_samples: Path) -> Path:
 @pytest.fixture(scope="session")
 def chest_png(shared_data: Path) -> Path:
     """A real frontal chest PNG (ieee8023 collection, 8-bit, longest side 512)."""
-    import csv
-
     folder = shared_data / "ieee8023_covid_cxr"
     with open(folder / "labels.csv", newline="") as fh:
         for row in csv.DictReader(fh):

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.yolo_env import prepare_ultralytics
+
 sys.path.insert(0, str(Path(__file__).parent))  # minitrees.py, tiny_runs.py
 
 
@@ -20,13 +22,11 @@ def training_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def yolo_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """ultralytics configured offline in a temporary state folder (once per process)."""
-    from pipelines.yolo_env import prepare_ultralytics
-
-    state = tmp_path_factory.mktemp("cxr-node-state")
-    prepare_ultralytics(state)  # the GGO trainer's later prepare_ultralytics(None) keeps this folder
-    return state
+def yolo_state(state_dir: Path) -> Path:
+    """ultralytics configured offline in the session's state folder (tests/conftest.py), the one
+    the node and pipeline tests in this process use too (ultralytics reads it once per process)."""
+    prepare_ultralytics(state_dir)  # the GGO trainer's later prepare_ultralytics(None) keeps this folder
+    return state_dir
 
 
 @pytest.fixture(scope="session")
