@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TypeVar
 
 import pydicom
@@ -60,9 +58,7 @@ def build_result_objects(source: pydicom.Dataset, result: ChestResult, *,
     series (the worker passes one per job, so a study's results share one series per object type)
     and ``instance_number`` numbers them within it (default: new series, number 1).
     ``timings_ms``, when given, receives the milliseconds spent on each object ("seg", "sr", "sc",
-    "kos"): ``cxr-node analyze --json`` and bench/pipeline.py report them. The capture is built on
-    another thread at the same time as the SEG and the SR, so the parts add up to more than the
-    call's own time.
+    "kos"): ``cxr-node analyze --json`` and bench/pipeline.py report them.
 
     Raises :class:`ResultInputError` (a ValueError) when the source lacks the identifying
     attributes or does not match the result (other SOP Instance UID, other pixel grid).
@@ -75,10 +71,6 @@ def build_result_objects(source: pydicom.Dataset, result: ChestResult, *,
 
 
 _T = TypeVar("_T")
-# The secondary capture is drawn on another core while this thread builds the SEG and the SR: the
-# drawing is mostly OpenCV and Pillow work that runs without the interpreter lock, the SR is pure
-# Python, and between images the models leave the cores idle.
-_CAPTURES = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="result-sc")
 
 
 def _timed(timings: dict[str, float], name: str, make: Callable[[], _T]) -> _T:
@@ -97,16 +89,12 @@ def _build(source: pydicom.Dataset, result: ChestResult, ctx: ResultContext,
         log.info("results for %s: SR only (not analysed: %s)", uid, result.not_analysed_reason)
         return _with_kos(source, result, ctx, [sr], timings)
     lung_tracking_uid, ggo_tracking_uid = generate_uid(), generate_uid()
-    capture = _CAPTURES.submit(_timed, timings, "sc", lambda: build_sc(source, result, ctx, image))
-    try:
-        seg = _timed(timings, "seg", lambda: build_seg(
-            source, result, ctx, lung_tracking_uid=lung_tracking_uid, ggo_tracking_uid=ggo_tracking_uid))
-        sr = _timed(timings, "sr", lambda: build_sr(
-            source, result, ctx, seg=seg, lung_tracking_uid=lung_tracking_uid,
-            ggo_tracking_uid=ggo_tracking_uid))
-    finally:
-        wait([capture])  # also when the SEG or the SR failed: nothing of this call outlives it
-    sc = capture.result()
+    seg = _timed(timings, "seg", lambda: build_seg(source, result, ctx, lung_tracking_uid=lung_tracking_uid,
+                                                   ggo_tracking_uid=ggo_tracking_uid))
+    sr = _timed(timings, "sr", lambda: build_sr(source, result, ctx, seg=seg,
+                                                lung_tracking_uid=lung_tracking_uid,
+                                                ggo_tracking_uid=ggo_tracking_uid))
+    sc = _timed(timings, "sc", lambda: build_sc(source, result, ctx, image))
     for obj in (seg, sr, sc):
         copy_study_attributes(obj, source)
     log.info("results for %s: SEG %s, SR %s, SC %s", uid, seg.SOPInstanceUID, sr.SOPInstanceUID,
