@@ -40,6 +40,12 @@ _INFLATE_CHUNK = 1 << 20
 
 PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}  # Float, Double Float, Pixel Data
 LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
+# PS3.5 Table 7.1-2: the VRs with a 2-byte length. Anything else that is not in LONG_VRS goes to
+# pydicom, which refuses an unknown VR when the element is read.
+SHORT_VRS = {
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN", b"SH",
+    b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
+}
 
 
 @dataclass(frozen=True)
@@ -159,7 +165,7 @@ def _walk(
                 header = 12
                 sequence = vr == b"SQ" or (vr == b"UN" and length == _UNDEFINED)
                 inner_implicit = vr == b"UN"  # PS3.5 6.2.2: UN of undefined length is implicit VR
-            elif vr.isalpha() and vr.isupper():
+            elif vr in SHORT_VRS:
                 (length,) = unpack("<H", buf, pos + 6)
                 header = 8
             else:
@@ -176,8 +182,8 @@ def _walk(
             name, kind = _WANTED[tag]
             raw = bytes(buf[value_at : value_at + length])
             if kind == "us":
-                if length < 2:
-                    raise _ScanError(f"{name} too short")
+                if length != 2:  # VM 1: pydicom reads other lengths as several values or none
+                    raise _ScanError(f"{name} is {length} bytes")
                 fields[name] = str(unpack("<H", raw, 0)[0])
             else:
                 fields[name] = raw.rstrip(b"\x00 ").decode("ascii", "replace").strip()
@@ -259,6 +265,8 @@ def _pydicom_header(buf: bytes | memoryview, implicit: bool, little: bool) -> tu
         )
         fields = {name: str(ds.get(name, "") or "") for name, _kind in _WANTED.values() if name in ds}
         pos = fp.tell()
+        for _element in ds.iterall():  # converts every element: an unknown VR raises here, not in the worker
+            pass
     except RecursionError as exc:
         raise InvalidInstanceError(
             f"sequences nested deeper than {MAX_SEQUENCE_DEPTH} levels", STATUS_DATASET_MISMATCH
@@ -486,6 +494,8 @@ def check_header(
         )
     if rows <= 0 or columns <= 0:
         raise InvalidInstanceError("Rows/Columns missing: not an image", STATUS_DATASET_MISMATCH)
+    if bits <= 0:
+        raise InvalidInstanceError("BitsAllocated missing: pixels cannot be decoded", STATUS_DATASET_MISMATCH)
     if rows * columns * frames > max_pixels:
         raise InvalidInstanceError(
             f"image is {rows}x{columns}x{frames} pixels, over max_pixels={max_pixels}",
@@ -521,7 +531,7 @@ def check_header(
                 STATUS_CANNOT_UNDERSTAND,
             )
         expected = (rows * columns * samples * frames * bits + 7) // 8
-        if not ts.is_compressed and bits and length < expected:
+        if not ts.is_compressed and length < expected:
             raise InvalidInstanceError(
                 f"Pixel Data has {length} bytes, Rows x Columns x Samples x BitsAllocated needs {expected}",
                 STATUS_DATASET_MISMATCH,

@@ -115,9 +115,11 @@ def generated() -> list[tuple[str, bytes]]:
         nested.add_new(0x00091010, "LO", "PRIVATE")
         nested.add_new(0x00090010, "LO", "CREATOR")
         cases.append((f"sequences-{ts.name}", encode(nested, ts)))
-        for missing in ("SeriesInstanceUID", "Rows", "PixelData"):
+        for missing in ("SeriesInstanceUID", "Rows", "BitsAllocated", "PixelData"):
             ds = make_dx(generate_uid(), rows=16, cols=16)
             delattr(ds, missing)
+            if missing == "BitsAllocated":
+                ds["PixelData"].VR = "OW"  # pydicom resolves OB/OW from BitsAllocated
             cases.append((f"no-{missing}-{ts.name}", encode(ds, ts)))
         short = make_dx(generate_uid(), rows=16, cols=16)
         short.PixelData = short.PixelData[:100]
@@ -125,6 +127,14 @@ def generated() -> list[tuple[str, bytes]]:
         bad_uid = make_dx(generate_uid(), rows=16, cols=16)
         bad_uid.SOPInstanceUID = "1.2.abc"
         cases.append((f"bad-uid-{ts.name}", encode(bad_uid, ts)))
+        two_columns = make_dx(generate_uid(), rows=16, cols=16)
+        two_columns.Columns = [16, 16]  # VM 1 attribute sent with two values
+        cases.append((f"two-columns-{ts.name}", encode(two_columns, ts)))
+    # A VR that PS3.5 does not define, on an attribute the node reads (found by the fuzz test:
+    # one flipped bit turned UI into UH and the node accepted what pydicom cannot read).
+    unknown_vr = encode(make_dx(generate_uid(), rows=16, cols=16), ExplicitVRLittleEndian)
+    assert unknown_vr.count(b"\x20\x00\x0d\x00UI") == 1
+    cases.append(("unknown-vr", unknown_vr.replace(b"\x20\x00\x0d\x00UI", b"\x20\x00\x0d\x00UH")))
     return cases
 
 
