@@ -238,24 +238,34 @@ def _presentation_by_table(arr: np.ndarray, ds: Dataset, where: str) -> np.ndarr
 
     Every stage is a function of the stored value alone, so the same arithmetic on the at most
     65,536 values between the image's minimum and maximum, then one table lookup, gives the same
-    result as per pixel; on a 2446 x 2010 CR this takes a fifth of the time.
+    result as per pixel. The table is indexed by the stored value's bit pattern (the array viewed
+    unsigned, no widened copy) and read with ``np.take``: on a 2446 x 2010 CR the whole step takes
+    about a tenth of the per-pixel arithmetic.
     """
     lowest, highest = int(arr.min()), int(arr.max())
-    stored = np.arange(lowest, highest + 1, dtype=np.int64).astype(arr.dtype)
-    index = arr if lowest == 0 and arr.dtype.kind == "u" else arr.astype(np.int32) - lowest
+    bits = 8 * arr.dtype.itemsize
+    patterns = arr.view(np.dtype(f"u{arr.dtype.itemsize}"))
+    stored = np.arange(lowest, highest + 1, dtype=np.int64)
+    slots = stored & ((1 << bits) - 1)  # where each stored value's bit pattern points
+    stored = stored.astype(arr.dtype)
     if _voi_range(ds) is not None:
-        table = _presentation(stored, ds, where)
+        in_use = _presentation(stored, ds, where)
     else:
         # Without a VOI the scaling uses the range of the values present, not of every value between.
-        present = np.bincount(index.ravel(), minlength=stored.size) > 0
         values = apply_modality_lut(stored, ds).astype(np.float64)
-        low, high = float(values[present].min()), float(values[present].max())
+        if "ModalityLUTSequence" in ds:  # any shape: look at the values present
+            present = np.bincount(patterns.ravel(), minlength=1 << bits)[slots] > 0
+            low, high = float(values[present].min()), float(values[present].max())
+        else:  # rescale slope and intercept: monotonic, the extremes are those of the lowest and highest
+            low, high = sorted((float(values[0]), float(values[-1])))
         if not high > low:
             raise ImageDecodeError(f"{where}: blank image (all pixels {low})")
-        table = np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
+        in_use = np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
         if _inverted(ds):
-            table = 1.0 - table
-    return table[index]
+            in_use = 1.0 - in_use
+    table = np.zeros(1 << bits, dtype=np.float32)
+    table[slots] = in_use
+    return np.take(table, patterns)
 
 
 def _inverted(ds: Dataset) -> bool:
