@@ -116,7 +116,10 @@ def render_overlay(grey: np.ndarray, result: ChestResult, max_side: int) -> tupl
         lungs = np.ascontiguousarray(lungs[lung_area])
         kernel = np.ones((2 * thickness + 1, 2 * thickness + 1), np.uint8)
         inner = cv2.erode(lungs, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
-        rgb[lung_area][cv2.subtract(lungs, inner) > 0] = LUNG_RGB
+        band = cv2.findNonZero(cv2.subtract(lungs, inner))  # (x, y) of the band's pixels
+        if band is not None:
+            band = band.reshape(-1, 2)
+            rgb[lung_area][band[:, 1], band[:, 0]] = LUNG_RGB
 
     image = Image.fromarray(rgb, mode="RGB")
     draw = ImageDraw.Draw(image)
@@ -129,7 +132,7 @@ def render_overlay(grey: np.ndarray, result: ChestResult, max_side: int) -> tupl
             draw.text((xy[0], max(0, xy[1] - font_px - 2)), f"GGO {box.confidence:.2f}", fill=GGO_RGB,
                       font=font)
     _draw_text_block(draw, result, font, font_px)
-    _draw_legend(draw, size, font, font_px, heat=result.covid is not None)
+    _draw_legend(image, draw, size, font, font_px, heat=result.covid is not None)
     return np.asarray(image), scale
 
 
@@ -158,8 +161,8 @@ def _draw_text_block(draw: ImageDraw.ImageDraw, result: ChestResult, font: _Font
         y = bottom + 2 * pad
 
 
-def _draw_legend(draw: ImageDraw.ImageDraw, size: tuple[int, int], font: _Font, font_px: int,
-                 *, heat: bool) -> None:
+def _draw_legend(image: Image.Image, draw: ImageDraw.ImageDraw, size: tuple[int, int], font: _Font,
+                 font_px: int, *, heat: bool) -> None:
     """Bottom-right legend: Grad-CAM colour bar (0..1), lung contour and GGO box swatches."""
     height, width = size
     pad = max(2, font_px // 4)
@@ -177,9 +180,8 @@ def _draw_legend(draw: ImageDraw.ImageDraw, size: tuple[int, int], font: _Font, 
     if heat:
         draw.text((x, y), "Grad-CAM 0..1", fill=TEXT_RGB, font=font)
         y += font_px + pad
-        ramp = heat_colormap(np.linspace(0.0, 1.0, bar_w))
-        for i in range(bar_w):
-            draw.line([(x + i, y), (x + i, y + bar_h)], fill=tuple(int(c) for c in ramp[i]))
+        ramp = heat_colormap(np.linspace(0.0, 1.0, bar_w))  # one colour per column, rows y..y+bar_h
+        image.paste(Image.fromarray(np.repeat(ramp[None], bar_h + 1, axis=0), mode="RGB"), (x, y))
         y += font_px + pad
     for label, colour in entries:
         draw.rectangle([x, y + font_px // 4, x + font_px // 2, y + 3 * font_px // 4], outline=colour,
