@@ -22,7 +22,7 @@ from node.results.seg import GGO_LABEL, LUNG_LABEL
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OHIF_CHECK = Path(os.environ.get("CXR_OHIF_CHECK", REPO_ROOT.parent / "shared" / "tools" / "ohif_check.sh"))
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-ATTEMPTS = 2
+ATTEMPTS = 3
 
 
 def driver_error_detail(out: Path, lines: int = 25) -> str:
