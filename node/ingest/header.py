@@ -27,6 +27,7 @@ from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
 )
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_16, EXPLICIT_VR_LENGTH_32
 
 from node.errors import InvalidInstanceError, StoreError
 from node.ingest.status import STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH, STATUS_OUT_OF_RESOURCES
@@ -39,13 +40,11 @@ _DEFER_BYTES = 1 << 20  # the pydicom fallback leaves larger values unread
 _INFLATE_CHUNK = 1 << 20
 
 PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}  # Float, Double Float, Pixel Data
-LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
-# PS3.5 Table 7.1-2: the VRs with a 2-byte length. Anything else that is not in LONG_VRS goes to
-# pydicom, which refuses an unknown VR when the element is read.
-SHORT_VRS = {
-    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN", b"SH",
-    b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
-}
+# Explicit VR element headers (PS3.5 7.1.2), as pydicom defines them: a 4-byte length for these
+# VRs, a 2-byte length for the short ones. Any other VR goes to pydicom, which refuses an unknown
+# VR when the element is read.
+LONG_VRS = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_32)
+SHORT_VRS = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_16)
 
 
 @dataclass(frozen=True)
