@@ -126,6 +126,10 @@ class NodeSettings:
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
     commit_batch_max: int = 256  # instances per group commit
+    # Processes that accept associations (node.listener_pool): 1 = the serve process itself; more
+    # lets concurrent associations use more than one core (pynetdicom's work holds the interpreter
+    # lock). Each process enforces its share of max_associations and max_associations_per_host.
+    listener_processes: int = 1
     log_level: str = "INFO"
     log_format: str = "text"  # "text" (key=value) or "json"
     # DICOM TLS listener (PS3.15 B.9, node.tls); 2762 is the registered port. With tls_port > 0,
@@ -256,6 +260,12 @@ def _validate(config: NodeConfig) -> None:
             f"[node].max_associations_per_host must be 1..max_associations ({n.max_associations}), "
             f"got {n.max_associations_per_host!r}"
         )
+    if not 1 <= n.listener_processes <= 64:
+        raise ConfigError(f"[node].listener_processes must be 1..64, got {n.listener_processes!r}")
+    if n.listener_processes > n.max_associations_per_host:
+        raise ConfigError(f"[node].listener_processes ({n.listener_processes}) must not exceed "
+                          f"max_associations_per_host ({n.max_associations_per_host}): each process "
+                          "takes a share of both association limits")
     if n.max_pdu_bytes != 0 and not 4096 <= n.max_pdu_bytes <= 2**31:
         raise ConfigError(f"[node].max_pdu_bytes must be 0 (unlimited) or 4096..2^31, got {n.max_pdu_bytes}")
     if n.durability not in DURABILITY_MODES:

@@ -337,21 +337,30 @@ class StoreHandler:
                                             node_host=self._hostname, reason=reason))
 
 
-def build_ae(config: NodeConfig, incoming_dir: Path) -> AE:
-    """The acceptor AE: title, limits, timeouts and the supported presentation contexts."""
+def _share(limit: int, processes: int) -> int:
+    """One listener process's part of a node-wide association limit (rounded up)."""
+    return -(-limit // max(1, processes))
+
+
+def build_ae(config: NodeConfig, incoming_dir: Path, *, processes: int = 1) -> NodeAE:
+    """The acceptor AE: title, limits, timeouts and the supported presentation contexts.
+
+    With ``processes`` listener processes (node.listener_pool) each enforces its share of
+    ``max_associations`` and ``max_associations_per_host``, so the node as a whole keeps them.
+    """
     node = config.node
     ae = NodeAE(ae_title=node.ae_title)
     ae.limits = ReceiveLimits(
         incoming_dir=incoming_dir,
         max_instance_bytes=node.max_instance_bytes,
         max_pdu_bytes=node.max_pdu_bytes,
-        max_per_host=node.max_associations_per_host,
+        max_per_host=_share(node.max_associations_per_host, processes),
         acse_timeout=node.acse_timeout,
         network_timeout=node.network_timeout,
     )
     ae.require_called_aet = True
     ae.require_calling_aet = [a for a in node.allowed_calling_aets]
-    ae.maximum_associations = node.max_associations
+    ae.maximum_associations = _share(node.max_associations, processes)
     ae.network_timeout = node.network_timeout
     ae.acse_timeout = node.acse_timeout
     ae.dimse_timeout = node.dimse_timeout
@@ -375,12 +384,59 @@ class Listeners:
         for server in self.servers:
             server.shutdown()
 
+    def close(self, grace: float) -> None:
+        """Stop accepting; give established associations ``grace`` seconds to end, then abort them.
 
-def start_listener(config: NodeConfig, handler: StoreHandler) -> Listeners:
-    """Start the SCP in background threads (one per association): on ``port`` (plain TCP,
-    unless it is 0 with a ``tls_port``) and on ``tls_port`` (DICOM TLS, PS3.15 B.9)."""
+        An instance whose C-STORE is cut off this way was not acknowledged (or, if it was
+        committed just before, a resend is idempotent), so nothing acknowledged is lost. A
+        connection with no association yet has nothing to finish and is aborted at once: a TCP
+        probe that connects and closes without an A-ASSOCIATE-RQ (a load balancer's check) leaves
+        its acceptor waiting until ``acse_timeout``, which would otherwise hold the stop for the
+        whole grace.
+        """
+        self.shutdown()
+        active = [a for a in self.ae.active_associations if a.is_acceptor]
+        running = [a for a in active if a.is_established]
+        for assoc in active:
+            if assoc not in running and assoc.is_alive():
+                assoc.abort()  # its thread ends on its own (a daemon); nothing to wait for
+        deadline = time.monotonic() + grace
+        while any(a.is_alive() for a in running) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for assoc in running:
+            if assoc.is_alive():
+                assoc.abort()
+        log_event(log, "listener.stopped", associations_aborted=sum(1 for a in active if a.is_aborted))
+
+
+def listening_ports(config: NodeConfig) -> list[tuple[str, int]]:
+    """The node's listening ports by transport: ``("tcp", port)`` unless ``port`` is 0 with a
+    ``tls_port``, and ``("tls", tls_port)`` when that is set."""
     node = config.node
-    ae = build_ae(config, handler.store.incoming)
+    ports: list[tuple[str, int]] = []
+    if node.port > 0 or node.tls_port == 0:
+        ports.append(("tcp", node.port))
+    if node.tls_port > 0:
+        ports.append(("tls", node.tls_port))
+    return ports
+
+
+def start_listener(
+    config: NodeConfig,
+    handler: StoreHandler,
+    *,
+    sockets: dict[str, socket.socket] | None = None,
+    processes: int = 1,
+) -> Listeners:
+    """Start the SCP in background threads (one per association): on ``port`` (plain TCP,
+    unless it is 0 with a ``tls_port``) and on ``tls_port`` (DICOM TLS, PS3.15 B.9).
+
+    ``sockets`` (by transport, "tcp"/"tls") are listening sockets bound by the serve process,
+    which this process then accepts on beside ``processes - 1`` others (node.listener_pool).
+    """
+    node = config.node
+    ae = build_ae(config, handler.store.incoming, processes=processes)
+    ae.listening_sockets = dict(sockets or {})
     handlers: list[evt.EventHandlerType] = [
         (evt.EVT_REQUESTED, handler.handle_requested),
         (evt.EVT_C_STORE, handler.handle_store),
@@ -391,13 +447,10 @@ def start_listener(config: NodeConfig, handler: StoreHandler) -> Listeners:
         (evt.EVT_REJECTED, handler.handle_rejected),
     ]
     servers: list[ThreadedAssociationServer] = []
-    ports: list[tuple[int, Any]] = []
-    if node.port > 0 or node.tls_port == 0:
-        ports.append((node.port, None))
-    if node.tls_port > 0:
-        ports.append((node.tls_port, node_listener_context(config, on_failure=handler.handle_tls_refused)))
     try:
-        for port, ssl_context in ports:
+        for transport, port in listening_ports(config):
+            ssl_context = (node_listener_context(config, on_failure=handler.handle_tls_refused)
+                           if transport == "tls" else None)
             server = ae.start_server((node.host, port), block=False, evt_handlers=handlers,
                                      ssl_context=ssl_context)
             if server is None:  # block=False returns the running server
@@ -408,7 +461,7 @@ def start_listener(config: NodeConfig, handler: StoreHandler) -> Listeners:
                 "listener.started",
                 ae_title=node.ae_title,
                 host=node.host,
-                port=port,
+                port=server.server_address[1],
                 transport="tls" if ssl_context else "tcp",
                 peers=len(handler.peers),
                 transfer_syntaxes=len(decodable_transfer_syntaxes()),

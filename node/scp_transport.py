@@ -379,7 +379,8 @@ class NodeRequestHandler(RequestHandler):
 
 
 class NodeServer(ThreadedAssociationServer):
-    """The association server with a per-host connection cap and TCP_NODELAY."""
+    """The association server with a per-host connection cap and TCP_NODELAY; it accepts on a
+    socket the serve process bound when the AE was given one (node.listener_pool)."""
 
     daemon_threads = True
     limits: ReceiveLimits
@@ -387,7 +388,39 @@ class NodeServer(ThreadedAssociationServer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._per_host: dict[str, int] = {}
         self._hosts_lock = threading.Lock()
+        self._adopted = False
         super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        """Bind, or adopt the listening socket of this transport that the serve process bound.
+
+        Several listener processes then accept on one socket, and the kernel gives each new
+        connection to the first that asks: a process busy with its associations asks later, so
+        new ones go to an idle one. The socket is non-blocking: the processes that lose the race
+        for a connection return to their loop instead of waiting in ``accept``."""
+        transport = "tls" if self.ssl_context is not None else "tcp"
+        adopted = (getattr(self.ae, "listening_sockets", None) or {}).get(transport)
+        if adopted is None:
+            super().server_bind()
+            return
+        if self.socket is not None:
+            self.socket.close()  # the one socketserver made for binding
+        adopted.setblocking(False)
+        self.socket = adopted
+        self.server_address = adopted.getsockname()
+        self._adopted = True
+
+    def server_activate(self) -> None:
+        if not self._adopted:  # an adopted socket listens already
+            super().server_activate()
+
+    def server_close(self) -> None:
+        """Close; an adopted socket only here: pynetdicom's ``shutdown(SHUT_RDWR)`` would stop the
+        socket listening in every process that shares it."""
+        if self._adopted and self.socket is not None:
+            self.socket.close()
+            return
+        super().server_close()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client, address = super().get_request()
@@ -434,6 +467,10 @@ class NodeAE(AE):
     """The node's AE: its servers are NodeServer with NodeRequestHandler."""
 
     limits: ReceiveLimits
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.listening_sockets: dict[str, socket.socket] = {}  # by transport, from start_listener
 
     def make_server(self, address: Any, ae_title: Any = None, contexts: Any = None, ssl_context: Any = None,
                     evt_handlers: Any = None, server_class: Any = None, **kwargs: Any) -> Any:

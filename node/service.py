@@ -15,24 +15,23 @@ delivery loop finish its current association.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable
-from types import FrameType
 from typing import Any
 
 from node.audit import open_audit_trail
 from node.config import NodeConfig
 from node.delivery import DeliveryLoop
 from node.ingest import GroupCommitter
+from node.ingest.outcomes import ReceiveOutcomes
+from node.listener_pool import ListenerPool
 from node.logs import log_event
 from node.orphans import sweep_in_background
-from node.repository import Repository, make_engine
+from node.process import open_repository, open_store, stop_on_signals
 from node.retention import RetentionLoop
 from node.scheduler import Scheduler
 from node.scp import Listeners, StoreHandler, start_listener
-from node.store import InstanceStore
 from node.worker import (
     Analyzer,
     Worker,
@@ -45,38 +44,7 @@ from node.worker_registry import ProcessRecord
 
 log = logging.getLogger("node.service")
 
-
-def stop_on_signals(logger: logging.Logger, event: str) -> threading.Event:
-    """An Event set by SIGTERM or SIGINT (logged as ``event``): the process then stops in order."""
-    stopping = threading.Event()
-
-    def _on_signal(signum: int, _frame: FrameType | None) -> None:
-        log_event(logger, event, signal=signal.Signals(signum).name)
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    return stopping
-
-
-def open_repository(config: NodeConfig, create: bool = True) -> Repository:
-    if not config.node.database_url:
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(
-        config.database_url, durability=config.node.durability, schema=config.node.database_schema
-    )
-    repo = Repository(engine)
-    if create:
-        repo.create_schema()
-    return repo
-
-
-def open_store(config: NodeConfig) -> InstanceStore:
-    return InstanceStore(
-        config.data_dir / "instances",
-        fsync=config.node.durability == "fsync",
-        min_free_bytes=config.node.min_free_disk_mb * 2**20,
-    )
+LISTENER_GRACE = 10.0  # seconds running associations get to end when the node stops
 
 
 class NodeService:
@@ -104,6 +72,7 @@ class NodeService:
         self.committer: GroupCommitter | None = None
         self.handler: StoreHandler | None = None
         self.server: Listeners | None = None
+        self.pool: ListenerPool | None = None  # [node] listener_processes > 1
         self.scheduler: Scheduler | None = None
         self.workers: list[tuple[Worker, threading.Thread]] = []
         self.delivery_thread: threading.Thread | None = None
@@ -139,7 +108,10 @@ class NodeService:
                 self.repo.engine, "serve", self.n_workers, str(getattr(self.analyzer, "device", "")),
                 str(self.config.models_dir.resolve()), analyzer_models(self.analyzer))
             self.process_record.register()
-        if self.listen:
+        if self.listen and self.config.node.listener_processes > 1:
+            self.pool = ListenerPool(self.config, ReceiveOutcomes(), grace=LISTENER_GRACE)
+            self.pool.start()
+        elif self.listen:
             self.committer = GroupCommitter(
                 self.repo,
                 batch_max=self.config.node.commit_batch_max,
@@ -182,7 +154,9 @@ class NodeService:
         if self.http is not None:  # no new STOW-RS; the requests in flight finish their commits
             self.http.stop(min(10.0, timeout / 3))
         if self.server is not None:
-            self._close_listener(min(10.0, timeout / 3))
+            self.server.close(min(LISTENER_GRACE, timeout / 3))
+        if self.pool is not None:
+            self.pool.stop(timeout=max(1.0, deadline - time.monotonic()))
         if self.committer is not None:
             self.committer.stop(timeout=max(0.1, deadline - time.monotonic()))
         if self.scheduler is not None:
@@ -220,34 +194,10 @@ class NodeService:
                               models_ready=lambda: workers_ready(self.workers))
         if self.handler is not None:
             context.outcomes = self.handler.outcomes  # C-STORE refusals in /metrics
+        elif self.pool is not None:
+            context.outcomes = self.pool.outcomes  # those of the listener processes
         self.http = HttpServer(context)
         self.http.start()
-
-    def _close_listener(self, grace: float) -> None:
-        """Stop accepting; give established associations ``grace`` seconds to end, then abort them.
-
-        An instance whose C-STORE is cut off this way was not acknowledged (or, if it was
-        committed just before, a resend is idempotent), so nothing acknowledged is lost. A
-        connection with no association yet has nothing to finish and is aborted at once: a TCP
-        probe that connects and closes without an A-ASSOCIATE-RQ (a load balancer's check) leaves
-        its acceptor waiting until ``acse_timeout``, which would otherwise hold the stop for the
-        whole grace.
-        """
-        assert self.server is not None
-        ae = self.server.ae
-        self.server.shutdown()
-        active = [a for a in ae.active_associations if a.is_acceptor]
-        running = [a for a in active if a.is_established]
-        for assoc in active:
-            if assoc not in running and assoc.is_alive():
-                assoc.abort()  # its thread ends on its own (a daemon); nothing to wait for
-        deadline = time.monotonic() + grace
-        while any(a.is_alive() for a in running) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for assoc in running:
-            if assoc.is_alive():
-                assoc.abort()
-        log_event(log, "listener.stopped", associations_aborted=sum(1 for a in active if a.is_aborted))
 
     def run_until_signal(self) -> int:
         """Start, wait for SIGTERM/SIGINT, stop; returns the exit status (0)."""

@@ -31,8 +31,8 @@ def run(args: argparse.Namespace) -> int:
             print("cxr-node purge: error: no age given: pass --older-than-days DAYS (> 0) or set "
                   f"[node] retention_days in {config.source}", file=sys.stderr)
             return 2
+        from node.process import open_repository, open_store
         from node.retention import purge
-        from node.service import open_repository, open_store
 
         trail = open_audit_trail(config)
 

@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
-        from node.service import open_repository
+        from node.process import open_repository
 
         if args.destination and args.destination not in {d.name for d in config.destinations}:
             print(

@@ -114,7 +114,7 @@ def _images_failed(engine: Any, studies: list[str]) -> dict[str, int]:
 def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
-        from node.service import open_repository
+        from node.process import open_repository
 
         # The same query as the dashboard's (node.repository.status): one set of numbers everywhere.
         engine = open_repository(config).engine

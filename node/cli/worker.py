@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(config.node.log_level, config.node.log_format)
     import logging
 
-    from node.service import open_repository, open_store, stop_on_signals
+    from node.process import open_repository, open_store, stop_on_signals
     from node.worker import analyzer_models, chest_analyzer_factory, load_models, start_worker_threads
     from node.worker_registry import ProcessRecord
 

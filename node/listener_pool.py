@@ -1,0 +1,202 @@
+"""``[node] listener_processes`` > 1: several processes accept associations on the node's ports.
+
+Why: pynetdicom does each association's PDU and DIMSE work in Python threads, so in one process
+every association waits for one interpreter lock. With four associations on two cores the node
+was lock-bound while the machine still had CPU to give (the C-STORE handler's pure-Python steps
+took 7x longer with four associations than with one). Processes do not share that lock.
+
+How: the serve process binds the plain and TLS ports itself (a port in use stops start-up with an
+error; connections that arrive before a listener process is ready wait in the kernel's queue),
+then starts the listener processes with multiprocessing's "spawn" (none of the serve process's
+threads, models or database connections are copied), which accept on those sockets. Each has its
+own C-STORE handler and group committer; they share what separate ``cxr-node worker`` processes
+share: the store and the database (SQLite in WAL mode with a busy timeout, or PostgreSQL). Each
+enforces its share of the association limits (node.scp.build_ae). Refused instances are counted
+in the serve process's /metrics through a queue. A listener process that dies is started again;
+stopping runs in each one as in a single process: stop accepting, give running associations their
+grace, commit what waits, exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+from multiprocessing.connection import wait as wait_for_any
+from typing import Any
+
+from node.config import NodeConfig
+from node.ingest import GroupCommitter
+from node.ingest.outcomes import ReceiveOutcomes
+from node.logs import log_event, setup_logging
+from node.process import open_repository, open_store
+from node.scp import StoreHandler, listening_ports, start_listener
+
+log = logging.getLogger("node.listener_pool")
+
+_SPAWN = multiprocessing.get_context("spawn")
+START_TIMEOUT = 120.0  # a listener process imports pynetdicom, pydicom, SQLAlchemy: seconds when loaded
+RESTART_DELAY = 1.0  # between a listener process's death and its replacement: no tight restart loop
+_BACKLOG = 128
+
+
+class ForwardedOutcomes(ReceiveOutcomes):
+    """A listener process's refusals: counted here and sent to the serve process for its /metrics."""
+
+    def __init__(self, events: Any) -> None:
+        super().__init__()
+        self._events = events
+
+    def refused(self, protocol: str, status: int) -> None:
+        super().refused(protocol, status)
+        self._events.put(("refused", protocol, status))
+
+
+def bind_listening_sockets(config: NodeConfig) -> dict[str, socket.socket]:
+    """The node's listening sockets by transport, bound and listening (node.scp.listening_ports)."""
+    host = config.node.host
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sockets: dict[str, socket.socket] = {}
+    try:
+        for transport, port in listening_ports(config):
+            sock = socket.create_server((host, port), family=family, backlog=_BACKLOG)
+            sock.setblocking(False)  # several processes accept on it (node.scp_transport.NodeServer)
+            sockets[transport] = sock
+    except OSError:
+        for sock in sockets.values():
+            sock.close()
+        raise
+    return sockets
+
+
+def run_listener_process(
+    config: NodeConfig, sockets: dict[str, socket.socket], events: Any, grace: float, parent: int
+) -> None:
+    """A listener process's life: accept on ``sockets`` until SIGTERM/SIGINT or the serve process is gone."""
+    setup_logging(config.node.log_level, config.node.log_format)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stopping.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: serve decides
+    repo = open_repository(config, create=False)
+    node = config.node
+    committer = GroupCommitter(repo, batch_max=node.commit_batch_max, timeout=node.dimse_timeout)
+    handler = StoreHandler(config, open_store(config), committer)
+    handler.outcomes = ForwardedOutcomes(events)
+    listeners = start_listener(config, handler, sockets=sockets, processes=node.listener_processes)
+    events.put(("ready", os.getpid(), ""))
+    while not stopping.wait(0.5):
+        if os.getppid() != parent:  # serve died without stopping us (SIGKILL): stop in order
+            log_event(log, "listener.orphaned", logging.WARNING)
+            break
+    listeners.close(grace)
+    committer.stop(timeout=max(1.0, config.node.dimse_timeout))
+    repo.engine.dispose()
+
+
+class ListenerPool:
+    """The serve process's side: binds the sockets; starts, watches, restarts and stops the processes."""
+
+    def __init__(self, config: NodeConfig, outcomes: ReceiveOutcomes, *, grace: float = 10.0) -> None:
+        self.config = config
+        self.outcomes = outcomes
+        self.grace = grace
+        self.size = config.node.listener_processes
+        self.sockets: dict[str, socket.socket] = {}
+        self._events: Any = _SPAWN.Queue()
+        self._processes: list[Any] = []
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._ready: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {transport: sock.getsockname()[1] for transport, sock in self.sockets.items()}
+
+    def start(self) -> None:
+        """Bind, start every listener process and wait until each accepts; raises OSError (port in
+        use) or RuntimeError (a listener process did not start), with nothing left running."""
+        self.sockets = bind_listening_sockets(self.config)
+        for target, name in ((self._read_events, "listener-events"), (self._watch, "listener-watch")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        with self._lock:
+            for _ in range(self.size):
+                self._processes.append(self._spawn())
+        deadline = time.monotonic() + START_TIMEOUT
+        started = 0
+        while started < self.size:
+            try:
+                self._ready.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                self.stop()
+                raise RuntimeError(f"{self.size - started} of {self.size} listener processes did not start "
+                                   f"within {START_TIMEOUT:.0f} s (see their log lines)") from None
+            started += 1
+        log_event(log, "listener.pool_started", processes=self.size, ae_title=self.config.node.ae_title,
+                  host=self.config.node.host, **{f"{t}_port": p for t, p in self.ports.items()})
+
+    def _spawn(self) -> Any:
+        process = _SPAWN.Process(target=run_listener_process, name="cxr-node-listener", daemon=False,
+                                 args=(self.config, self.sockets, self._events, self.grace, os.getpid()))
+        process.start()
+        return process
+
+    def _read_events(self) -> None:
+        while True:
+            item = self._events.get()
+            if item is None:
+                return
+            kind, first, second = item
+            if kind == "refused":
+                self.outcomes.refused(first, second)
+            elif kind == "ready":
+                self._ready.put(first)
+
+    def _watch(self) -> None:
+        """Start a listener process again when one dies while the pool runs."""
+        while not self._stopping.is_set():
+            with self._lock:
+                sentinels = {p.sentinel: p for p in self._processes}
+            for sentinel in wait_for_any(list(sentinels), timeout=0.5):
+                if self._stopping.wait(RESTART_DELAY):
+                    return
+                dead = sentinels[sentinel]
+                log_event(log, "listener.process_exited", logging.WARNING, pid=dead.pid,
+                          exit_code=dead.exitcode)
+                with self._lock:
+                    self._processes.remove(dead)
+                    self._processes.append(self._spawn())
+
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [p.pid for p in self._processes if p.is_alive()]
+
+    def stop(self, timeout: float | None = None) -> None:
+        """SIGTERM each listener process (each stops in order, node.scp.Listeners.close) and wait; a
+        process still running after ``timeout`` is killed."""
+        self._stopping.set()
+        deadline = time.monotonic() + (self.grace + 20.0 if timeout is None else timeout)
+        with self._lock:
+            processes = list(self._processes)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(max(0.1, deadline - time.monotonic()))
+            if process.is_alive():
+                log_event(log, "listener.process_killed", logging.WARNING, pid=process.pid)
+                process.kill()
+                process.join(5.0)
+        self._events.put(None)
+        for thread in self._threads:
+            thread.join(5.0)
+        for sock in self.sockets.values():
+            sock.close()
+        log_event(log, "listener.pool_stopped", processes=len(processes))

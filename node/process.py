@@ -1,0 +1,50 @@
+"""What every node process opens: the repository, the store, and the signals that stop it.
+
+Shared by ``serve``, ``worker``, the listener processes (node.listener_pool) and the CLI commands
+that read the database, without importing the worker's model stack.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+from node.config import NodeConfig
+from node.logs import log_event
+from node.repository import Repository, make_engine
+from node.store import InstanceStore
+
+
+def stop_on_signals(logger: logging.Logger, event: str) -> threading.Event:
+    """An Event set by SIGTERM or SIGINT (logged as ``event``): the process then stops in order."""
+    stopping = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        log_event(logger, event, signal=signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    return stopping
+
+
+def open_repository(config: NodeConfig, create: bool = True) -> Repository:
+    if not config.node.database_url:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(
+        config.database_url, durability=config.node.durability, schema=config.node.database_schema
+    )
+    repo = Repository(engine)
+    if create:
+        repo.create_schema()
+    return repo
+
+
+def open_store(config: NodeConfig) -> InstanceStore:
+    return InstanceStore(
+        config.data_dir / "instances",
+        fsync=config.node.durability == "fsync",
+        min_free_bytes=config.node.min_free_disk_mb * 2**20,
+    )

@@ -1,0 +1,147 @@
+"""``[node] listener_processes`` > 1 (node.listener_pool): several processes accept on one port.
+
+Real senders (dcmtk storescu in its default configuration, four at once, and a pynetdicom SCU):
+every acknowledged instance is on disk and in the database, refusals reach the serve process's
+tally, a listener process that dies is replaced, and none outlives the node, whether it is stopped
+with SIGTERM or killed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from nodekit import (
+    DX_PRESENTATION,
+    NodeProcess,
+    free_port,
+    make_dx,
+    node_toml,
+    wait_for,
+    which_or_fail,
+    write_study,
+)
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+
+from node.config import load_config
+from node.errors import ConfigError
+from node.service import NodeService
+
+
+def _storescu(port: int, files: list[Path]) -> subprocess.Popen:
+    return subprocess.Popen([which_or_fail("storescu"), "-aet", "STORESCU", "-aec", "CXRNODE",
+                             "127.0.0.1", str(port), *map(str, files)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _listener_processes(pid: int) -> set[int]:
+    """Live listener processes whose parent is ``pid`` (from /proc, Linux)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z" and b"spawn_main" in command:
+            found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.fixture
+def pooled(tmp_path: Path):  # noqa: ANN201 - a generator fixture
+    config_path = tmp_path / "node.toml"
+    config_path.write_text(node_toml(tmp_path / "var", free_port(), node={"listener_processes": 2}))
+    service = NodeService(load_config(config_path), workers=0, deliver=False, schedule=False)
+    service.start()
+    yield service
+    service.stop(timeout=30)
+
+
+def test_four_dcmtk_senders_at_once_every_acknowledged_instance_is_stored(pooled: NodeService,
+                                                                          tmp_path: Path) -> None:
+    assert pooled.pool is not None and len(pooled.pool.pids()) == 2
+    studies = [write_study(tmp_path / f"study{i}", 6) for i in range(4)]
+    senders = [_storescu(pooled.config.node.port, files) for files in studies]
+    for sender in senders:
+        _, err = sender.communicate(timeout=120)
+        assert sender.returncode == 0, err
+    for files in studies:
+        for path in files:
+            record = pooled.repo.find_instance(path.stem)
+            assert record is not None, f"{path.name} acknowledged but not recorded"
+            assert pooled.store.path(record.path).read_bytes()[128:132] == b"DICM"
+    assert pooled.repo.instance_count() == 24
+
+    bad = make_dx(generate_uid())
+    del bad.PixelData  # refused with 0xA900 in a listener process
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(DX_PRESENTATION, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", pooled.config.node.port, ae_title="CXRNODE")
+    assert assoc.is_established
+    assert assoc.send_c_store(bad).Status == 0xA900
+    assoc.release()
+    wait_for(lambda: pooled.pool.outcomes.snapshot().get(("dimse", "0xA900")) == 1, 10,
+             what="the refusal counted in the serve process")
+
+
+def test_a_listener_process_that_dies_is_replaced(pooled: NodeService, tmp_path: Path) -> None:
+    assert pooled.pool is not None
+    first = set(pooled.pool.pids())
+    victim = min(first)
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: len(pooled.pool.pids()) == 2 and victim not in pooled.pool.pids(), 60,
+             what="a replacement listener process")
+    files = write_study(tmp_path / "after", 4)
+    sender = _storescu(pooled.config.node.port, files)
+    _, err = sender.communicate(timeout=120)
+    assert sender.returncode == 0, err
+    assert all(pooled.repo.find_instance(p.stem) is not None for p in files)
+
+
+@pytest.mark.slow  # two node processes started and stopped: over ~3 s
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_no_listener_process_outlives_the_node(tmp_path: Path, how: str) -> None:
+    port = free_port()
+    config_path = tmp_path / "node.toml"
+    config_path.write_text(node_toml(tmp_path / "var", port, node={"listener_processes": 3,
+                                                                  "max_associations_per_host": 6}))
+    node = NodeProcess(config_path, port, tmp_path / "node.log").start("--workers", "0")
+    assert node.proc is not None
+    wait_for(lambda: "listener.pool_started" in node.log(), 60, what="the listener processes")
+    listeners = _listener_processes(node.proc.pid)
+    assert len(listeners) == 3
+    files = write_study(tmp_path / "study", 3)
+    sender = _storescu(port, files)
+    _, err = sender.communicate(timeout=120)
+    assert sender.returncode == 0, err
+    if how == "SIGTERM":
+        assert node.terminate(timeout=60) == 0, node.log()
+        assert not any(_alive(pid) for pid in listeners)
+    else:
+        node.kill()  # the listener processes notice their parent is gone and stop on their own
+        wait_for(lambda: not any(_alive(pid) for pid in listeners), 30, what="the listener processes to stop")
+        assert "listener.orphaned" in node.log()
+
+
+def test_listener_processes_must_be_positive_and_fit_the_host_limit(tmp_path: Path) -> None:
+    for node, message in (({"listener_processes": 0}, "1..64"),
+                          ({"listener_processes": 9}, "max_associations_per_host")):
+        path = tmp_path / "node.toml"
+        path.write_text(node_toml(tmp_path / "var", 11112, node=node))
+        with pytest.raises(ConfigError, match=message):
+            load_config(path)
