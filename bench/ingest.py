@@ -3,7 +3,8 @@ instance is fsynced and recorded) side by side with a bare pynetdicom storage SC
 writes the received bytes to files (no fsync, no database), in one run, for the senders sites
 use: dcmtk ``dcmsend`` and ``storescu`` with their default options, and a pynetdicom SCU.
 
-Both SCPs run in their own process on loopback and stay up for the whole run; each round sends
+The node runs once per ``--listener-processes`` value (default 1 and 2: ``[node] listener_processes``).
+The SCPs run in their own processes on loopback and stay up for the whole run; each round sends
 files whose SOP Instance UIDs are fresh (rewritten in place before the round), so the node never
 takes the duplicate path. After each node round every file of the round is checked to be in the
 node's database and store.
@@ -183,6 +184,25 @@ def wait_port(port: int, timeout: float = 120.0) -> None:
     raise TimeoutError(f"nothing listening on port {port} after {timeout} s")
 
 
+def wait_echo(port: int, aet: str, timeout: float = 120.0) -> None:
+    """Until the SCP answers a C-ECHO: with listener processes the port accepts connections (the
+    kernel queues them) before any process serves them, and the first round would time their start."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title="BENCH")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assoc = ae.associate("127.0.0.1", port, ae_title=aet)
+        if assoc.is_established:
+            status = assoc.send_c_echo()
+            assoc.release()
+            if status and status.Status == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"no C-ECHO answer on port {port} after {timeout} s")
+
+
 def stop(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
@@ -195,14 +215,15 @@ def stop(proc: subprocess.Popen) -> None:
 class Node:
     """``cxr-node serve`` with durability "fsync", no workers, no scheduling pressure."""
 
-    def __init__(self, work: Path, extra: list[str]) -> None:
+    def __init__(self, work: Path, extra: list[str], listener_processes: int) -> None:
         self.port = free_port()
-        data = work / "node"
+        data = work / f"node-{listener_processes}"
         shutil.rmtree(data, ignore_errors=True)
-        self.config = work / "node.toml"
+        self.config = work / f"node-{listener_processes}.toml"
         settings = {"ae_title": '"CXRNODE"', "host": '"127.0.0.1"', "port": str(self.port),
                     "data_dir": f'"{data}"', "durability": '"fsync"', "study_stable_seconds": "36000",
-                    "min_free_disk_mb": "64", "log_level": '"WARNING"'}
+                    "min_free_disk_mb": "64", "log_level": '"WARNING"',
+                    "listener_processes": str(listener_processes)}
         settings.update(line.split("=", 1) for line in extra)
         self.config.write_text(
             "[node]\n" + "".join(f"{k.strip()} = {v.strip()}\n" for k, v in settings.items())
@@ -212,9 +233,10 @@ class Node:
             [sys.executable, "-m", "node.cli.main", "serve", "--config", str(self.config)], cwd=REPO
         )
         wait_port(self.port)
+        wait_echo(self.port, "CXRNODE")
         sys.path.insert(0, str(REPO))
         from node.config import load_config
-        from node.service import open_repository, open_store
+        from node.process import open_repository, open_store
 
         cfg = load_config(self.config)
         self.repo, self.store = open_repository(cfg), open_store(cfg)
@@ -237,6 +259,8 @@ def main() -> int:
     parser.add_argument("--associations", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--count", type=int, default=0, help="images per round (default per size)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds per cell; the median is reported")
+    parser.add_argument("--listener-processes", type=int, nargs="+", default=[1, 2],
+                        help="one node per value of [node] listener_processes, each beside the bare SCP")
     parser.add_argument("--node-set", action="append", default=[], metavar="KEY=VALUE",
                         help='override a [node] key, TOML syntax (e.g. durability="os")')
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
@@ -250,45 +274,50 @@ def main() -> int:
     bare_out.mkdir(parents=True, exist_ok=True)
     bare_port = free_port()
     bare = subprocess.Popen([sys.executable, __file__, "--bare-scp", str(bare_port), str(bare_out)])
-    node = None
+    nodes: dict[int, Node] = {}
     round_no = 0
     try:
         wait_port(bare_port)
-        node = Node(work, args.node_set)
-        print(f"{'image':<16} {'n':>4} {'assoc':>5} {'sender':<11} {'bare img/s':>10} {'node img/s':>10} "
-              f"{'node/bare':>9}", flush=True)
+        for n in args.listener_processes:
+            nodes[n] = Node(work, args.node_set, n)
+        header = "".join(f" {f'node{n} img/s':>12} {'ratio':>6}" for n in nodes)
+        print(f"{'image':<16} {'n':>4} {'assoc':>5} {'sender':<11} {'bare img/s':>10}{header}", flush=True)
         for size in args.sizes:
             rows, cols, bits, default_count = SIZES[size]
             count = args.count or default_count
             files = make_files(work / f"files-{size}", count, rows, cols, bits, round_no)
             for assoc in args.associations:
                 for sender in args.senders:
-                    bare_rates, node_rates = [], []
+                    bare_rates: list[float] = []
+                    node_rates: dict[int, list[float]] = {n: [] for n in nodes}
                     for _ in range(args.repeat):
-                        for target in ("bare", "node"):
+                        for target in (0, *nodes):  # 0: the bare SCP
                             renew_uids(files, round_no, round_no + 1)
                             round_no += 1
                             try:
-                                if target == "bare":
+                                if target == 0:
                                     bare_rates.append(count / send(sender, bare_port, "BARE", files, assoc))
                                     for f in bare_out.iterdir():
                                         f.unlink()
                                 else:
+                                    node = nodes[target]
                                     before = node.repo.instance_count()
                                     seconds = send(sender, node.port, "CXRNODE", files, assoc)
                                     node.check(files, before)
-                                    node_rates.append(count / seconds)
+                                    node_rates[target].append(count / seconds)
                             except (RuntimeError, TimeoutError) as exc:
-                                print(f"# {target} round failed, left out: {exc}", flush=True)
-                    if not bare_rates or not node_rates:
+                                name = f"node{target}" if target else "bare"
+                                print(f"# {name} round failed, left out: {exc}", flush=True)
+                    if not bare_rates or not all(node_rates.values()):
                         continue
-                    b, n = statistics.median(bare_rates), statistics.median(node_rates)
+                    b = statistics.median(bare_rates)
+                    cells = "".join(f" {statistics.median(r):>12.1f} {statistics.median(r) / b:>6.2f}"
+                                    for r in node_rates.values())
                     label = f"{rows}x{cols} {bits}-bit"
-                    print(f"{label:<16} {count:>4} {assoc:>5} {sender:<11} {b:>10.1f} {n:>10.1f} "
-                          f"{n / b:>9.2f}", flush=True)
+                    print(f"{label:<16} {count:>4} {assoc:>5} {sender:<11} {b:>10.1f}{cells}", flush=True)
     finally:
         stop(bare)
-        if node is not None:
+        for node in nodes.values():
             node.repo.engine.dispose()
             stop(node.proc)
         if args.work is None:
