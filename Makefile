@@ -24,7 +24,7 @@ serve: env
 test: env
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Fast feedback, 71-74 s on 2 cores (128 s on a machine 2.5x slower in pure Python; `/usr/bin/time
+# Fast feedback, 53-60 s on 2 cores (128 s on a machine 2.5x slower in pure Python; `/usr/bin/time
 # make check`, warm mypy cache): ruff, the tests not marked slow / postgres / ohif on two pytest-xdist
 # workers, mypy on node and pipelines (its incremental cache makes a re-run take seconds).
 # compileall first: uv installs no bytecode and PYTHONDONTWRITEBYTECODE=1 (set on this machine) keeps
