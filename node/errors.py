@@ -35,6 +35,10 @@ class DeliveryError(NodeError):
     """A C-STORE to a destination failed (association refused, failure status, network)."""
 
 
+class ListenerStartError(NodeError):
+    """The listener processes (``[node] listener_processes``) did not all start accepting."""
+
+
 class ModelsUnavailableError(NodeError):
     """The model bundles cannot be loaded at start-up (the message names the folder and the reason)."""
 

@@ -28,9 +28,10 @@ import socket
 import threading
 import time
 from multiprocessing.connection import wait as wait_for_any
-from typing import Any
+from typing import Any, cast
 
 from node.config import NodeConfig
+from node.errors import ListenerStartError
 from node.ingest import GroupCommitter
 from node.ingest.outcomes import ReceiveOutcomes
 from node.logs import log_event, setup_logging
@@ -41,7 +42,9 @@ log = logging.getLogger("node.listener_pool")
 
 _SPAWN = multiprocessing.get_context("spawn")
 START_TIMEOUT = 120.0  # a listener process imports pynetdicom, pydicom, SQLAlchemy: seconds when loaded
-RESTART_DELAY = 1.0  # between a listener process's death and its replacement: no tight restart loop
+RESTART_DELAY = 1.0  # between a listener process's death and its replacement, doubled (up to
+RESTART_DELAY_MAX = 30.0  # this) while replacements die within SHORT_LIFE seconds: no tight restart loop
+SHORT_LIFE = 10.0
 _BACKLOG = 128
 
 
@@ -113,6 +116,7 @@ class ListenerPool:
         self._stopping = threading.Event()
         self._ready: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        self._born: dict[int, float] = {}  # when each listener process (by sentinel) was started
 
     @property
     def ports(self) -> dict[str, int]:
@@ -120,7 +124,7 @@ class ListenerPool:
 
     def start(self) -> None:
         """Bind, start every listener process and wait until each accepts; raises OSError (port in
-        use) or RuntimeError (a listener process did not start), with nothing left running."""
+        use) or ListenerStartError (a listener process did not start), with nothing left running."""
         self.sockets = bind_listening_sockets(self.config)
         for target, name in ((self._read_events, "listener-events"), (self._watch, "listener-watch")):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -136,8 +140,9 @@ class ListenerPool:
                 self._ready.get(timeout=max(0.1, deadline - time.monotonic()))
             except queue.Empty:
                 self.stop()
-                raise RuntimeError(f"{self.size - started} of {self.size} listener processes did not start "
-                                   f"within {START_TIMEOUT:.0f} s (see their log lines)") from None
+                missing = self.size - started
+                raise ListenerStartError(f"{missing} of {self.size} listener processes did not start within "
+                                         f"{START_TIMEOUT:.0f} s (see their log lines)") from None
             started += 1
         log_event(log, "listener.pool_started", processes=self.size, ae_title=self.config.node.ae_title,
                   host=self.config.node.host, **{f"{t}_port": p for t, p in self.ports.items()})
@@ -146,6 +151,7 @@ class ListenerPool:
         process = _SPAWN.Process(target=run_listener_process, name="cxr-node-listener", daemon=False,
                                  args=(self.config, self.sockets, self._events, self.grace, os.getpid()))
         process.start()
+        self._born[process.sentinel] = time.monotonic()
         return process
 
     def _read_events(self) -> None:
@@ -161,15 +167,18 @@ class ListenerPool:
 
     def _watch(self) -> None:
         """Start a listener process again when one dies while the pool runs."""
+        delay = RESTART_DELAY
         while not self._stopping.is_set():
             with self._lock:
                 sentinels = {p.sentinel: p for p in self._processes}
             for sentinel in wait_for_any(list(sentinels), timeout=0.5):
-                if self._stopping.wait(RESTART_DELAY):
-                    return
-                dead = sentinels[sentinel]
+                dead = sentinels[cast(int, sentinel)]
+                short_lived = time.monotonic() - self._born.pop(dead.sentinel, 0.0) < SHORT_LIFE
+                delay = min(RESTART_DELAY_MAX, delay * 2) if short_lived else RESTART_DELAY
                 log_event(log, "listener.process_exited", logging.WARNING, pid=dead.pid,
-                          exit_code=dead.exitcode)
+                          exit_code=dead.exitcode, restart_in_seconds=delay)
+                if self._stopping.wait(delay):
+                    return
                 with self._lock:
                     self._processes.remove(dead)
                     self._processes.append(self._spawn())

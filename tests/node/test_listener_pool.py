@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from nodekit import (
     DX_PRESENTATION,
+    REPO,
     NodeProcess,
     free_port,
     make_dx,
@@ -145,3 +148,18 @@ def test_listener_processes_must_be_positive_and_fit_the_host_limit(tmp_path: Pa
         path.write_text(node_toml(tmp_path / "var", 11112, node=node))
         with pytest.raises(ConfigError, match=message):
             load_config(path)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_port_in_use_stops_serve_with_a_message(tmp_path: Path, processes: int) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config_path = tmp_path / "node.toml"
+        config_path.write_text(node_toml(tmp_path / "var", port, node={"listener_processes": processes}))
+        out = subprocess.run([sys.executable, "-m", "node.cli.main", "serve", "--config", str(config_path),
+                              "--workers", "0"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
+    assert not _listener_processes(os.getpid())
