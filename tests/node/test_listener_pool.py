@@ -29,9 +29,11 @@ from nodekit import (
 )
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
+from tlskit import make_pki
 
 from node.config import load_config
 from node.errors import ConfigError
+from node.process import open_repository
 from node.service import NodeService
 
 
@@ -163,3 +165,32 @@ def test_a_port_in_use_stops_serve_with_a_message(tmp_path: Path, processes: int
     assert out.returncode == 1, out.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
     assert not _listener_processes(os.getpid())
+
+
+@pytest.mark.slow  # a PKI and a node process: over ~3 s
+def test_listener_processes_serve_the_tls_port_too(tmp_path: Path) -> None:
+    """Each listener process builds its own TLS context and accepts on the TLS socket serve bound."""
+    which_or_fail("openssl")
+    pki = make_pki(tmp_path / "pki")
+    plain, tls = free_port(), free_port()
+    config_path = tmp_path / "node.toml"
+    config_path.write_text(node_toml(tmp_path / "var", plain, node={
+        "listener_processes": 2, "tls_port": tls, "tls_certificate": str(pki.node.cert),
+        "tls_private_key": str(pki.node.key), "tls_ca_certificates": str(pki.ca.cert)}))
+    node = NodeProcess(config_path, plain, tmp_path / "node.log").start("--workers", "0")
+    try:
+        wait_for(lambda: "listener.pool_started" in node.log(), 60, what="the listener processes")
+        tls_files, plain_files = write_study(tmp_path / "tls", 2), write_study(tmp_path / "plain", 2)
+        tls_args = ["+tls", str(pki.client.key), str(pki.client.cert), "+cf", str(pki.ca.cert)]
+        for args, port, files in ((tls_args, tls, tls_files), ([], plain, plain_files)):
+            out = subprocess.run([which_or_fail("storescu"), *args, "-aec", "CXRNODE", "127.0.0.1", str(port),
+                                  *map(str, files)], capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+        repo = open_repository(load_config(config_path))
+        assert all(repo.find_instance(p.stem) is not None for p in tls_files + plain_files)
+        repo.engine.dispose()
+        rogue = subprocess.run([which_or_fail("echoscu"), "-aec", "CXRNODE", "127.0.0.1", str(tls)],
+                               capture_output=True, text=True, timeout=60)
+        assert rogue.returncode != 0  # plain DICOM on the TLS port: no association
+    finally:
+        assert node.terminate(timeout=60) == 0, node.log()
