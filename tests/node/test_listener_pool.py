@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from nodekit import (
     DX_PRESENTATION,
+    PG_URL,
     REPO,
     NodeProcess,
     free_port,
@@ -67,10 +68,14 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-@pytest.fixture
-def pooled(tmp_path: Path):  # noqa: ANN201 - a generator fixture
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def pooled(request: pytest.FixtureRequest, tmp_path: Path):  # noqa: ANN201 - a generator fixture
+    """A node with two listener processes, on SQLite and (suite with PostgreSQL) on its own schema there."""
+    settings: dict = {"listener_processes": 2}
+    if request.param == "postgresql":
+        settings |= {"database_url": PG_URL, "database_schema": request.getfixturevalue("pg_schema")}
     config_path = tmp_path / "node.toml"
-    config_path.write_text(node_toml(tmp_path / "var", free_port(), node={"listener_processes": 2}))
+    config_path.write_text(node_toml(tmp_path / "var", free_port(), node=settings))
     service = NodeService(load_config(config_path), workers=0, deliver=False, schedule=False)
     service.start()
     yield service
