@@ -399,7 +399,7 @@ class Listeners:
         running = [a for a in active if a.is_established]
         for assoc in active:
             if assoc not in running and assoc.is_alive():
-                assoc.abort()  # its thread ends on its own (a daemon); nothing to wait for
+                _end_unestablished(assoc)  # its thread ends on its own (a daemon); nothing to wait for
         deadline = time.monotonic() + grace
         while any(a.is_alive() for a in running) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -407,6 +407,17 @@ class Listeners:
             if assoc.is_alive():
                 assoc.abort()
         log_event(log, "listener.stopped", associations_aborted=sum(1 for a in active if a.is_aborted))
+
+
+def _end_unestablished(assoc: Any) -> None:
+    """End a connection that has no association yet. Before its A-ASSOCIATE-RQ (state Sta2) an
+    A-ABORT is not a valid event (PS3.8 Table 9-10: pynetdicom's reactor raises on it), so the transport
+    is closed (Evt17, AA-5); later it is aborted."""
+    transport = getattr(assoc.dul, "socket", None)
+    if assoc.dul.state_machine.current_state == "Sta2" and transport is not None:
+        transport.close()
+    else:
+        assoc.abort()
 
 
 def listening_ports(config: NodeConfig) -> list[tuple[str, int]]:
