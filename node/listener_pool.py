@@ -91,6 +91,7 @@ def run_listener_process(
     handler = StoreHandler(config, open_store(config), committer)
     handler.outcomes = ForwardedOutcomes(events)
     listeners = start_listener(config, handler, sockets=sockets, processes=node.listener_processes)
+    log_event(log, "listener.process_started", pid=os.getpid())
     events.put(("ready", os.getpid(), ""))
     while not stopping.wait(0.5):
         if os.getppid() != parent:  # serve died without stopping us (SIGKILL): stop in order
@@ -172,6 +173,8 @@ class ListenerPool:
             with self._lock:
                 sentinels = {p.sentinel: p for p in self._processes}
             for sentinel in wait_for_any(list(sentinels), timeout=0.5):
+                if self._stopping.is_set():  # stop() ends them
+                    return
                 dead = sentinels[cast(int, sentinel)]
                 short_lived = time.monotonic() - self._born.pop(dead.sentinel, 0.0) < SHORT_LIFE
                 delay = min(RESTART_DELAY_MAX, delay * 2) if short_lived else RESTART_DELAY

@@ -142,6 +142,7 @@ def test_no_listener_process_outlives_the_node(tmp_path: Path, how: str) -> None
     if how == "SIGTERM":
         assert node.terminate(timeout=60) == 0, node.log()
         assert not any(_alive(pid) for pid in listeners)
+        assert "listener.process_exited" not in node.log()  # a stop is not a death to report
     else:
         node.kill()  # the listener processes notice their parent is gone and stop on their own
         wait_for(lambda: not any(_alive(pid) for pid in listeners), 30, what="the listener processes to stop")
