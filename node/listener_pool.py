@@ -80,7 +80,7 @@ def bind_listening_sockets(config: NodeConfig) -> dict[str, socket.socket]:
 def run_listener_process(
     config: NodeConfig, sockets: dict[str, socket.socket], events: Any, grace: float, parent: int
 ) -> None:
-    """A listener process's life: accept on ``sockets`` until SIGTERM/SIGINT or the serve process is gone."""
+    """A listener process's life: accept on ``sockets`` until SIGTERM (from serve) or serve is gone."""
     setup_logging(config.node.log_level, config.node.log_format)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stopping.set())
