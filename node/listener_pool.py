@@ -105,6 +105,8 @@ def run_listener_process(
 class ListenerPool:
     """The serve process's side: binds the sockets; starts, watches, restarts and stops the processes."""
 
+    process_main = staticmethod(run_listener_process)  # what each process runs (a test replaces it)
+
     def __init__(self, config: NodeConfig, outcomes: ReceiveOutcomes, *, grace: float = 10.0) -> None:
         self.config = config
         self.outcomes = outcomes
@@ -115,9 +117,11 @@ class ListenerPool:
         self._processes: list[Any] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._ready: queue.SimpleQueue[int] = queue.SimpleQueue()
+        # (pid, died before accepting, exit code)
+        self._ready: queue.SimpleQueue[tuple[int, bool, int | None]] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._born: dict[int, float] = {}  # when each listener process (by sentinel) was started
+        self._running = threading.Event()  # every process of the start accepted
 
     @property
     def ports(self) -> dict[str, int]:
@@ -138,18 +142,23 @@ class ListenerPool:
         started = 0
         while started < self.size:
             try:
-                self._ready.get(timeout=max(0.1, deadline - time.monotonic()))
+                pid, died, exit_code = self._ready.get(timeout=max(0.1, deadline - time.monotonic()))
             except queue.Empty:
                 self.stop()
                 missing = self.size - started
                 raise ListenerStartError(f"{missing} of {self.size} listener processes did not start within "
                                          f"{START_TIMEOUT:.0f} s (see their log lines)") from None
+            if died:  # one died before accepting: what killed it would kill its replacements
+                self.stop()
+                raise ListenerStartError(f"listener process {pid} exited (code {exit_code}) before accepting "
+                                         "associations (see its log lines)")
             started += 1
+        self._running.set()
         log_event(log, "listener.pool_started", processes=self.size, ae_title=self.config.node.ae_title,
                   host=self.config.node.host, **{f"{t}_port": p for t, p in self.ports.items()})
 
     def _spawn(self) -> Any:
-        process = _SPAWN.Process(target=run_listener_process, name="cxr-node-listener", daemon=False,
+        process = _SPAWN.Process(target=self.process_main, name="cxr-node-listener", daemon=False,
                                  args=(self.config, self.sockets, self._events, self.grace, os.getpid()))
         process.start()
         self._born[process.sentinel] = time.monotonic()
@@ -164,7 +173,7 @@ class ListenerPool:
             if kind == "refused":
                 self.outcomes.refused(first, second)
             elif kind == "ready":
-                self._ready.put(first)
+                self._ready.put((first, False, None))
 
     def _watch(self) -> None:
         """Start a listener process again when one dies while the pool runs."""
@@ -176,6 +185,10 @@ class ListenerPool:
                 if self._stopping.is_set():  # stop() ends them
                     return
                 dead = sentinels[cast(int, sentinel)]
+                dead.join(5.0)  # its sentinel may fire just before it can be reaped (exit code None)
+                if not self._running.is_set():  # start() reports it and stops the others
+                    self._ready.put((dead.pid, True, dead.exitcode))
+                    return
                 short_lived = time.monotonic() - self._born.pop(dead.sentinel, 0.0) < SHORT_LIFE
                 delay = min(RESTART_DELAY_MAX, delay * 2) if short_lived else RESTART_DELAY
                 log_event(log, "listener.process_exited", logging.WARNING, pid=dead.pid,

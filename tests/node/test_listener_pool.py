@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,9 @@ from pynetdicom import AE
 from tlskit import make_pki
 
 from node.config import load_config
-from node.errors import ConfigError
+from node.errors import ConfigError, ListenerStartError
+from node.ingest.outcomes import ReceiveOutcomes
+from node.listener_pool import ListenerPool
 from node.process import open_repository
 from node.service import NodeService
 
@@ -200,3 +203,24 @@ def test_listener_processes_serve_the_tls_port_too(tmp_path: Path) -> None:
         assert rogue.returncode != 0  # plain DICOM on the TLS port: no association
     finally:
         assert node.terminate(timeout=60) == 0, node.log()
+
+
+def _exit_at_once(config, sockets, events, grace, parent) -> None:  # noqa: ANN001 - ListenerPool.process_main
+    raise SystemExit(3)
+
+
+class _BrokenPool(ListenerPool):
+    process_main = staticmethod(_exit_at_once)
+
+
+def test_a_listener_process_that_dies_before_accepting_fails_the_start_at_once(tmp_path: Path) -> None:
+    config_path = tmp_path / "node.toml"
+    config_path.write_text(node_toml(tmp_path / "var", free_port(), node={"listener_processes": 2}))
+    pool = _BrokenPool(load_config(config_path), ReceiveOutcomes())
+    started = time.monotonic()
+    with pytest.raises(ListenerStartError, match=r"exited \(code 3\) before accepting"):
+        pool.start()
+    assert time.monotonic() - started < 60  # not the 120 s start timeout
+    assert not pool.pids()
+    with socket.socket() as again:  # the port is free again
+        again.bind(("127.0.0.1", pool.config.node.port))
