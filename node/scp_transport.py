@@ -65,6 +65,10 @@ _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 # How long a reactor waits for its next event before its own housekeeping (timers, release,
 # abort, kill): pynetdicom's own loop delay.
 REACTOR_WAIT = 0.001
+# How long the association thread waits for a DIMSE message, and the DUL thread for the socket,
+# before looking at their timers: what they wait for wakes them at once (a message; a primitive
+# from the peer, _WakingUserQueue; a primitive to send, _WakingQueue; a stop, NodeRequestHandler).
+IDLE_WAIT = 0.05
 
 
 class ReceiveLimits:
@@ -192,6 +196,20 @@ class _WakingQueue(queue.Queue[Any]):
         self._wakeup.signal()
 
 
+class _WakingUserQueue(queue.Queue[Any]):
+    """The DUL's queue to the association (A-RELEASE, A-ABORT, ...): putting a primitive also puts
+    ``(None, None)`` on the DIMSE message queue, the token pynetdicom itself puts there on an abort,
+    so the association thread waiting for a message looks at its release and abort checks at once."""
+
+    def __init__(self, messages: queue.Queue[Any]) -> None:
+        super().__init__()
+        self._messages = messages
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._messages.put((None, None))
+
+
 class ReceivingDIMSE(DIMSEServiceProvider):
     """pynetdicom's DIMSE provider, with C-STORE data sets streamed to an IncomingFile.
 
@@ -240,11 +258,13 @@ class ReceivingDIMSE(DIMSEServiceProvider):
 
     def get_msg(self, block: bool = False) -> Any:
         """The association reactor asks without blocking, then naps 1 ms: wait on the queue instead,
-        so a message is served as soon as its last fragment is in."""
+        so a message is served as soon as its last fragment is in. An idle association wakes every
+        :data:`IDLE_WAIT` (its timers), not every millisecond: four idle threads waking
+        a thousand times a second each held the interpreter lock that the busy ones wait for."""
         if block:
             return super().get_msg(block=True)
         try:
-            return self.msg_queue.get(timeout=REACTOR_WAIT)
+            return self.msg_queue.get(timeout=IDLE_WAIT)
         except queue.Empty:
             return None, None
 
@@ -265,8 +285,9 @@ class BoundedSocket(AssociationSocket):
 
     @property
     def ready(self) -> bool:
-        """Data to read: waits up to :data:`REACTOR_WAIT` for the socket, returning early (False)
-        when a primitive was queued for sending (pynetdicom's own check does not wait)."""
+        """Data to read: waits up to :data:`IDLE_WAIT` for the socket, returning early (False)
+        when a primitive was queued for sending or the DUL is told to stop (pynetdicom's own check
+        does not wait)."""
         sock = self.socket
         if sock is None or self._is_connected is False:
             time.sleep(REACTOR_WAIT)  # the reactor loop no longer naps itself: no busy loop
@@ -274,7 +295,7 @@ class BoundedSocket(AssociationSocket):
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
             return True  # decrypted bytes already buffered: select cannot see them
         try:
-            readable, _, _ = select.select([sock, self.wakeup.reader], [], [], REACTOR_WAIT)
+            readable, _, _ = select.select([sock, self.wakeup.reader], [], [], IDLE_WAIT)
         except (OSError, TimeoutError, ValueError):
             self.event_queue.put("Evt17")  # transport connection closed
             return False
@@ -360,7 +381,23 @@ class NodeRequestHandler(RequestHandler):
             outgoing.put(assoc.dul.to_provider_queue.get())
         assoc.dul.to_provider_queue = outgoing
         assoc.dul._run_loop_delay = 0  # the socket's ready() waits instead (see the module doc)
+        dul = assoc.dul
+        stop_dul = dul.stop_dul
+
+        def stop_dul_now() -> bool:
+            """pynetdicom's stop (in Sta1: flag, then wait for the thread), with the DUL thread woken
+            from ready() once the flag is up, so the wait is not IDLE_WAIT."""
+            if dul.state_machine.current_state == "Sta1":
+                dul._kill_thread = True
+                bounded.wakeup.signal()
+            return bool(stop_dul())
+
+        dul.stop_dul = stop_dul_now  # type: ignore[method-assign]
         assoc.dimse = ReceivingDIMSE(assoc, limits)
+        to_user = _WakingUserQueue(assoc.dimse.msg_queue)
+        while not assoc.dul.to_user_queue.empty():
+            to_user.put(assoc.dul.to_user_queue.get())
+        assoc.dul.to_user_queue = to_user
         return assoc
 
     def handle(self) -> None:
