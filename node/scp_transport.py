@@ -22,8 +22,10 @@ This module closes those gaps without rewriting the library:
   1 ms between looks for a complete message, so every C-STORE waits for three such naps (about
   1.5 ms on loopback, half of a 256 x 256 instance's turn-round). Here the DUL thread waits in
   ``select`` on the socket *and* on a wake-up socket that every queued outgoing primitive
-  signals, and the association thread waits on its message queue: each reacts at once, and an
-  idle association still wakes about once per millisecond, as before.
+  signals, and the association thread waits on its message queue: each reacts at once. An idle
+  association wakes every ``IDLE_WAIT`` (50 ms) for its timers instead of every millisecond: a
+  stop, and A-RELEASE / A-ABORT from the peer, wake its threads like a message (four idle threads
+  waking a thousand times a second each took the interpreter lock from the busy ones).
 - :class:`ReceivingDIMSE` streams each C-STORE data set to :class:`IncomingFile` in the store's
   incoming folder (what ``_config.STORE_RECV_CHUNKED_DATASET`` does, but per association and
   on the store's file system, so an accepted file is renamed into place), counting its bytes
