@@ -232,7 +232,6 @@ class Node:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "node.cli.main", "serve", "--config", str(self.config)], cwd=REPO
         )
-        wait_port(self.port)
         wait_echo(self.port, "CXRNODE")
         sys.path.insert(0, str(REPO))
         from node.config import load_config

@@ -32,10 +32,9 @@ from typing import Any, cast
 
 from node.config import NodeConfig
 from node.errors import ListenerStartError
-from node.ingest import GroupCommitter
 from node.ingest.outcomes import ReceiveOutcomes
 from node.logs import log_event, setup_logging
-from node.process import open_repository, open_store
+from node.process import open_committer, open_repository, open_store
 from node.scp import StoreHandler, listening_ports, start_listener
 
 log = logging.getLogger("node.listener_pool")
@@ -86,11 +85,10 @@ def run_listener_process(
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stopping.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: serve decides
     repo = open_repository(config, create=False)
-    node = config.node
-    committer = GroupCommitter(repo, batch_max=node.commit_batch_max, timeout=node.dimse_timeout)
+    committer = open_committer(config, repo)
     handler = StoreHandler(config, open_store(config), committer)
     handler.outcomes = ForwardedOutcomes(events)
-    listeners = start_listener(config, handler, sockets=sockets, processes=node.listener_processes)
+    listeners = start_listener(config, handler, sockets=sockets)
     log_event(log, "listener.process_started", pid=os.getpid())
     events.put(("ready", os.getpid(), ""))
     while not stopping.wait(0.5):

@@ -1,4 +1,5 @@
-"""What every node process opens: the repository, the store, and the signals that stop it.
+"""What every node process opens: the repository, the store, the group committer, and the signals
+that stop it.
 
 Shared by ``serve``, ``worker``, the listener processes (node.listener_pool) and the CLI commands
 that read the database, without importing the worker's model stack.
@@ -12,6 +13,7 @@ import threading
 from types import FrameType
 
 from node.config import NodeConfig
+from node.ingest import GroupCommitter
 from node.logs import log_event
 from node.repository import Repository, make_engine
 from node.store import InstanceStore
@@ -48,3 +50,8 @@ def open_store(config: NodeConfig) -> InstanceStore:
         fsync=config.node.durability == "fsync",
         min_free_bytes=config.node.min_free_disk_mb * 2**20,
     )
+
+
+def open_committer(config: NodeConfig, repo: Repository) -> GroupCommitter:
+    """The group committer of a receiving process (the listener's C-STORE handler, STOW-RS)."""
+    return GroupCommitter(repo, batch_max=config.node.commit_batch_max, timeout=config.node.dimse_timeout)

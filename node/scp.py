@@ -433,20 +433,16 @@ def listening_ports(config: NodeConfig) -> list[tuple[str, int]]:
 
 
 def start_listener(
-    config: NodeConfig,
-    handler: StoreHandler,
-    *,
-    sockets: dict[str, socket.socket] | None = None,
-    processes: int = 1,
+    config: NodeConfig, handler: StoreHandler, *, sockets: dict[str, socket.socket] | None = None
 ) -> Listeners:
     """Start the SCP in background threads (one per association): on ``port`` (plain TCP,
     unless it is 0 with a ``tls_port``) and on ``tls_port`` (DICOM TLS, PS3.15 B.9).
 
     ``sockets`` (by transport, "tcp"/"tls") are listening sockets bound by the serve process,
-    which this process then accepts on beside ``processes - 1`` others (node.listener_pool).
+    which this process then accepts on beside the other ``listener_processes`` (node.listener_pool).
     """
     node = config.node
-    ae = build_ae(config, handler.store.incoming, processes=processes)
+    ae = build_ae(config, handler.store.incoming, processes=node.listener_processes if sockets else 1)
     ae.listening_sockets = dict(sockets or {})
     handlers: list[evt.EventHandlerType] = [
         (evt.EVT_REQUESTED, handler.handle_requested),

@@ -28,7 +28,7 @@ from node.ingest.outcomes import ReceiveOutcomes
 from node.listener_pool import ListenerPool
 from node.logs import log_event
 from node.orphans import sweep_in_background
-from node.process import open_repository, open_store, stop_on_signals
+from node.process import open_committer, open_repository, open_store, stop_on_signals
 from node.retention import RetentionLoop
 from node.scheduler import Scheduler
 from node.scp import Listeners, StoreHandler, start_listener
@@ -112,11 +112,7 @@ class NodeService:
             self.pool = ListenerPool(self.config, ReceiveOutcomes(), grace=LISTENER_GRACE)
             self.pool.start()
         elif self.listen:
-            self.committer = GroupCommitter(
-                self.repo,
-                batch_max=self.config.node.commit_batch_max,
-                timeout=self.config.node.dimse_timeout,
-            )
+            self.committer = open_committer(self.config, self.repo)
             self.handler = StoreHandler(self.config, self.store, self.committer)
             self.server = start_listener(self.config, self.handler)
         if self.schedule:
@@ -185,11 +181,7 @@ class NodeService:
         from node.http.health import workers_ready
 
         if self.committer is None:
-            self.committer = GroupCommitter(
-                self.repo,
-                batch_max=self.config.node.commit_batch_max,
-                timeout=self.config.node.dimse_timeout,
-            )
+            self.committer = open_committer(self.config, self.repo)
         context = HttpContext(self.config, self.repo, self.store, self.committer,
                               models_ready=lambda: workers_ready(self.workers))
         if self.handler is not None:
