@@ -7,7 +7,9 @@ Each area (node, pipelines, results, training) keeps its own fixtures in its own
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,3 +37,14 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """ultralytics' offline state for the whole session (it reads its environment once per process,
     so every fixture that builds or loads a YOLO model in this process passes this one folder)."""
     return tmp_path_factory.mktemp("cxr-node-state")
+
+
+@pytest.fixture(autouse=True)
+def root_logger_restored() -> Iterator[None]:
+    """A test that calls ``setup_logging`` leaves no handler on a stream pytest closes afterwards
+    (later tests' log lines would then fail with "I/O operation on closed file")."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

@@ -38,7 +38,9 @@ class SlowAnalyzer:
 @pytest.mark.slow  # over ~3 s: make test runs it
 def test_stop_releases_the_running_job_and_a_restart_resumes_it(tmp_path: Path) -> None:
     config_path = tmp_path / "node.toml"
-    config_path.write_text(node_toml(tmp_path / "var", free_port(), node={"study_stable_seconds": 0.3}))
+    # Stable after 2 s: a slower pause between two of the six C-STOREs (a loaded CI machine) would
+    # schedule the study early and queue a second job for the rest.
+    config_path.write_text(node_toml(tmp_path / "var", free_port(), node={"study_stable_seconds": 2.0}))
     config = load_config(config_path)
     started = threading.Event()
     analyzer = SlowAnalyzer(started)
