@@ -13,11 +13,16 @@ What is audited (event codes from PS3.16 CID 400/401):
 =====================================  =============================================
 association accepted / rejected        110113 Security Alert, type 110126 Node Authentication
 TLS handshake refused on the listener  110113 Security Alert, type 110126 Node Authentication
-instance received                      110104 DICOM Instances Transferred, action C (U: resent)
+instances received                     110104 DICOM Instances Transferred, action C (U: resent)
 result delivered (or failed)           110104 DICOM Instances Transferred, action R
 ``cxr-node resend``                    110102 Begin Transferring DICOM Instances, action E
 study removed (``purge``, retention)   110105 DICOM Study Deleted, action D
 =====================================  =============================================
+
+Received instances are recorded per association and study, as the DICOM Instances Transferred
+message describes a transfer (PS3.15 A.5.3.4): one record when the association ends, the peer
+moves on to another study, or :data:`RECEIVED_PER_RECORD` instances have gathered; a refused
+instance gets its own record with its status and reason.
 
 Deliberate deviation: the schema's Patient participant object (PS3.15 A.5.2.1, Patient ID
 and name) is never written. The node's rule is that patient names, IDs and birth dates appear
@@ -51,6 +56,8 @@ from node.tls import TlsPeer
 
 log = logging.getLogger("node.audit")
 
+# The most received instances one record lists (a long association is recorded in parts).
+RECEIVED_PER_RECORD = 500
 SYSLOG_FACILITIES = ("auth", "authpriv", "daemon", "local0", "local1", "local2", "local3", "local4",
                      "local5", "local6", "local7", "user")
 
@@ -255,20 +262,21 @@ def tls_refused(*, host: str, node_aet: str, node_host: str, reason: str) -> Aud
     )
 
 
-def instance_received(
+def instances_received(
     *,
     calling_aet: str,
     host: str,
     node_aet: str,
     node_host: str,
-    instance: InstanceRef,
+    instances: Iterable[InstanceRef],
     status: int,
     over_tls: bool,
     duplicate: bool = False,
     reason: str = "",
 ) -> AuditMessage:
-    """One C-STORE answered: stored (action C, or U for an instance the node already held) or
-    refused with its DIMSE status."""
+    """Instances of one study received from one peer: stored (action C, or U for instances the
+    node already held) or refused with their DIMSE status (one refused instance per record, with
+    its reason)."""
     return AuditMessage(
         event=AuditEvent.INSTANCES_TRANSFERRED,
         action=Action.UPDATE if duplicate else Action.CREATE,
@@ -278,7 +286,7 @@ def instance_received(
             Participant(calling_aet, host, True, SOURCE_ROLE),
             Participant(node_aet, node_host, False, DESTINATION_ROLE),
         ),
-        instances=(instance,),
+        instances=tuple(instances),
         transport="tls" if over_tls else "tcp",
         detail={"status": f"0x{status:04X}"},
     )

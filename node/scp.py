@@ -97,7 +97,9 @@ def decodable_transfer_syntaxes() -> list[str]:
 
 
 class _AssocStats:
-    __slots__ = ("started", "stored", "failed", "calling_aet", "peer", "host", "tls")
+    """One association's counts, and the received instances its next audit record will list."""
+
+    __slots__ = ("started", "stored", "failed", "calling_aet", "peer", "host", "tls", "received", "lock")
 
     def __init__(self, calling_aet: str, peer: str, host: str = "", tls: bool = False) -> None:
         self.started = time.monotonic()
@@ -107,6 +109,9 @@ class _AssocStats:
         self.peer = peer
         self.host = host
         self.tls = tls
+        # (study, already held) -> instances stored since the last record, one study at a time
+        self.received: dict[tuple[str, bool], list[audit.InstanceRef]] = {}
+        self.lock = threading.Lock()
 
 
 def _socket(assoc: Any) -> Any:
@@ -177,7 +182,8 @@ class StoreHandler:
         stats.stored += 1
         with self._lock:
             self.stored += 1
-        self._audit_instance(stats, header.study_instance_uid, request, STATUS_SUCCESS, duplicate=not new)
+        self._note_received(stats, audit.InstanceRef(
+            header.study_instance_uid, header.sop_class_uid, header.sop_instance_uid), duplicate=not new)
         return STATUS_SUCCESS
 
     def _store_streamed(
@@ -237,20 +243,38 @@ class StoreHandler:
                 pass
         return header, new
 
-    def _audit_instance(self, stats: _AssocStats, study: str, request: Any, status: int, *,
-                        duplicate: bool = False, reason: str = "") -> None:
-        """PS3.15 A.5.3.4 DICOM Instances Transferred, the receiver's record (UIDs only)."""
-        self.audit.record(audit.instance_received(
+    def _note_received(self, stats: _AssocStats, ref: audit.InstanceRef, *, duplicate: bool) -> None:
+        """Gather a stored instance for the association's audit record (node.audit: one record per
+        association and study); the gathered ones are recorded first when the study changes."""
+        with stats.lock:
+            if any(study != ref.study_instance_uid for study, _ in stats.received):
+                self._record_received(stats)
+            stats.received.setdefault((ref.study_instance_uid, duplicate), []).append(ref)
+            if sum(map(len, stats.received.values())) >= audit.RECEIVED_PER_RECORD:
+                self._record_received(stats)
+
+    def _record_received(self, stats: _AssocStats) -> None:
+        """PS3.15 A.5.3.4 DICOM Instances Transferred, the receiver's record (UIDs only); the caller
+        holds ``stats.lock``."""
+        received, stats.received = stats.received, {}
+        for (_study, duplicate), refs in received.items():
+            self.audit.record(audit.instances_received(
+                calling_aet=stats.calling_aet, host=stats.host, node_aet=self.config.node.ae_title,
+                node_host=self._hostname, over_tls=stats.tls, status=STATUS_SUCCESS, duplicate=duplicate,
+                instances=refs))
+
+    def _audit_refused(self, stats: _AssocStats, request: Any, status: int, reason: str) -> None:
+        """A refused C-STORE: a record of its own, with the status and the reason."""
+        ref = audit.InstanceRef("", str(request.AffectedSOPClassUID or ""),
+                                str(request.AffectedSOPInstanceUID or ""))
+        self.audit.record(audit.instances_received(
             calling_aet=stats.calling_aet, host=stats.host, node_aet=self.config.node.ae_title,
-            node_host=self._hostname, over_tls=stats.tls, status=status, duplicate=duplicate, reason=reason,
-            instance=audit.InstanceRef(study, str(request.AffectedSOPClassUID or ""),
-                                       str(request.AffectedSOPInstanceUID or "")),
-        ))
+            node_host=self._hostname, over_tls=stats.tls, status=status, reason=reason, instances=[ref]))
 
     def _fail(self, stats: _AssocStats, status: int, message: str, request: Any) -> int:
         stats.failed += 1
         self.outcomes.refused("dimse", status)
-        self._audit_instance(stats, "", request, status, reason=message)
+        self._audit_refused(stats, request, status, message)
         log_event(
             log,
             "store.failed",
@@ -297,6 +321,8 @@ class StoreHandler:
     def handle_end(self, event: evt.Event) -> None:
         stats = self._assoc_stats(event.assoc)
         outcome = "released" if event.event is evt.EVT_RELEASED else "aborted"
+        with stats.lock:
+            self._record_received(stats)
         log_event(
             log,
             f"association.{outcome}",

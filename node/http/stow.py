@@ -178,11 +178,11 @@ class StowReceiver:
         if trail is None:
             return
         o = outcome
-        trail.record(audit.instance_received(
+        trail.record(audit.instances_received(
             calling_aet=STOW_CALLING_AET, host=self.client_host, node_aet=self.ctx.config.node.ae_title,
             node_host=_HOSTNAME, over_tls=False, status=o.status, duplicate=not o.status and not o.new,
             reason=o.reason,
-            instance=audit.InstanceRef(o.study_instance_uid, o.sop_class_uid, o.sop_instance_uid),
+            instances=[audit.InstanceRef(o.study_instance_uid, o.sop_class_uid, o.sop_instance_uid)],
         ))
 
     def _finished(self) -> None:

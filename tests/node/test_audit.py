@@ -67,8 +67,8 @@ def test_instances_grouped_by_study_and_class(tmp_path: Path) -> None:
 
 def _received(status: int = 0, **kwargs: object) -> audit.AuditMessage:
     ref = audit.InstanceRef(STUDY, SOP_CLASS, f"{STUDY}.1")
-    return audit.instance_received(calling_aet="M", host="127.0.0.1", node_aet="N", node_host="h",
-                                   instance=ref, status=status,
+    return audit.instances_received(calling_aet="M", host="127.0.0.1", node_aet="N", node_host="h",
+                                    instances=[ref], status=status,
                                    **{"over_tls": False, **kwargs})  # type: ignore[arg-type]
 
 

@@ -3,6 +3,7 @@ durable store, idempotent resend, and every bad-input case with its failure stat
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from nodekit import DX_PRESENTATION, free_port, make_dx, node_toml, which_or_fail, write_study
+from nodekit import DX_PRESENTATION, free_port, make_dx, node_toml, wait_for, which_or_fail, write_study
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
@@ -20,6 +21,7 @@ from pydicom.uid import (
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, Verification
 
+from node import audit
 from node.config import load_config
 from node.service import NodeService
 
@@ -308,3 +310,66 @@ def test_deflated_explicit_little_endian_is_accepted_and_stored_as_sent(node: No
     assert record is not None and record.transfer_syntax_uid == DeflatedExplicitVRLittleEndian
     stored = pydicom.dcmread(node.store.path(record.path))
     assert stored.PixelData == ds.PixelData and stored.StudyInstanceUID == ds.StudyInstanceUID
+
+
+def _received_records(node: NodeService, uids: set[str]) -> list[dict]:
+    """The node's instances-transferred records (action C/U/refused) naming any of ``uids``."""
+    records = [json.loads(line) for line in node.config.audit_path.read_text().splitlines()]
+
+    def named(record: dict) -> set[str]:
+        return {u for o in record["participant_objects"]
+                for c in o["sop_classes"] for u in c["instance_uids"]}
+
+    return [r for r in records if r["event"] == "instances-transferred" and r["event_action_code"] != "R"
+            and uids & named(r)]
+
+
+def test_received_instances_are_audited_per_association_and_study(
+    node: NodeService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dcmtk storescu sends study A (3), study B (2), A again (1) in one association: one record per
+    run of a study; a resent instance is a U record; a refused one has its own record with its
+    status; a long run is recorded in parts of RECEIVED_PER_RECORD."""
+    a, b = generate_uid(), generate_uid()
+    first = write_study(tmp_path / "a", 3, study_uid=a)
+    second = write_study(tmp_path / "b", 2, study_uid=b)
+    third = write_study(tmp_path / "a2", 1, study_uid=a)
+    files = [*first, *second, *third]
+    uid = {p: str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files}
+    storescu = which_or_fail("storescu")
+    out = subprocess.run([storescu, "-aet", "STORESCU", "-aec", "CXRNODE", "127.0.0.1",
+                          str(node.config.node.port), *map(str, files)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    # written when the association ends, which the node may do just after its A-RELEASE-RP
+    records = wait_for(lambda: len(_received_records(node, set(uid.values()))) == 3
+                       and _received_records(node, set(uid.values())), 10, what="three audit records")
+    runs = [(r["participant_objects"][0]["participant_object_id"],
+             sorted(r["participant_objects"][0]["sop_classes"][0]["instance_uids"])) for r in records]
+    assert runs == [(a, sorted(uid[p] for p in first)), (b, sorted(uid[p] for p in second)),
+                    (a, [uid[third[0]]])]
+    outcomes = {(r["event_action_code"], r["event_outcome_indicator"], r["transport"]) for r in records}
+    assert outcomes == {("C", 0, "tcp")}
+    assert {r["active_participants"][0]["user_id"] for r in records} == {"STORESCU"}
+
+    # the same instance again (U), then one refused (no pixel data: 0xA900), then a long run
+    monkeypatch.setattr(audit, "RECEIVED_PER_RECORD", 2)
+    no_pixels = make_dx(generate_uid())
+    del no_pixels.PixelData
+    refused_path = tmp_path / "nopixels.dcm"
+    _part10(no_pixels, refused_path)
+    run = write_study(tmp_path / "run", 5)
+    run_uids = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in run}
+    assoc = scu(node, (DX_PRESENTATION, [ExplicitVRLittleEndian]))
+    statuses = [assoc.send_c_store(p).Status for p in [first[0], refused_path, *run]]
+    assoc.release()
+    assert statuses == [0, 0xA900, 0, 0, 0, 0, 0]
+    wait_for(lambda: len(_received_records(node, run_uids)) == 3, 10, what="the long run's records")
+    (again,) = _received_records(node, {uid[first[0]]})[-1:]
+    assert again["event_action_code"] == "U" and again["event_outcome_indicator"] == 0
+    (refused,) = _received_records(node, {str(no_pixels.SOPInstanceUID)})
+    assert refused["event_outcome_indicator"] == 4 and refused["detail"]["status"] == "0xA900"
+    assert refused["event_outcome_description"]
+    parts = [len(r["participant_objects"][0]["sop_classes"][0]["instance_uids"])
+             for r in _received_records(node, run_uids)]
+    assert parts == [2, 2, 1]

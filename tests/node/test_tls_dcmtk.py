@@ -99,12 +99,15 @@ def test_storescu_over_mutual_tls_stores_and_audits_without_phi(node: TlsNode, p
         return [r for r in node.audit() if r["event"] == "instances-transferred"
                 and r["participant_objects"][0]["sop_classes"][0]["instance_uids"][0] in uids]
 
-    records = wait_for(lambda: len(received()) == 2 and received(), 20, what="instance audit records")
-    for record in records:
-        assert record["event_action_code"] == "C" and record["event_outcome_indicator"] == 0
-        assert record["transport"] == "tls"
-        assert record["participant_objects"][0]["participant_object_id"] == study
-        assert record["active_participants"][0]["user_id"] == "TLSSTORE"
+    # one record for the association's study, listing both instances
+    (record,) = wait_for(received, 20, what="the association's audit record")
+    assert record["event_action_code"] == "C" and record["event_outcome_indicator"] == 0
+    assert record["transport"] == "tls"
+    (study_object,) = record["participant_objects"]
+    assert study_object["participant_object_id"] == study
+    assert set(study_object["sop_classes"][0]["instance_uids"]) == uids
+    assert study_object["sop_classes"][0]["number_of_instances"] == 2
+    assert record["active_participants"][0]["user_id"] == "TLSSTORE"
     repo = open_repository(load_config(node.process.config_path))
     assert all(repo.find_instance(uid) is not None for uid in uids)
     text = node.audit_path.read_text() + node.process.log()
