@@ -333,6 +333,14 @@ class StoreHandler:
             seconds=time.monotonic() - stats.started,
         )
 
+    def handle_closed(self, event: evt.Event) -> None:
+        """EVT_CONN_CLOSE: an association whose end raised no EVT_RELEASED/EVT_ABORTED (its DUL
+        thread stopped) still gets its received instances audited."""
+        stats = self._stats.get(event.assoc)
+        if stats is not None:
+            with stats.lock:
+                self._record_received(stats)
+
     def handle_rejected(self, event: evt.Event) -> None:
         assoc = event.assoc
         requestor = assoc.requestor
@@ -383,6 +391,7 @@ def build_ae(config: NodeConfig, incoming_dir: Path, *, processes: int = 1) -> N
         max_per_host=_share(node.max_associations_per_host, processes),
         acse_timeout=node.acse_timeout,
         network_timeout=node.network_timeout,
+        early_sync=node.durability == "fsync",
     )
     ae.require_called_aet = True
     ae.require_calling_aet = [a for a in node.allowed_calling_aets]
@@ -477,6 +486,7 @@ def start_listener(
         (evt.EVT_ACCEPTED, handler.handle_accepted),
         (evt.EVT_RELEASED, handler.handle_end),
         (evt.EVT_ABORTED, handler.handle_end),
+        (evt.EVT_CONN_CLOSE, handler.handle_closed),
         (evt.EVT_REJECTED, handler.handle_rejected),
     ]
     servers: list[ThreadedAssociationServer] = []

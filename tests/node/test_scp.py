@@ -373,3 +373,26 @@ def test_received_instances_are_audited_per_association_and_study(
     parts = [len(r["participant_objects"][0]["sop_classes"][0]["instance_uids"])
              for r in _received_records(node, run_uids)]
     assert parts == [2, 2, 1]
+
+    # an association the peer aborts still gets its stored instances recorded
+    aborted = write_study(tmp_path / "aborted", 1)
+    aborted_uids = {str(pydicom.dcmread(aborted[0], stop_before_pixels=True).SOPInstanceUID)}
+    assoc = scu(node, (DX_PRESENTATION, [ExplicitVRLittleEndian]))
+    assert assoc.send_c_store(aborted[0]).Status == 0
+    assoc.abort()
+    wait_for(lambda: _received_records(node, aborted_uids), 10, what="the aborted association's record")
+
+
+def test_storescu_large_instance_is_stored_as_sent(node: NodeService, tmp_path: Path) -> None:
+    """An 8 MiB instance from dcmtk storescu (flushed while it arrives, durability "fsync") is
+    acknowledged, recorded, and stored with the sender's bytes."""
+    ds = make_dx(generate_uid(), rows=2048, cols=2048)
+    path = tmp_path / "large.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    storescu = which_or_fail("storescu")
+    out = subprocess.run([storescu, "-aet", "STORESCU", "-aec", "CXRNODE", "127.0.0.1",
+                          str(node.config.node.port), str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    record = node.repo.find_instance(ds.SOPInstanceUID)
+    assert record is not None
+    assert pydicom.dcmread(node.store.path(record.path)).PixelData == ds.PixelData
