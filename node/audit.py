@@ -19,10 +19,10 @@ result delivered (or failed)           110104 DICOM Instances Transferred, actio
 study removed (``purge``, retention)   110105 DICOM Study Deleted, action D
 =====================================  =============================================
 
-Received instances are recorded per association and study, as the DICOM Instances Transferred
-message describes a transfer (PS3.15 A.5.3.4): one record when the association ends, the peer
-moves on to another study, or :data:`RECEIVED_PER_RECORD` instances have gathered; a refused
-instance gets its own record with its status and reason.
+Received instances are recorded per association (or STOW-RS request) and study, as the DICOM
+Instances Transferred message describes a transfer (PS3.15 A.5.3.4): one record when the
+association or request ends, the peer moves on to another study, or :data:`RECEIVED_PER_RECORD`
+instances have gathered; a refused instance gets its own record with its status and reason.
 
 Deliberate deviation: the schema's Patient participant object (PS3.15 A.5.2.1, Patient ID
 and name) is never written. The node's rule is that patient names, IDs and birth dates appear
@@ -290,6 +290,28 @@ def instances_received(
         transport="tls" if over_tls else "tcp",
         detail={"status": f"0x{status:04X}"},
     )
+
+
+class ReceivedInstances:
+    """Instances one peer stored in one transfer (an association, a STOW-RS request), gathered for
+    one :func:`instances_received` record per study: a record is due when the peer moves on to
+    another study, when :data:`RECEIVED_PER_RECORD` have gathered, and at the transfer's end."""
+
+    def __init__(self) -> None:
+        self._gathered: dict[tuple[str, bool], list[InstanceRef]] = {}  # (study, already held)
+
+    def add(self, ref: InstanceRef, *, duplicate: bool) -> list[tuple[bool, list[InstanceRef]]]:
+        """Gather ``ref``; returns the (duplicate, instances) groups to record now, if any."""
+        due = self.take() if any(s != ref.study_instance_uid for s, _ in self._gathered) else []
+        self._gathered.setdefault((ref.study_instance_uid, duplicate), []).append(ref)
+        if sum(map(len, self._gathered.values())) >= RECEIVED_PER_RECORD:
+            due += self.take()
+        return due
+
+    def take(self) -> list[tuple[bool, list[InstanceRef]]]:
+        """Every gathered group, to record (the transfer ended); nothing stays gathered."""
+        gathered, self._gathered = self._gathered, {}
+        return [(duplicate, refs) for (_study, duplicate), refs in gathered.items()]
 
 
 def instances_sent(

@@ -109,8 +109,7 @@ class _AssocStats:
         self.peer = peer
         self.host = host
         self.tls = tls
-        # (study, already held) -> instances stored since the last record, one study at a time
-        self.received: dict[tuple[str, bool], list[audit.InstanceRef]] = {}
+        self.received = audit.ReceivedInstances()  # stored since the association's last audit record
         self.lock = threading.Lock()
 
 
@@ -245,19 +244,15 @@ class StoreHandler:
 
     def _note_received(self, stats: _AssocStats, ref: audit.InstanceRef, *, duplicate: bool) -> None:
         """Gather a stored instance for the association's audit record (node.audit: one record per
-        association and study); the gathered ones are recorded first when the study changes."""
+        association and study)."""
         with stats.lock:
-            if any(study != ref.study_instance_uid for study, _ in stats.received):
-                self._record_received(stats)
-            stats.received.setdefault((ref.study_instance_uid, duplicate), []).append(ref)
-            if sum(map(len, stats.received.values())) >= audit.RECEIVED_PER_RECORD:
-                self._record_received(stats)
+            self._record_received(stats, stats.received.add(ref, duplicate=duplicate))
 
-    def _record_received(self, stats: _AssocStats) -> None:
-        """PS3.15 A.5.3.4 DICOM Instances Transferred, the receiver's record (UIDs only); the caller
-        holds ``stats.lock``."""
-        received, stats.received = stats.received, {}
-        for (_study, duplicate), refs in received.items():
+    def _record_received(self, stats: _AssocStats,
+                         groups: list[tuple[bool, list[audit.InstanceRef]]] | None = None) -> None:
+        """PS3.15 A.5.3.4 DICOM Instances Transferred, the receiver's record (UIDs only) of ``groups``
+        (default: all gathered, the association ended); the caller holds ``stats.lock``."""
+        for duplicate, refs in stats.received.take() if groups is None else groups:
             self.audit.record(audit.instances_received(
                 calling_aet=stats.calling_aet, host=stats.host, node_aet=self.config.node.ae_title,
                 node_host=self._hostname, over_tls=stats.tls, status=STATUS_SUCCESS, duplicate=duplicate,

@@ -106,6 +106,7 @@ class StowReceiver:
         self.study_uid = study_uid
         self.client_host = client_host
         self.outcomes: list[PartOutcome] = []
+        self._received = audit.ReceivedInstances()  # stored, not yet in an audit record
         self.finished = False
         self._part: _Part | None = None
         self._field = b""
@@ -173,17 +174,33 @@ class StowReceiver:
                       status=f"0x{outcome.status:04X}", reason=outcome.reason)
 
     def _audit(self, outcome: PartOutcome) -> None:
-        """PS3.15 A.5.3.4 DICOM Instances Transferred, the receiver's record (UIDs only), as for a C-STORE."""
+        """PS3.15 A.5.3.4 DICOM Instances Transferred, the receiver's record (UIDs only), as for a
+        C-STORE: stored instances gathered per study for one record (:meth:`record_received`), a
+        refused one recorded at once with its status and reason."""
         trail = self.ctx.audit_trail
         if trail is None:
             return
         o = outcome
-        trail.record(audit.instances_received(
-            calling_aet=STOW_CALLING_AET, host=self.client_host, node_aet=self.ctx.config.node.ae_title,
-            node_host=_HOSTNAME, over_tls=False, status=o.status, duplicate=not o.status and not o.new,
-            reason=o.reason,
-            instances=[audit.InstanceRef(o.study_instance_uid, o.sop_class_uid, o.sop_instance_uid)],
-        ))
+        ref = audit.InstanceRef(o.study_instance_uid, o.sop_class_uid, o.sop_instance_uid)
+        if o.status:
+            trail.record(audit.instances_received(
+                calling_aet=STOW_CALLING_AET, host=self.client_host, node_aet=self.ctx.config.node.ae_title,
+                node_host=_HOSTNAME, over_tls=False, status=o.status, reason=o.reason, instances=[ref]))
+            return
+        self._record(self._received.add(ref, duplicate=not o.new))
+
+    def record_received(self) -> None:
+        """One record per study for the instances stored since the last one (the request's end)."""
+        self._record(self._received.take())
+
+    def _record(self, groups: list[tuple[bool, list[audit.InstanceRef]]]) -> None:
+        trail = self.ctx.audit_trail
+        if trail is None:
+            return
+        for duplicate, refs in groups:
+            trail.record(audit.instances_received(
+                calling_aet=STOW_CALLING_AET, host=self.client_host, node_aet=self.ctx.config.node.ae_title,
+                node_host=_HOSTNAME, over_tls=False, status=0, duplicate=duplicate, instances=refs))
 
     def _finished(self) -> None:
         self.finished = True
@@ -380,6 +397,7 @@ async def store_instances(request: Request) -> Response:
         await run_in_threadpool(receiver.abort)
         raise
     finally:
+        receiver.record_received()  # what was stored is audited, whatever became of the request
         request.app.state.metrics.stow_seconds.observe(time.monotonic() - started)
     outcomes = receiver.outcomes
     stored = sum(1 for o in outcomes if not o.status)

@@ -142,3 +142,17 @@ def test_audit_settings(tmp_path: Path) -> None:
     assert audit.parse_syslog_address("/dev/log") == ("/dev/log", socket.SOCK_DGRAM)
     with pytest.raises(ConfigError, match="syslog_facility"):
         audit.AuditTrail("s", None, syslog_address="udp://127.0.0.1:514", syslog_facility="kern")
+
+
+def test_received_instances_are_gathered_per_study(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(audit, "RECEIVED_PER_RECORD", 3)
+    gathered = audit.ReceivedInstances()
+    a1, a2, b1 = (audit.InstanceRef(study, SOP_CLASS, f"{study}.{i}")
+                  for study, i in (("1.1", 1), ("1.1", 2), ("1.2", 1)))
+    assert gathered.add(a1, duplicate=False) == []
+    assert gathered.add(a2, duplicate=True) == []  # same study: a resent instance waits beside it
+    assert gathered.add(b1, duplicate=False) == [(False, [a1]), (True, [a2])]  # another study
+    refs = [audit.InstanceRef("1.2", SOP_CLASS, f"1.2.{i}") for i in (2, 3)]
+    assert gathered.add(refs[0], duplicate=False) == []
+    assert gathered.add(refs[1], duplicate=False) == [(False, [b1, *refs])]  # RECEIVED_PER_RECORD
+    assert gathered.take() == []

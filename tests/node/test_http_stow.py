@@ -216,16 +216,23 @@ def test_a_large_request_streams_in_bounded_memory(node: NodeService) -> None:
     assert grown_kib < 30 * 1024, f"peak memory grew by {grown_kib} KiB for a 40 MB body"
 
 
-def test_each_instance_leaves_an_audit_record_without_phi(node: NodeService) -> None:
-    """PS3.15 A.5.3.4 records, as the listener writes for a C-STORE: stored and refused, UIDs only."""
-    good, bad = make_dx(generate_uid(), seed=11), make_dx(generate_uid(), seed=12)
+def test_stored_and_refused_instances_are_audited_without_phi(node: NodeService) -> None:
+    """PS3.15 A.5.3.4 records, as the listener writes for a C-STORE: the request's stored instances
+    of one study in one record, a refused one in its own with its status; UIDs only."""
+    study = generate_uid()
+    good = [make_dx(study, seed=11), make_dx(study, seed=13)]
+    bad = make_dx(generate_uid(), seed=12)
     del bad.PixelData
-    assert post(node, [part10(good), part10(bad)]).status_code == 202
+    assert post(node, [part10(good[0]), part10(bad), part10(good[1])]).status_code == 202
     text = node.config.audit_path.read_text()
     records = [json.loads(line) for line in text.splitlines()]
-    uids = (str(good.SOPInstanceUID), str(bad.SOPInstanceUID))
+    uids = (*(str(g.SOPInstanceUID) for g in good), str(bad.SOPInstanceUID))
     mine = [r for r in records if any(uid in json.dumps(r) for uid in uids)]
     assert len(mine) == 2
     assert all("STOW-RS" in json.dumps(r) for r in mine)
+    stored = [r for r in mine if r["event_outcome_indicator"] == 0]
+    (objects,) = [r["participant_objects"] for r in stored]
+    assert objects[0]["participant_object_id"] == study
+    assert sorted(objects[0]["sop_classes"][0]["instance_uids"]) == sorted(uids[:2])
     for value in ("Test^Synthetic", "SYN001", "19700101"):
         assert value not in text
