@@ -72,6 +72,22 @@ def test_render_without_covid_has_no_heat(frontal_sets: dict[str, ResultSet]) ->
     assert not (heat_colours & found)
 
 
+def test_boxes_at_and_beyond_the_edges_are_drawn_where_they_fall(frontal_sets: dict[str, ResultSet]) -> None:
+    """Text, boxes and the legend are drawn on the rectangles they cover: a box at the top edge (its
+    score cannot go above it), one running off the right edge and one wholly outside."""
+    rs = frontal_sets["dx_mono2_raw_ps"]  # 320 x 256
+    grey = np.full(rs.result.image_shape, 0.5, dtype=np.float32)
+    edge = dataclasses.replace(rs.result.ggo.boxes[0], x0=20.0, y0=0.0, x1=120.0, y1=60.0)
+    off = dataclasses.replace(edge, x0=200.0, y0=150.0, x1=400.0, y1=250.0)
+    outside = dataclasses.replace(edge, x0=300.0, y0=400.0, x1=350.0, y1=450.0)
+    ggo = dataclasses.replace(rs.result.ggo, boxes=[edge, off, outside])
+    pixels, _scale = render_overlay(grey, dataclasses.replace(rs.result, ggo=ggo), 4096)
+    assert pixels.shape == (320, 256, 3)
+    # the edge box's right side, where the text block (top left, drawn last) leaves it visible
+    assert np.all(pixels[:60, 119] == GGO_RGB, axis=-1).sum() >= 5
+    assert tuple(pixels[200, 200]) == GGO_RGB  # the clipped box's left side
+
+
 def test_colormap_ends() -> None:
     assert tuple(heat_colormap(np.array([0.0]))[0]) == (0, 0, 255)
     assert tuple(heat_colormap(np.array([1.0]))[0]) == (255, 0, 0)
