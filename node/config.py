@@ -221,13 +221,20 @@ class NodeConfig:
         return path if path.is_absolute() else self.base_dir / path
 
     @property
-    def database_url(self) -> str:
+    def sqlite_path(self) -> Path | None:
+        """The SQLite database file (None for another database): in ``data_dir`` unless
+        ``database_url`` names one."""
         url = self.node.database_url
+        if not url:
+            return self.data_dir / "cxr-node.sqlite3"
         if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-            return f"sqlite:///{self.resolve_path(url.removeprefix('sqlite:///'))}"  # the file's folder too
-        if url:
-            return url
-        return f"sqlite:///{self.data_dir / 'cxr-node.sqlite3'}"
+            return self.resolve_path(url.removeprefix("sqlite:///"))  # the file's folder too
+        return None
+
+    @property
+    def database_url(self) -> str:
+        path = self.sqlite_path
+        return f"sqlite:///{path}" if path is not None else self.node.database_url
 
 
 def _fill(cls: type, table: dict[str, Any], where: str) -> Any:

@@ -60,6 +60,17 @@ def test_default_models_are_the_shipped_ones_from_any_folder(tmp_path: Path) -> 
 
 
 @pytest.mark.slow
+def test_status_where_no_node_runs_says_so_and_creates_nothing(tmp_path: Path) -> None:
+    """Without --config the database is in ./var: ``status`` run elsewhere names the file it looked
+    for instead of reporting an empty node (and leaving an empty database there)."""
+    for args, folder in (([], tmp_path), (["--config", str(_config(tmp_path / "etc", 0, "m"))], tmp_path)):
+        out = subprocess.run([*CLI, "status", *args], cwd=folder, env=_env(), capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 1 and out.stdout == ""
+        assert "no node database at" in out.stderr and "cxr-node.sqlite3" in out.stderr
+    assert not (tmp_path / "var").exists() and not (tmp_path / "etc" / "var").exists()
+
+
 def test_analyze_from_another_folder_uses_the_shipped_models(tmp_path: Path, dicom_samples: Path) -> None:
     chest = dicom_samples / "txv_siim_ptx_CR_chest_PA.dcm"
     run = subprocess.run([*CLI, "analyze", str(chest), "--out", "out", "--json", "--device", "cpu"],
