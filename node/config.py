@@ -46,6 +46,8 @@ def shipped_models_dir() -> Path:
     return Path(node.__file__).resolve().parents[1] / "models"
 
 
+DEFAULTS_SOURCE = "<defaults>"  # NodeConfig.source without a file: paths relative to the cwd
+
 @dataclass
 class Destination:
     """A DICOM peer that receives every result object by C-STORE (PS3.4 Annex B)."""
@@ -196,7 +198,7 @@ class NodeConfig:
     destinations: list[Destination] = field(default_factory=list)
     peers: list[PeerSettings] = field(default_factory=list)
     audit: AuditSettings = field(default_factory=AuditSettings)
-    source: str = "<defaults>"
+    source: str = DEFAULTS_SOURCE
     base_dir: Path = field(default_factory=Path.cwd)
 
     @property
@@ -364,7 +366,7 @@ def load_config(path: Path | str | None) -> NodeConfig:
     folder that holds the file, so the same file means the same folders from any working directory.
     """
     if path is None:
-        return parse_config({}, "<defaults>")
+        return parse_config({}, DEFAULTS_SOURCE)
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -39,6 +39,10 @@ class ListenerStartError(NodeError):
     """The listener processes (``[node] listener_processes``) did not all start accepting."""
 
 
+class NoNodeDataError(NodeError):
+    """An operator command found no node database where the configuration points."""
+
+
 class ModelsUnavailableError(NodeError):
     """The model bundles cannot be loaded at start-up (the message names the folder and the reason)."""
 

@@ -12,7 +12,8 @@ import signal
 import threading
 from types import FrameType
 
-from node.config import NodeConfig
+from node.config import DEFAULTS_SOURCE, NodeConfig
+from node.errors import NoNodeDataError
 from node.ingest import GroupCommitter
 from node.logs import log_event
 from node.repository import Repository, make_engine
@@ -42,6 +43,17 @@ def open_repository(config: NodeConfig, create: bool = True) -> Repository:
     if create:
         repo.create_schema()
     return repo
+
+
+def open_existing_repository(config: NodeConfig) -> Repository:
+    """The repository of a node that has run, for the operator commands (status, resend, purge):
+    an SQLite file that does not exist is an error naming it, not a new empty database."""
+    path = config.sqlite_path
+    if path is not None and not path.exists():
+        where = "the working directory" if config.source == DEFAULTS_SOURCE else "the configuration's folder"
+        raise NoNodeDataError(f"no node database at {path} (data_dir is relative to {where}): run it "
+                              "where `cxr-node serve` runs, or with the node's --config")
+    return open_repository(config)
 
 
 def open_store(config: NodeConfig) -> InstanceStore:

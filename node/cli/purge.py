@@ -31,9 +31,10 @@ def run(args: argparse.Namespace) -> int:
             print("cxr-node purge: error: no age given: pass --older-than-days DAYS (> 0) or set "
                   f"[node] retention_days in {config.source}", file=sys.stderr)
             return 2
-        from node.process import open_repository, open_store
+        from node.process import open_existing_repository, open_store
         from node.retention import purge
 
+        repo = open_existing_repository(config)
         trail = open_audit_trail(config)
 
         def audit_removed(study: str, instances: int) -> None:
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
                                        command="purge", by_operator=True, instances=instances))
 
         try:
-            report = purge(open_repository(config), open_store(config), days, dry_run=args.dry_run,
+            report = purge(repo, open_store(config), days, dry_run=args.dry_run,
                            on_removed=audit_removed)
         finally:
             trail.close()

@@ -18,14 +18,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
-        from node.process import open_repository
+        from node.process import open_existing_repository
 
         if args.destination and args.destination not in {d.name for d in config.destinations}:
             print(
                 f"cxr-node resend: warning: {args.destination!r} is not a configured destination",
                 file=sys.stderr,
             )
-        count = open_repository(config).resend_failed(args.destination)
+        count = open_existing_repository(config).resend_failed(args.destination)
         trail = open_audit_trail(config)
         trail.record(resend_requested(node_aet=config.node.ae_title, destination=args.destination,
                                       count=count))

@@ -114,17 +114,10 @@ def _images_failed(engine: Any, studies: list[str]) -> dict[str, int]:
 def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
-        if config.sqlite_path is not None and not config.sqlite_path.exists():
-            # reading status must not leave an empty database where no node runs
-            where = "the configuration's folder" if args.config else "the working directory"
-            print(f"cxr-node status: no node database at {config.sqlite_path} (data_dir is relative to "
-                  f"{where}): run it where `cxr-node serve` runs, or with the node's --config",
-                  file=sys.stderr)
-            return 1
-        from node.process import open_repository
+        from node.process import open_existing_repository
 
         # The same query as the dashboard's (node.repository.status): one set of numbers everywhere.
-        engine = open_repository(config).engine
+        engine = open_existing_repository(config).engine
         status = add_worker_details(status_queries.overview(engine, max_studies=args.studies), engine)
     except NodeError as exc:
         print(f"cxr-node status: {exc}", file=sys.stderr)

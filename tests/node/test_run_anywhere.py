@@ -60,12 +60,15 @@ def test_default_models_are_the_shipped_ones_from_any_folder(tmp_path: Path) -> 
 
 
 @pytest.mark.slow
-def test_status_where_no_node_runs_says_so_and_creates_nothing(tmp_path: Path) -> None:
-    """Without --config the database is in ./var: ``status`` run elsewhere names the file it looked
-    for instead of reporting an empty node (and leaving an empty database there)."""
-    for args, folder in (([], tmp_path), (["--config", str(_config(tmp_path / "etc", 0, "m"))], tmp_path)):
-        out = subprocess.run([*CLI, "status", *args], cwd=folder, env=_env(), capture_output=True, text=True,
-                             timeout=60)
+@pytest.mark.parametrize("command", [["status"], ["resend"], ["purge", "--older-than-days", "30"]])
+def test_operator_commands_where_no_node_runs_say_so_and_create_nothing(tmp_path: Path,
+                                                                        command: list[str]) -> None:
+    """Without --config the database is in ./var: a command run elsewhere names the file it looked
+    for instead of reporting an empty node (and leaving an empty database or audit trail there)."""
+    config = str(_config(tmp_path / "etc", 0, "m"))
+    for args in ([], ["--config", config]):
+        out = subprocess.run([*CLI, *command, *args], cwd=tmp_path, env=_env(), capture_output=True,
+                             text=True, timeout=60)
         assert out.returncode == 1 and out.stdout == ""
         assert "no node database at" in out.stderr and "cxr-node.sqlite3" in out.stderr
     assert not (tmp_path / "var").exists() and not (tmp_path / "etc" / "var").exists()
