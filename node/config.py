@@ -48,6 +48,7 @@ def shipped_models_dir() -> Path:
 
 DEFAULTS_SOURCE = "<defaults>"  # NodeConfig.source without a file: paths relative to the cwd
 
+
 @dataclass
 class Destination:
     """A DICOM peer that receives every result object by C-STORE (PS3.4 Annex B)."""

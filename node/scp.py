@@ -244,27 +244,32 @@ class StoreHandler:
 
     def _note_received(self, stats: _AssocStats, ref: audit.InstanceRef, *, duplicate: bool) -> None:
         """Gather a stored instance for the association's audit record (node.audit: one record per
-        association and study)."""
+        association and study); record what is due."""
         with stats.lock:
-            self._record_received(stats, stats.received.add(ref, duplicate=duplicate))
+            due = stats.received.add(ref, duplicate=duplicate)
+        for held, refs in due:
+            self._audit_received(stats, refs, STATUS_SUCCESS, duplicate=held)
 
-    def _record_received(self, stats: _AssocStats,
-                         groups: list[tuple[bool, list[audit.InstanceRef]]] | None = None) -> None:
-        """PS3.15 A.5.3.4 DICOM Instances Transferred, the receiver's record (UIDs only) of ``groups``
-        (default: all gathered, the association ended); the caller holds ``stats.lock``."""
-        for duplicate, refs in stats.received.take() if groups is None else groups:
-            self.audit.record(audit.instances_received(
-                calling_aet=stats.calling_aet, host=stats.host, node_aet=self.config.node.ae_title,
-                node_host=self._hostname, over_tls=stats.tls, status=STATUS_SUCCESS, duplicate=duplicate,
-                instances=refs))
+    def _record_rest(self, stats: _AssocStats) -> None:
+        """The association ended: record what it stored since its last record."""
+        with stats.lock:
+            due = stats.received.take()
+        for held, refs in due:
+            self._audit_received(stats, refs, STATUS_SUCCESS, duplicate=held)
 
     def _audit_refused(self, stats: _AssocStats, request: Any, status: int, reason: str) -> None:
         """A refused C-STORE: a record of its own, with the status and the reason."""
         ref = audit.InstanceRef("", str(request.AffectedSOPClassUID or ""),
                                 str(request.AffectedSOPInstanceUID or ""))
+        self._audit_received(stats, [ref], status, reason=reason)
+
+    def _audit_received(self, stats: _AssocStats, refs: list[audit.InstanceRef], status: int, *,
+                        duplicate: bool = False, reason: str = "") -> None:
+        """PS3.15 A.5.3.4 DICOM Instances Transferred, the receiver's record (UIDs only)."""
         self.audit.record(audit.instances_received(
             calling_aet=stats.calling_aet, host=stats.host, node_aet=self.config.node.ae_title,
-            node_host=self._hostname, over_tls=stats.tls, status=status, reason=reason, instances=[ref]))
+            node_host=self._hostname, over_tls=stats.tls, status=status, duplicate=duplicate, reason=reason,
+            instances=refs))
 
     def _fail(self, stats: _AssocStats, status: int, message: str, request: Any) -> int:
         stats.failed += 1
@@ -316,8 +321,7 @@ class StoreHandler:
     def handle_end(self, event: evt.Event) -> None:
         stats = self._assoc_stats(event.assoc)
         outcome = "released" if event.event is evt.EVT_RELEASED else "aborted"
-        with stats.lock:
-            self._record_received(stats)
+        self._record_rest(stats)
         log_event(
             log,
             f"association.{outcome}",
@@ -333,8 +337,7 @@ class StoreHandler:
         thread stopped) still gets its received instances audited."""
         stats = self._stats.get(event.assoc)
         if stats is not None:
-            with stats.lock:
-                self._record_received(stats)
+            self._record_rest(stats)
 
     def handle_rejected(self, event: evt.Event) -> None:
         assoc = event.assoc

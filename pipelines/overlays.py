@@ -142,9 +142,9 @@ class _Region:
         self.rgb = rgb
         self.left, self.top = max(0, int(left)), max(0, int(top))
         self.right, self.bottom = min(width, int(np.ceil(right)) + 1), min(height, int(np.ceil(bottom)) + 1)
+        self.empty = self.right <= self.left or self.bottom <= self.top  # wholly outside: drawn nowhere
 
     def __enter__(self) -> _Region:
-        self.empty = self.right <= self.left or self.bottom <= self.top  # wholly outside: drawn nowhere
         patch = self.rgb[self.top:self.bottom, self.left:self.right]
         self.image = Image.new("RGB", (1, 1)) if self.empty else Image.fromarray(patch, mode="RGB")
         self.draw = ImageDraw.Draw(self.image)

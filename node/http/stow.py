@@ -177,30 +177,27 @@ class StowReceiver:
         """PS3.15 A.5.3.4 DICOM Instances Transferred, the receiver's record (UIDs only), as for a
         C-STORE: stored instances gathered per study for one record (:meth:`record_received`), a
         refused one recorded at once with its status and reason."""
-        trail = self.ctx.audit_trail
-        if trail is None:
-            return
         o = outcome
         ref = audit.InstanceRef(o.study_instance_uid, o.sop_class_uid, o.sop_instance_uid)
         if o.status:
-            trail.record(audit.instances_received(
-                calling_aet=STOW_CALLING_AET, host=self.client_host, node_aet=self.ctx.config.node.ae_title,
-                node_host=_HOSTNAME, over_tls=False, status=o.status, reason=o.reason, instances=[ref]))
+            self._record([ref], o.status, reason=o.reason)
             return
-        self._record(self._received.add(ref, duplicate=not o.new))
+        for held, refs in self._received.add(ref, duplicate=not o.new):
+            self._record(refs, 0, duplicate=held)
 
     def record_received(self) -> None:
         """One record per study for the instances stored since the last one (the request's end)."""
-        self._record(self._received.take())
+        for held, refs in self._received.take():
+            self._record(refs, 0, duplicate=held)
 
-    def _record(self, groups: list[tuple[bool, list[audit.InstanceRef]]]) -> None:
+    def _record(self, refs: list[audit.InstanceRef], status: int, *, duplicate: bool = False,
+                reason: str = "") -> None:
         trail = self.ctx.audit_trail
-        if trail is None:
-            return
-        for duplicate, refs in groups:
+        if trail is not None:
             trail.record(audit.instances_received(
                 calling_aet=STOW_CALLING_AET, host=self.client_host, node_aet=self.ctx.config.node.ae_title,
-                node_host=_HOSTNAME, over_tls=False, status=0, duplicate=duplicate, instances=refs))
+                node_host=_HOSTNAME, over_tls=False, status=status, duplicate=duplicate, reason=reason,
+                instances=refs))
 
     def _finished(self) -> None:
         self.finished = True
