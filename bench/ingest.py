@@ -3,7 +3,8 @@ instance is fsynced and recorded) side by side with a bare pynetdicom storage SC
 writes the received bytes to files (no fsync, no database), in one run, for the senders sites
 use: dcmtk ``dcmsend`` and ``storescu`` with their default options, and a pynetdicom SCU.
 
-The node runs once per ``--listener-processes`` value (default 1 and 2: ``[node] listener_processes``).
+The node runs once per ``--listener-processes`` value (``[node] listener_processes``; default 0, the
+node's default: one per CPU, marked *, and 1: the serve process alone).
 The SCPs run in their own processes on loopback and stay up for the whole run; each round sends
 files whose SOP Instance UIDs are fresh (rewritten in place before the round), so the node never
 takes the duplicate path. After each node round every file of the round is checked to be in the
@@ -31,6 +32,9 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
+
+from node.config import AUTO_LISTENER_PROCESSES, load_config
+from node.process import open_repository, open_store
 
 REPO = Path(__file__).resolve().parents[1]
 DX_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -212,6 +216,13 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(10)
 
 
+def column_name(listener_processes: int) -> str:
+    """A node's column: its listener processes, * for the default (0: one per CPU)."""
+    if listener_processes == 0:
+        return f"node{min(len(os.sched_getaffinity(0)), AUTO_LISTENER_PROCESSES)}* img/s"
+    return f"node{listener_processes} img/s"
+
+
 class Node:
     """``cxr-node serve`` with durability "fsync", no workers, no scheduling pressure."""
 
@@ -233,10 +244,6 @@ class Node:
             [sys.executable, "-m", "node.cli.main", "serve", "--config", str(self.config)], cwd=REPO
         )
         wait_echo(self.port, "CXRNODE")
-        sys.path.insert(0, str(REPO))
-        from node.config import load_config
-        from node.process import open_repository, open_store
-
         cfg = load_config(self.config)
         self.repo, self.store = open_repository(cfg), open_store(cfg)
 
@@ -258,7 +265,7 @@ def main() -> int:
     parser.add_argument("--associations", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--count", type=int, default=0, help="images per round (default per size)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds per cell; the median is reported")
-    parser.add_argument("--listener-processes", type=int, nargs="+", default=[1, 2],
+    parser.add_argument("--listener-processes", type=int, nargs="+", default=[0, 1],
                         help="one node per value of [node] listener_processes, each beside the bare SCP")
     parser.add_argument("--node-set", action="append", default=[], metavar="KEY=VALUE",
                         help='override a [node] key, TOML syntax (e.g. durability="os")')
@@ -279,7 +286,7 @@ def main() -> int:
         wait_port(bare_port)
         for n in args.listener_processes:
             nodes[n] = Node(work, args.node_set, n)
-        header = "".join(f" {f'node{n} img/s':>12} {'ratio':>6}" for n in nodes)
+        header = "".join(f" {column_name(n):>12} {'ratio':>6}" for n in nodes)
         print(f"{'image':<16} {'n':>4} {'assoc':>5} {'sender':<11} {'bare img/s':>10}{header}", flush=True)
         for size in args.sizes:
             rows, cols, bits, default_count = SIZES[size]
@@ -290,11 +297,11 @@ def main() -> int:
                     bare_rates: list[float] = []
                     node_rates: dict[int, list[float]] = {n: [] for n in nodes}
                     for _ in range(args.repeat):
-                        for target in (0, *nodes):  # 0: the bare SCP
+                        for target in (None, *nodes):  # None: the bare SCP
                             renew_uids(files, round_no, round_no + 1)
                             round_no += 1
                             try:
-                                if target == 0:
+                                if target is None:
                                     bare_rates.append(count / send(sender, bare_port, "BARE", files, assoc))
                                     for f in bare_out.iterdir():
                                         f.unlink()
@@ -305,7 +312,7 @@ def main() -> int:
                                     node.check(files, before)
                                     node_rates[target].append(count / seconds)
                             except (RuntimeError, TimeoutError) as exc:
-                                name = f"node{target}" if target else "bare"
+                                name = "bare" if target is None else f"node{target}"
                                 print(f"# {name} round failed, left out: {exc}", flush=True)
                     if not bare_rates or not all(node_rates.values()):
                         continue

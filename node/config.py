@@ -24,6 +24,7 @@ Layout of the file::
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -33,6 +34,9 @@ from node.errors import ConfigError
 from node.peers import PeerTable
 
 DURABILITY_MODES = ("fsync", "os")
+# listener_processes = 0: one per CPU up to this many (past four, a node's associations wait on its
+# disk and database, not on one interpreter lock)
+AUTO_LISTENER_PROCESSES = 4
 
 
 def shipped_models_dir() -> Path:
@@ -131,8 +135,9 @@ class NodeSettings:
     commit_batch_max: int = 256  # instances per group commit
     # Processes that accept associations (node.listener_pool): 1 = the serve process itself; more
     # lets concurrent associations use more than one core (pynetdicom's work holds the interpreter
-    # lock). Each process enforces its share of max_associations and max_associations_per_host.
-    listener_processes: int = 1
+    # lock); the association limits hold for the node as a whole (node.association_slots).
+    # 0 = one per CPU the node may run on, at most AUTO_LISTENER_PROCESSES.
+    listener_processes: int = 0
     log_level: str = "INFO"
     log_format: str = "text"  # "text" (key=value) or "json"
     # DICOM TLS listener (PS3.15 B.9, node.tls); 2762 is the registered port. With tls_port > 0,
@@ -207,6 +212,16 @@ class NodeConfig:
         return self.resolve_path(self.node.data_dir)
 
     @property
+    def listener_process_count(self) -> int:
+        """How many processes accept associations: ``listener_processes``, or for 0 one per CPU this
+        process may run on (its affinity, as a container's cpuset sets it), at most
+        AUTO_LISTENER_PROCESSES and never more than connections may be open."""
+        wanted = self.node.listener_processes
+        if wanted == 0:
+            wanted = min(len(os.sched_getaffinity(0)), AUTO_LISTENER_PROCESSES)
+        return max(1, min(wanted, self.node.max_associations))
+
+    @property
     def audit_path(self) -> Path:
         if self.audit.path:
             return self.resolve_path(self.audit.path)
@@ -270,12 +285,9 @@ def _validate(config: NodeConfig) -> None:
             f"[node].max_associations_per_host must be 1..max_associations ({n.max_associations}), "
             f"got {n.max_associations_per_host!r}"
         )
-    if not 1 <= n.listener_processes <= 64:
-        raise ConfigError(f"[node].listener_processes must be 1..64, got {n.listener_processes!r}")
-    if n.listener_processes > n.max_associations_per_host:
-        raise ConfigError(f"[node].listener_processes ({n.listener_processes}) must not exceed "
-                          f"max_associations_per_host ({n.max_associations_per_host}): each process "
-                          "takes a share of both association limits")
+    if not 0 <= n.listener_processes <= 64:
+        raise ConfigError(f"[node].listener_processes must be 0 (one per CPU) or 1..64, "
+                          f"got {n.listener_processes!r}")
     if n.max_pdu_bytes != 0 and not 4096 <= n.max_pdu_bytes <= 2**31:
         raise ConfigError(f"[node].max_pdu_bytes must be 0 (unlimited) or 4096..2^31, got {n.max_pdu_bytes}")
     if n.durability not in DURABILITY_MODES:

@@ -10,8 +10,9 @@ error; connections that arrive before a listener process is ready wait in the ke
 then starts the listener processes with multiprocessing's "spawn" (none of the serve process's
 threads, models or database connections are copied), which accept on those sockets. Each has its
 own C-STORE handler and group committer; they share what separate ``cxr-node worker`` processes
-share: the store and the database (SQLite in WAL mode with a busy timeout, or PostgreSQL). Each
-enforces its share of the association limits (node.scp.build_ae). Refused instances are counted
+share: the store and the database (SQLite in WAL mode with a busy timeout, or PostgreSQL), and
+one table of open connections that keeps the association limits exact for the node as a whole
+(node.association_slots; the rows of a process that dies are dropped). Refused instances are counted
 in the serve process's /metrics through a queue. A listener process that dies is started again;
 stopping runs in each one as in a single process: stop accepting, give running associations their
 grace, commit what waits, exit.
@@ -19,6 +20,7 @@ grace, commit what waits, exit.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing
 import os
@@ -30,12 +32,13 @@ import time
 from multiprocessing.connection import wait as wait_for_any
 from typing import Any, cast
 
+from node.association_slots import AssociationSlots
 from node.config import NodeConfig
 from node.errors import ListenerStartError
 from node.ingest.outcomes import ReceiveOutcomes
 from node.logs import log_event, setup_logging
 from node.process import open_committer, open_repository, open_store
-from node.scp import StoreHandler, listening_ports, start_listener
+from node.scp import StoreHandler, association_slots, listening_ports, start_listener
 
 log = logging.getLogger("node.listener_pool")
 
@@ -77,7 +80,8 @@ def bind_listening_sockets(config: NodeConfig) -> dict[str, socket.socket]:
 
 
 def run_listener_process(
-    config: NodeConfig, sockets: dict[str, socket.socket], events: Any, grace: float, parent: int
+    config: NodeConfig, sockets: dict[str, socket.socket], slots: AssociationSlots, events: Any, grace: float,
+    parent: int,
 ) -> None:
     """A listener process's life: accept on ``sockets`` until SIGTERM (from serve) or serve is gone."""
     setup_logging(config.node.log_level, config.node.log_format)
@@ -88,7 +92,7 @@ def run_listener_process(
     committer = open_committer(config, repo)
     handler = StoreHandler(config, open_store(config), committer)
     handler.outcomes = ForwardedOutcomes(events)
-    listeners = start_listener(config, handler, sockets=sockets)
+    listeners = start_listener(config, handler, sockets=sockets, slots=slots)
     log_event(log, "listener.process_started", pid=os.getpid())
     events.put(("ready", os.getpid(), ""))
     while not stopping.wait(0.5):
@@ -109,8 +113,9 @@ class ListenerPool:
         self.config = config
         self.outcomes = outcomes
         self.grace = grace
-        self.size = config.node.listener_processes
+        self.size = config.listener_process_count
         self.sockets: dict[str, socket.socket] = {}
+        self.slots = association_slots(config)
         self._events: Any = _SPAWN.Queue()
         self._processes: list[Any] = []
         self._lock = threading.Lock()
@@ -129,6 +134,9 @@ class ListenerPool:
         """Bind, start every listener process and wait until each accepts; raises OSError (port in
         use) or ListenerStartError (a listener process did not start), with nothing left running."""
         self.sockets = bind_listening_sockets(self.config)
+        # an interpreter that exits without stop() (an uncaught error in serve) would otherwise wait
+        # forever in multiprocessing's exit handler for listener processes that wait for it
+        atexit.register(self.stop)
         for target, name in ((self._read_events, "listener-events"), (self._watch, "listener-watch")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -157,7 +165,8 @@ class ListenerPool:
 
     def _spawn(self) -> Any:
         process = _SPAWN.Process(target=self.process_main, name="cxr-node-listener", daemon=False,
-                                 args=(self.config, self.sockets, self._events, self.grace, os.getpid()))
+                                 args=(self.config, self.sockets, self.slots, self._events, self.grace,
+                                       os.getpid()))
         process.start()
         self._born[process.sentinel] = time.monotonic()
         return process
@@ -189,8 +198,9 @@ class ListenerPool:
                     return
                 short_lived = time.monotonic() - self._born.pop(dead.sentinel, 0.0) < SHORT_LIFE
                 delay = min(RESTART_DELAY_MAX, delay * 2) if short_lived else RESTART_DELAY
+                dropped = self.slots.forget(dead.pid)  # its connections died with it
                 log_event(log, "listener.process_exited", logging.WARNING, pid=dead.pid,
-                          exit_code=dead.exitcode, restart_in_seconds=delay)
+                          exit_code=dead.exitcode, restart_in_seconds=delay, connections_dropped=dropped)
                 if self._stopping.wait(delay):
                     return
                 with self._lock:
@@ -204,6 +214,9 @@ class ListenerPool:
     def stop(self, timeout: float | None = None) -> None:
         """SIGTERM each listener process (each stops in order, node.scp.Listeners.close) and wait; a
         process still running after ``timeout`` is killed."""
+        atexit.unregister(self.stop)
+        if self._stopping.is_set() and not self._threads:
+            return
         self._stopping.set()
         deadline = time.monotonic() + (self.grace + 20.0 if timeout is None else timeout)
         with self._lock:
@@ -220,6 +233,8 @@ class ListenerPool:
         self._events.put(None)
         for thread in self._threads:
             thread.join(5.0)
+        self._threads.clear()
         for sock in self.sockets.values():
             sock.close()
+        self.slots.close()
         log_event(log, "listener.pool_stopped", processes=len(processes))

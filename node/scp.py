@@ -42,6 +42,7 @@ from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node import audit
+from node.association_slots import AssociationSlots
 from node.config import NodeConfig
 from node.errors import DatabaseError, DiskFullError, InvalidInstanceError, StoreError
 from node.ingest import (
@@ -65,6 +66,7 @@ from node.tls import node_listener_context, tls_peer
 
 log = logging.getLogger("node.scp")
 
+SLOTS_LOCK_FILE = "association-slots.lock"  # in data_dir: the slots' lock between listener processes
 VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"  # PS3.4 A.4: C-ECHO
 STORAGE_SOP_CLASSES = (
     ComputedRadiographyImageStorage,
@@ -369,16 +371,18 @@ class StoreHandler:
                                             node_host=self._hostname, reason=reason))
 
 
-def _share(limit: int, processes: int) -> int:
-    """One listener process's part of a node-wide association limit (rounded up)."""
-    return -(-limit // max(1, processes))
+def association_slots(config: NodeConfig) -> AssociationSlots:
+    """The node's open-connection table (node.association_slots), shared by its listener processes."""
+    node = config.node
+    return AssociationSlots(node.max_associations, node.max_associations_per_host,
+                            config.data_dir / SLOTS_LOCK_FILE)
 
 
-def build_ae(config: NodeConfig, incoming_dir: Path, *, processes: int = 1) -> NodeAE:
+def build_ae(config: NodeConfig, incoming_dir: Path, slots: AssociationSlots) -> NodeAE:
     """The acceptor AE: title, limits, timeouts and the supported presentation contexts.
 
-    With ``processes`` listener processes (node.listener_pool) each enforces its share of
-    ``max_associations`` and ``max_associations_per_host``, so the node as a whole keeps them.
+    ``slots`` admits each connection within the node-wide association limits; pynetdicom's own
+    per-process ``maximum_associations`` is the same figure, a backstop that never comes first.
     """
     node = config.node
     ae = NodeAE(ae_title=node.ae_title)
@@ -386,14 +390,14 @@ def build_ae(config: NodeConfig, incoming_dir: Path, *, processes: int = 1) -> N
         incoming_dir=incoming_dir,
         max_instance_bytes=node.max_instance_bytes,
         max_pdu_bytes=node.max_pdu_bytes,
-        max_per_host=_share(node.max_associations_per_host, processes),
+        slots=slots,
         acse_timeout=node.acse_timeout,
         network_timeout=node.network_timeout,
         early_sync=node.durability == "fsync",
     )
     ae.require_called_aet = True
     ae.require_calling_aet = [a for a in node.allowed_calling_aets]
-    ae.maximum_associations = _share(node.max_associations, processes)
+    ae.maximum_associations = node.max_associations
     ae.network_timeout = node.network_timeout
     ae.acse_timeout = node.acse_timeout
     ae.dimse_timeout = node.dimse_timeout
@@ -466,16 +470,18 @@ def listening_ports(config: NodeConfig) -> list[tuple[str, int]]:
 
 
 def start_listener(
-    config: NodeConfig, handler: StoreHandler, *, sockets: dict[str, socket.socket] | None = None
+    config: NodeConfig, handler: StoreHandler, *, sockets: dict[str, socket.socket] | None = None,
+    slots: AssociationSlots | None = None,
 ) -> Listeners:
     """Start the SCP in background threads (one per association): on ``port`` (plain TCP,
     unless it is 0 with a ``tls_port``) and on ``tls_port`` (DICOM TLS, PS3.15 B.9).
 
     ``sockets`` (by transport, "tcp"/"tls") are listening sockets bound by the serve process,
-    which this process then accepts on beside the other ``listener_processes`` (node.listener_pool).
+    which this process then accepts on beside the other ``listener_processes`` (node.listener_pool),
+    counting its connections in their shared ``slots``.
     """
     node = config.node
-    ae = build_ae(config, handler.store.incoming, processes=node.listener_processes if sockets else 1)
+    ae = build_ae(config, handler.store.incoming, slots if slots is not None else association_slots(config))
     ae.listening_sockets = dict(sockets or {})
     handlers: list[evt.EventHandlerType] = [
         (evt.EVT_REQUESTED, handler.handle_requested),

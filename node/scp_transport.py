@@ -8,9 +8,10 @@ This module closes those gaps without rewriting the library:
 
 - :class:`NodeAE` passes :class:`NodeServer` / :class:`NodeRequestHandler` to pynetdicom
   through ``AE.make_server(server_class=..., request_handler=...)``.
-- :class:`NodeServer` caps the connections of one remote host (``max_associations_per_host``:
-  half-open sockets from one address cannot fill ``max_associations``), answering the excess
-  with A-ASSOCIATE-RJ transient / local-limit-exceeded (PS3.8 9.3.4), and sets TCP_NODELAY on
+- :class:`NodeServer` admits a connection only within the node-wide limits (``max_associations``,
+  and ``max_associations_per_host`` so that half-open sockets from one address cannot fill
+  ``max_associations``; node.association_slots, exact across listener processes), answering the
+  excess with A-ASSOCIATE-RJ transient / local-limit-exceeded (PS3.8 9.3.4), and sets TCP_NODELAY on
   every accepted socket (a C-STORE-RSP is one small write: it must not wait for an ACK).
 - :class:`BoundedSocket` reads each PDU with a deadline (``acse_timeout`` before the association
   is established, ``network_timeout`` after) and refuses a PDU longer than the node can take
@@ -43,7 +44,6 @@ import socket
 import ssl
 import struct
 import tempfile
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -55,6 +55,7 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
+from node.association_slots import AssociationSlots
 from node.ingest import file_meta_bytes
 from node.logs import log_event
 
@@ -87,7 +88,7 @@ class ReceiveLimits:
         incoming_dir: Path,
         max_instance_bytes: int,
         max_pdu_bytes: int,
-        max_per_host: int,
+        slots: AssociationSlots,
         acse_timeout: float,
         network_timeout: float,
         early_sync: bool = False,
@@ -96,7 +97,7 @@ class ReceiveLimits:
         self.max_instance_bytes = max_instance_bytes
         # A P-DATA-TF PDU may not exceed what we advertise; 0 (unlimited) still means one data set.
         self.max_pdu_read = max(max_pdu_bytes or max_instance_bytes + (1 << 16), _NON_PDATA_MAX)
-        self.max_per_host = max_per_host
+        self.slots = slots  # node-wide open connections, total and per host
         self.acse_timeout = acse_timeout
         self.network_timeout = network_timeout
         # flushes of data sets still arriving (IncomingFile), off the DUL threads
@@ -453,8 +454,6 @@ class NodeServer(ThreadedAssociationServer):
     limits: ReceiveLimits
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._per_host: dict[str, int] = {}
-        self._hosts_lock = threading.Lock()
         self._adopted = False
         super().__init__(*args, **kwargs)
 
@@ -499,31 +498,20 @@ class NodeServer(ThreadedAssociationServer):
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         host = str(client_address[0])
-        with self._hosts_lock:
-            count = self._per_host.get(host, 0)
-            if count >= self.limits.max_per_host:
-                refused = True
-            else:
-                self._per_host[host] = count + 1
-                refused = False
-        if refused:
-            log_event(log, "connection.refused_host_limit", logging.WARNING, peer=host,
-                      open_connections=count, limit=self.limits.max_per_host)
-            try:
-                request.settimeout(1.0)
-                request.sendall(_RJ_LOCAL_LIMIT)
-            except OSError:
-                pass
-            return False
-        return True
+        refusal = self.limits.slots.admit(host)
+        if refusal is None:
+            return True
+        log_event(log, "connection.refused_limit", logging.WARNING, peer=host, limit=refusal.limit,
+                  open_connections=refusal.open_connections, allowed=refusal.allowed)
+        try:
+            request.settimeout(1.0)
+            request.sendall(_RJ_LOCAL_LIMIT)
+        except OSError:
+            pass
+        return False
 
     def release_host(self, host: str) -> None:
-        with self._hosts_lock:
-            count = self._per_host.get(host, 0) - 1
-            if count > 0:
-                self._per_host[host] = count
-            else:
-                self._per_host.pop(host, None)
+        self.limits.slots.release(host)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """An exception while setting up a connection: one log line, not socketserver's traceback."""

@@ -108,7 +108,7 @@ class NodeService:
                 self.repo.engine, "serve", self.n_workers, str(getattr(self.analyzer, "device", "")),
                 str(self.config.models_dir.resolve()), analyzer_models(self.analyzer))
             self.process_record.register()
-        if self.listen and self.config.node.listener_processes > 1:
+        if self.listen and self.config.listener_process_count > 1:
             self.pool = ListenerPool(self.config, ReceiveOutcomes(), grace=LISTENER_GRACE)
             self.pool.start()
         elif self.listen:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -177,6 +178,15 @@ def node_toml(
     return "\n".join(lines) + "\n"
 
 
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux /proc)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
 class NodeProcess:
     """``cxr-node serve`` as a real process (so it can be SIGKILLed and SIGTERMed)."""
 
@@ -198,10 +208,17 @@ class NodeProcess:
         wait_port(self.port, timeout, self.proc)
         return self
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(30)
+    def kill(self, *, children: bool = True) -> None:
+        """SIGKILL the node: serve and (``children``) the processes it started (listener processes),
+        as a crash of the machine or a supervisor killing the unit's processes would."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        pids = _children(self.proc.pid) if children else []
+        self.proc.send_signal(signal.SIGKILL)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait(30)
 
     def terminate(self, timeout: float = 60.0) -> int:
         assert self.proc is not None

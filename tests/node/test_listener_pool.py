@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nodekit import (
@@ -33,7 +34,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from tlskit import make_pki
 
-from node.config import load_config
+from node.config import AUTO_LISTENER_PROCESSES, load_config
 from node.errors import ConfigError, ListenerStartError
 from node.ingest.outcomes import ReceiveOutcomes
 from node.listener_pool import ListenerPool
@@ -147,18 +148,65 @@ def test_no_listener_process_outlives_the_node(tmp_path: Path, how: str) -> None
         assert not any(_alive(pid) for pid in listeners)
         assert "listener.process_exited" not in node.log()  # a stop is not a death to report
     else:
-        node.kill()  # the listener processes notice their parent is gone and stop on their own
+        node.kill(children=False)  # serve alone: its listener processes notice and stop on their own
         wait_for(lambda: not any(_alive(pid) for pid in listeners), 30, what="the listener processes to stop")
         assert "listener.orphaned" in node.log()
 
 
-def test_listener_processes_must_be_positive_and_fit_the_host_limit(tmp_path: Path) -> None:
-    for node, message in (({"listener_processes": 0}, "1..64"),
-                          ({"listener_processes": 9}, "max_associations_per_host")):
-        path = tmp_path / "node.toml"
-        path.write_text(node_toml(tmp_path / "var", 11112, node=node))
-        with pytest.raises(ConfigError, match=message):
+def test_listener_processes_zero_means_one_per_cpu_and_bad_counts_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    for value in (-1, 65):
+        path.write_text(node_toml(tmp_path / "var", 11112, node={"listener_processes": value}))
+        with pytest.raises(ConfigError, match=r"0 \(one per CPU\) or 1\.\.64"):
             load_config(path)
+    path.write_text(node_toml(tmp_path / "var", 11112, node={}))
+    assert load_config(path).node.listener_processes == 0  # the default
+    cpus = len(os.sched_getaffinity(0))
+    assert load_config(path).listener_process_count == min(cpus, AUTO_LISTENER_PROCESSES)
+    path.write_text(node_toml(tmp_path / "var", 11112, node={"listener_processes": 9, "max_associations": 6,
+                                                             "max_associations_per_host": 2}))
+    assert load_config(path).listener_process_count == 6  # no more processes than connections
+
+
+def _associate(port: int, source: str) -> Any:
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(DX_PRESENTATION, ExplicitVRLittleEndian)
+    ae.acse_timeout = ae.network_timeout = 30
+    return ae.associate("127.0.0.1", port, ae_title="CXRNODE", bind_address=(source, 0))
+
+
+def test_association_limits_hold_for_the_node_across_listener_processes(tmp_path: Path) -> None:
+    """Two listener processes, at most 4 connections and 3 per host: the kernel may give any
+    connection to either process, and the limits still count every one of them exactly."""
+    config_path = tmp_path / "node.toml"
+    config_path.write_text(node_toml(tmp_path / "var", free_port(), node={
+        "listener_processes": 2, "max_associations": 4, "max_associations_per_host": 3}))
+    service = NodeService(load_config(config_path), workers=0, deliver=False, schedule=False)
+    service.start()
+    port = service.config.node.port
+    held: list[Any] = []
+    try:
+        assert service.pool is not None and len(service.pool.pids()) == 2
+        for _ in range(3):
+            held.append(_associate(port, "127.0.0.1"))
+            assert held[-1].is_established
+        over_host = _associate(port, "127.0.0.1")
+        assert over_host.is_rejected  # transient, local-limit-exceeded, whichever process took it
+        held.append(_associate(port, "127.0.0.2"))
+        assert held[-1].is_established
+        over_node = _associate(port, "127.0.0.3")
+        assert over_node.is_rejected
+        assert service.pool.slots.open_connections() == 4
+        held.pop(0).release()
+        wait_for(lambda: service.pool.slots.open_connections() == 3, 10, what="the released slot")
+        again = _associate(port, "127.0.0.3")
+        assert again.is_established
+        assert again.send_c_store(make_dx(generate_uid())).Status == 0x0000
+        held.append(again)
+    finally:
+        for assoc in held:
+            assoc.release()
+        service.stop(timeout=30)
 
 
 @pytest.mark.parametrize("processes", [1, 2])
@@ -205,7 +253,7 @@ def test_listener_processes_serve_the_tls_port_too(tmp_path: Path) -> None:
         assert node.terminate(timeout=60) == 0, node.log()
 
 
-def _exit_at_once(config, sockets, events, grace, parent) -> None:  # noqa: ANN001 - ListenerPool.process_main
+def _exit_at_once(config, sockets, slots, events, grace, parent) -> None:  # noqa: ANN001 - ListenerPool.process_main
     raise SystemExit(3)
 
 
@@ -224,3 +272,27 @@ def test_a_listener_process_that_dies_before_accepting_fails_the_start_at_once(t
     assert not pool.pids()
     with socket.socket() as again:  # the port is free again
         again.bind(("127.0.0.1", pool.config.node.port))
+
+
+_EXIT_WITHOUT_STOP = """
+import sys
+from node.config import load_config
+from node.ingest.outcomes import ReceiveOutcomes
+from node.listener_pool import ListenerPool
+pool = ListenerPool(load_config(sys.argv[1]), ReceiveOutcomes(), grace=1.0)
+pool.start()
+print(*pool.pids(), flush=True)
+raise RuntimeError("serve's main thread fails without stopping the pool")
+"""
+
+
+def test_a_process_that_exits_without_stopping_its_pool_still_ends(tmp_path: Path) -> None:
+    """multiprocessing's exit handler waits for the listener processes, which wait for their parent:
+    the pool stops itself at exit instead of hanging there."""
+    config_path = tmp_path / "node.toml"
+    config_path.write_text(node_toml(tmp_path / "var", free_port(), node={"listener_processes": 2}))
+    out = subprocess.run([sys.executable, "-c", _EXIT_WITHOUT_STOP, str(config_path)], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "without stopping the pool" in out.stderr
+    pids = [int(pid) for pid in out.stdout.split()]
+    assert len(pids) == 2 and not any(_alive(pid) for pid in pids)

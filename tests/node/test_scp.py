@@ -35,6 +35,10 @@ DX_FILES = (
 
 
 def start_service(tmp: Path, **node: object) -> NodeService:
+    """A node whose listener runs in this process (``listener_processes = 1``), so that tests can
+    read its log records and patch its constants; the default, listener processes, is tested in
+    test_listener_pool and by every test that starts ``cxr-node serve``."""
+    node.setdefault("listener_processes", 1)
     port = free_port()
     config_path = tmp / "node.toml"
     config_path.write_text(node_toml(tmp / "var", port, node=node))
