@@ -33,7 +33,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from node.config import AUTO_LISTENER_PROCESSES, load_config
+from node.config import AUTO_LISTENER_PROCESSES, load_config, usable_cpus
 from node.process import open_repository, open_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -219,7 +219,7 @@ def stop(proc: subprocess.Popen) -> None:
 def column_name(listener_processes: int) -> str:
     """A node's column: its listener processes, * for the default (0: one per CPU)."""
     if listener_processes == 0:
-        return f"node{min(len(os.sched_getaffinity(0)), AUTO_LISTENER_PROCESSES)}* img/s"
+        return f"node{min(usable_cpus(), AUTO_LISTENER_PROCESSES)}* img/s"
     return f"node{listener_processes} img/s"
 
 

@@ -39,6 +39,13 @@ DURABILITY_MODES = ("fsync", "os")
 AUTO_LISTENER_PROCESSES = 4
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity where the system has one (Linux: a container's
+    cpuset), else every CPU."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+
+
 def shipped_models_dir() -> Path:
     """The ``models/`` folder beside the installed ``node`` package (the project root).
 
@@ -218,7 +225,7 @@ class NodeConfig:
         AUTO_LISTENER_PROCESSES and never more than connections may be open."""
         wanted = self.node.listener_processes
         if wanted == 0:
-            wanted = min(len(os.sched_getaffinity(0)), AUTO_LISTENER_PROCESSES)
+            wanted = min(usable_cpus(), AUTO_LISTENER_PROCESSES)
         return max(1, min(wanted, self.node.max_associations))
 
     @property

@@ -34,7 +34,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from tlskit import make_pki
 
-from node.config import AUTO_LISTENER_PROCESSES, load_config
+from node.config import AUTO_LISTENER_PROCESSES, load_config, usable_cpus
 from node.errors import ConfigError, ListenerStartError
 from node.ingest.outcomes import ReceiveOutcomes
 from node.listener_pool import ListenerPool
@@ -162,6 +162,7 @@ def test_listener_processes_zero_means_one_per_cpu_and_bad_counts_are_refused(tm
     path.write_text(node_toml(tmp_path / "var", 11112, node={}))
     assert load_config(path).node.listener_processes == 0  # the default
     cpus = len(os.sched_getaffinity(0))
+    assert usable_cpus() == cpus
     assert load_config(path).listener_process_count == min(cpus, AUTO_LISTENER_PROCESSES)
     path.write_text(node_toml(tmp_path / "var", 11112, node={"listener_processes": 9, "max_associations": 6,
                                                              "max_associations_per_host": 2}))
