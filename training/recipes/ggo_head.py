@@ -7,9 +7,10 @@ Manifests first, as for ``training.recipes.ggo_decision``; the images are the de
 (``training.ggo_measure.image_rows``: GeneralBlockchain GGO images with radiologist masks, normal adults of
 NIH / OpenIST / ieee8023, Kermany children, held-out ieee8023 COVID-19 pictures), plus every other ieee8023
 frontal picture not in GeneralBlockchain, with its Brixia scores
-(``annotations/brixia_public-annotations.csv``) as weak labels. Splits are patient-level and consistent with
-the GGO manifests: a patient already split keeps its split; the others are dealt with ``assign_splits``
-(70/15/15, the GGO seed).
+(``annotations/brixia_public-annotations.csv``) as weak labels, plus every NIH ChestX-ray14 image with an
+RSNA-2018 "Lung Opacity" box (``nih_cxr14_talo/annotations/rsna_opacity_boxes.csv``, 129 images of 106
+patients). Splits are patient-level and consistent with the GGO manifests: a patient already split keeps its
+split; the others are dealt with ``assign_splits`` (70/15/15, the GGO seed).
 
 Why: the shipped decision reads only the detector's top box and reports 1 of 14 GGO test images (GGO card).
 The GGO data are confounded with their collection (every GGO image is an ieee8023 picture; most normals are
@@ -24,7 +25,14 @@ and, for test images, with the lungs replaced by their mean ("lungs removed").
 
 Rule, fixed before the figures:
 - labels: GGO = radiologist GGO mask, ieee8023 Brixia global >= 6 (mean of the two raters), ieee8023 COVID-19
-  pictures; not GGO = normal adults of every collection, ieee8023 Brixia global <= 1, Kermany children;
+  pictures, NIH images with an RSNA "Lung Opacity" box (kind ``nih_opacity``, whatever their NIH label: the
+  5 NIH "No Finding" images with such a box are positives, never normal adults); not GGO = normal adults of
+  every collection, ieee8023 Brixia global <= 1, Kermany children;
+- ``nih_opacity`` gives the positives a second collection (NIH), so that "looks like ieee8023" no longer
+  separates them: it is used as a positive in the heads' fits only (every cross-validation fold's training
+  part and the refit for the test report). It sets nothing: the operating point is set on normal adults, the
+  gate reads the ieee8023 and validation GGO images as before, and its own figures (out-of-fold and test share
+  reported at the point, AUC against the NIH normal adults) are reported apart, per collection;
 - per family, an L2 logistic regression (balanced classes) in a 5-fold cross-validation by patient over
   train + validation (14 validation GGO images and 3 validation ieee8023 normals cannot set a 10 % point);
 - operating point on the out-of-fold scores: the lowest threshold that reports GGO on <= 10 % of the normal
@@ -75,6 +83,7 @@ from training.ggo_measure import (
     usable,
     wilson,
 )
+from training.manifest import read_manifest
 from training.metrics import dice_iou
 
 FOLDS = 5
@@ -83,14 +92,15 @@ NEWTON_STEPS = 100
 MIN_WITHIN_AUC = 0.80
 MIN_SENSITIVITY = 0.60
 BRIXIA_HIGH, BRIXIA_LOW = 6.0, 1.0
-POSITIVE = ("ggo", "brixia_high", "covid")
+POSITIVE = ("ggo", "brixia_high", "covid", "nih_opacity")
 NEGATIVE = ("normal_adult", "brixia_low", "child")
 VIEWS = ("image", "lungs_only", "lungs_removed")
 
 
 # ----------------------------------------------------------------------------------------- the images
 def all_rows(data_root: Path, manifest: Path, seen: Path | None) -> list[dict[str, Any]]:
-    """The decision's rows plus the other ieee8023 frontals, Brixia scores attached where scored."""
+    """The decision's rows plus the other ieee8023 frontals, Brixia scores attached where scored, plus the NIH
+    images with an RSNA "Lung Opacity" box (``rsna_opacity`` True on them, False on every other row)."""
     rows = image_rows(data_root, manifest, seen)
     split_of = {r["patient_id"]: r["split"] for r in rows}
     gb = scan_dataset("shared_generalblockchain", data_root / "generalblockchain_cxr_seg")
@@ -112,7 +122,32 @@ def all_rows(data_root: Path, manifest: Path, seen: Path | None) -> list[dict[st
             name = src.image_key.split(":", 1)[1] if src.image_key.startswith("ieee8023:") else ""
             if name in brixia:
                 row["brixia_global"] = brixia[name]
+    rows += nih_opacity_rows(data_root, rows, seen)
     return rows
+
+
+def nih_opacity_rows(data_root: Path, rows: list[dict[str, Any]], seen: Path | None) -> list[dict[str, Any]]:
+    """Flag the rows that are NIH images with an RSNA "Lung Opacity" box (in place) and return the others of
+    those images as new rows: a patient already in ``rows`` keeps its split, the rest are dealt with
+    :func:`split_patients`; ``seen_split`` as :func:`training.ggo_measure.image_rows` marks it."""
+    folder = data_root / "nih_cxr14_talo"
+    boxed = read_rsna_opacity_files(folder / "annotations" / "rsna_opacity_boxes.csv")
+    for row in rows:
+        row["rsna_opacity"] = row["dataset"] == "nih_cxr14" and Path(row["path"]).name in boxed
+    taken = {r["path"] for r in rows}
+    new = [r for r in scan_dataset("shared_nih_talo", folder)
+           if Path(r.image_path).name in boxed and r.projection != "lateral" and r.image_path not in taken]
+    split_of = {r["patient_id"]: r["split"] for r in rows}
+    split_patients([r for r in new if r.patient_id not in split_of])
+    seen_split = {r.patient_id: r.split for r in read_manifest(seen)} if seen and seen.is_file() else {}
+    return [image_row(r, split=split_of.get(r.patient_id, r.split), origin="nih_opacity", ggo_mask="",
+                      seen_split=seen_split.get(r.patient_id, "")) | {"rsna_opacity": True} for r in new]
+
+
+def read_rsna_opacity_files(path: Path) -> set[str]:
+    """File names of the NIH images with at least one RSNA "Lung Opacity" box (one row per box)."""
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        return {Path(rec["file"]).name for rec in csv.DictReader(fh)}
 
 
 def read_brixia(path: Path) -> dict[str, float]:
@@ -123,9 +158,14 @@ def read_brixia(path: Path) -> dict[str, float]:
 
 
 def kind(rec: dict[str, Any]) -> str:
-    """ggo, brixia_high / brixia_low / brixia_mid, covid, normal_adult, child, or other (unused)."""
+    """ggo, nih_opacity, brixia_high / brixia_low / brixia_mid, covid, normal_adult, child, or other (unused).
+
+    An NIH image with an RSNA "Lung Opacity" box is ``nih_opacity`` whatever its NIH label ("No Finding" too).
+    """
     if rec.get("has_truth"):
         return "ggo"
+    if rec.get("rsna_opacity"):
+        return "nih_opacity"
     if rec["dataset"] == "kermany_pediatric":
         return "child"
     if rec["dataset"] in ("nih_cxr14", "openist"):
@@ -275,8 +315,8 @@ def measure(rows: list[dict[str, Any]], features_path: Path, models: Path, batch
                 done[rec["path"]] = rec
             append_records(features_path, measured)
             print(f"measured batch {n_part + 1}/{len(parts)}", file=sys.stderr, flush=True)
-    return [done[r["path"]] | {k: r[k] for k in ("split", "origin", "seen_split", "findings", "brixia_global")
-                               if k in r} for r in rows]
+    carried = ("split", "origin", "seen_split", "findings", "brixia_global", "rsna_opacity")
+    return [done[r["path"]] | {k: r[k] for k in carried if k in r} for r in rows]
 
 
 # ------------------------------------------------------------------------------------------ the head
@@ -355,6 +395,7 @@ def assess(recs: list[dict], family: str, view: str = "image") -> dict[str, Any]
         "oof_ieee8023_normal_median": round(float(np.median(normals["ieee8023"])), 3),
         "oof_nih_openist_normal_median": round(float(np.median(other)), 3),
         "oof_unseen_ggo_median": round(float(np.median(unseen_ggo)), 3) if unseen_ggo else None,
+        **nih_opacity_figures(dev, oof, normals, threshold),
     }
     entry["passes_gate"] = bool(entry["oof_within_ieee8023_auc"] >= MIN_WITHIN_AUC
                                 and sens >= MIN_SENSITIVITY)
@@ -368,6 +409,16 @@ def assess(recs: list[dict], family: str, view: str = "image") -> dict[str, Any]
         "oof_validation_ggo_reported": f"{sum(s >= blind for s in unseen_ggo)}/{len(unseen_ggo)}"}
     entry["test"] = test_report(recs, family, {"operating": threshold, "blind": blind}, view)
     return entry
+
+
+def nih_opacity_figures(dev: list[dict], oof: dict[str, float], normals: dict[str, list[float]],
+                        threshold: float) -> dict[str, Any]:
+    """The new positive kind's own out-of-fold figures (report only, it sets nothing): how many NIH images
+    with an RSNA "Lung Opacity" box are reported at the point, and their AUC against the NIH normal adults."""
+    scores = [oof[r["path"]] for r in dev if r["kind"] == "nih_opacity"]
+    return {"oof_nih_opacity_reported": f"{sum(s >= threshold for s in scores)}/{len(scores)}",
+            "oof_nih_opacity_vs_nih_normal_auc": round(auc(scores, normals.get("nih_cxr14", [])), 3),
+            "oof_nih_opacity_median": round(float(np.median(scores)), 3) if scores else None}
 
 
 def test_report(recs: list[dict], family: str, thresholds: dict[str, float], trained_on: str = "image"
@@ -388,7 +439,11 @@ def test_report(recs: list[dict], family: str, thresholds: dict[str, float], tra
         ggo = [scores[r["path"]] for r in test if r["kind"] == "ggo"]
         normal = [scores[r["path"]] for r in test if r["kind"] == "normal_adult"]
         pos, neg = within_ieee8023(test, scores)
+        opacity = [scores[r["path"]] for r in test if r["kind"] == "nih_opacity"]
+        nih_normal = [scores[r["path"]] for r in test
+                      if r["kind"] == "normal_adult" and r["dataset"] == "nih_cxr14"]
         view_entry: dict[str, Any] = {"auc_ggo_vs_normal_adults": round(auc(ggo, normal), 3),
+                                      "auc_nih_opacity_vs_nih_normals": round(auc(opacity, nih_normal), 3),
                                       "within_ieee8023_auc": round(auc(pos, neg), 3),
                                       "within_ieee8023_n": [len(pos), len(neg)]}
         if view == trained_on:
