@@ -133,6 +133,10 @@ class AssociationSlots:
             return sum(row.open for row in rows)
 
     def close(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        """Close the lock file (a later call opens it again): when a listener stops."""
+        if self._local is None:
+            return
+        with self._local:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None

@@ -50,16 +50,35 @@ SHORT_LIFE = 10.0
 _BACKLOG = 128
 
 
+class EventSender:
+    """A listener process's end of its own pipe to the serve process ("ready", refusals).
+
+    One pipe per process, not one queue for all: a multiprocessing queue's writers share a lock, and
+    a listener process killed while it held that lock (SIGKILL, the OOM killer) left every other
+    writer and the serve process's exit waiting for it forever. A pipe's writer dies alone."""
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+        self._lock = threading.Lock()  # association threads send refusals concurrently
+
+    def send(self, kind: str, first: Any, second: Any) -> None:
+        with self._lock:
+            try:
+                self._connection.send((kind, first, second))
+            except OSError:  # the serve process is gone: this process stops on its own
+                pass
+
+
 class ForwardedOutcomes(ReceiveOutcomes):
     """A listener process's refusals: counted here and sent to the serve process for its /metrics."""
 
-    def __init__(self, events: Any) -> None:
+    def __init__(self, events: EventSender) -> None:
         super().__init__()
         self._events = events
 
     def refused(self, protocol: str, status: int) -> None:
         super().refused(protocol, status)
-        self._events.put(("refused", protocol, status))
+        self._events.send("refused", protocol, status)
 
 
 def bind_listening_sockets(config: NodeConfig) -> dict[str, socket.socket]:
@@ -80,8 +99,8 @@ def bind_listening_sockets(config: NodeConfig) -> dict[str, socket.socket]:
 
 
 def run_listener_process(
-    config: NodeConfig, sockets: dict[str, socket.socket], slots: AssociationSlots, events: Any, grace: float,
-    parent: int,
+    config: NodeConfig, sockets: dict[str, socket.socket], slots: AssociationSlots, connection: Any,
+    grace: float, parent: int,
 ) -> None:
     """A listener process's life: accept on ``sockets`` until SIGTERM (from serve) or serve is gone."""
     setup_logging(config.node.log_level, config.node.log_format)
@@ -91,10 +110,11 @@ def run_listener_process(
     repo = open_repository(config, create=False)
     committer = open_committer(config, repo)
     handler = StoreHandler(config, open_store(config), committer)
+    events = EventSender(connection)
     handler.outcomes = ForwardedOutcomes(events)
     listeners = start_listener(config, handler, sockets=sockets, slots=slots)
     log_event(log, "listener.process_started", pid=os.getpid())
-    events.put(("ready", os.getpid(), ""))
+    events.send("ready", os.getpid(), "")
     while not stopping.wait(0.5):
         if os.getppid() != parent:  # serve died without stopping us (SIGKILL): stop in order
             log_event(log, "listener.orphaned", logging.WARNING)
@@ -116,9 +136,11 @@ class ListenerPool:
         self.size = config.listener_process_count
         self.sockets: dict[str, socket.socket] = {}
         self.slots = association_slots(config)
-        self._events: Any = _SPAWN.Queue()
+        self._readers: set[Any] = set()  # the reading end of each listener process's pipe
+        self._wake_reader, self._wake_writer = _SPAWN.Pipe(duplex=False)  # stop() ends _read_events
         self._processes: list[Any] = []
         self._lock = threading.Lock()
+        self._readers_lock = threading.Lock()
         self._stopping = threading.Event()
         # (pid, died before accepting, exit code)
         self._ready: queue.SimpleQueue[tuple[int, bool, int | None]] = queue.SimpleQueue()
@@ -164,23 +186,38 @@ class ListenerPool:
                   host=self.config.node.host, **{f"{t}_port": p for t, p in self.ports.items()})
 
     def _spawn(self) -> Any:
+        reader, writer = _SPAWN.Pipe(duplex=False)
         process = _SPAWN.Process(target=self.process_main, name="cxr-node-listener", daemon=False,
-                                 args=(self.config, self.sockets, self.slots, self._events, self.grace,
+                                 args=(self.config, self.sockets, self.slots, writer, self.grace,
                                        os.getpid()))
         process.start()
+        writer.close()  # the child holds the writing end: its death is the reader's end of file
+        with self._readers_lock:
+            self._readers.add(reader)
+            self._wake_writer.send("readers")  # _read_events waits on the new pipe too
         self._born[process.sentinel] = time.monotonic()
         return process
 
     def _read_events(self) -> None:
         while True:
-            item = self._events.get()
-            if item is None:
-                return
-            kind, first, second = item
-            if kind == "refused":
-                self.outcomes.refused(first, second)
-            elif kind == "ready":
-                self._ready.put((first, False, None))
+            with self._readers_lock:
+                readers = list(self._readers)
+            for ready in wait_for_any([self._wake_reader, *readers]):
+                if ready is self._wake_reader:
+                    if self._wake_reader.recv() is None:  # stop()
+                        return
+                    continue  # a new listener process's pipe: wait on the new list
+                try:
+                    kind, first, second = cast(Any, ready).recv()
+                except (EOFError, OSError):  # that listener process has ended
+                    with self._readers_lock:
+                        self._readers.discard(ready)
+                    cast(Any, ready).close()
+                    continue
+                if kind == "refused":
+                    self.outcomes.refused(first, second)
+                elif kind == "ready":
+                    self._ready.put((first, False, None))
 
     def _watch(self) -> None:
         """Start a listener process again when one dies while the pool runs."""
@@ -230,10 +267,15 @@ class ListenerPool:
                 log_event(log, "listener.process_killed", logging.WARNING, pid=process.pid)
                 process.kill()
                 process.join(5.0)
-        self._events.put(None)
+        with self._readers_lock:
+            self._wake_writer.send(None)
         for thread in self._threads:
             thread.join(5.0)
         self._threads.clear()
+        with self._readers_lock:
+            for reader in self._readers:
+                reader.close()
+            self._readers.clear()
         for sock in self.sockets.values():
             sock.close()
         self.slots.close()

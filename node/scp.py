@@ -38,7 +38,7 @@ from pydicom.uid import (
     DigitalXRayImageStorageForProcessing,
     SecondaryCaptureImageStorage,
 )
-from pynetdicom import AE, evt
+from pynetdicom import evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node import audit
@@ -413,7 +413,7 @@ class Listeners:
     """The plain and/or TLS servers of the one AE: ``shutdown`` stops accepting on all of them
     and leaves running associations to finish (``ae.active_associations``)."""
 
-    def __init__(self, ae: AE, servers: list[ThreadedAssociationServer]) -> None:
+    def __init__(self, ae: NodeAE, servers: list[ThreadedAssociationServer]) -> None:
         self.ae = ae
         self.servers = servers
 
@@ -443,6 +443,7 @@ class Listeners:
         for assoc in running:
             if assoc.is_alive():
                 assoc.abort()
+        self.ae.limits.slots.close()  # its lock file; the table lives on for the other processes
         log_event(log, "listener.stopped", associations_aborted=sum(1 for a in active if a.is_aborted))
 
 
