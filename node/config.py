@@ -34,8 +34,8 @@ from node.errors import ConfigError
 from node.peers import PeerTable
 
 DURABILITY_MODES = ("fsync", "os")
-# listener_processes = 0: one per CPU up to this many (past four, a node's associations wait on its
-# disk and database, not on one interpreter lock)
+# listener_processes = 0: one per CPU up to this many (each costs about 95 MB; two were measured to
+# reach the bare SCP's rate on two cores, bench/README.md)
 AUTO_LISTENER_PROCESSES = 4
 
 

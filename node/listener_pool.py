@@ -12,10 +12,10 @@ threads, models or database connections are copied), which accept on those socke
 own C-STORE handler and group committer; they share what separate ``cxr-node worker`` processes
 share: the store and the database (SQLite in WAL mode with a busy timeout, or PostgreSQL), and
 one table of open connections that keeps the association limits exact for the node as a whole
-(node.association_slots; the rows of a process that dies are dropped). Refused instances are counted
-in the serve process's /metrics through a queue. A listener process that dies is started again;
-stopping runs in each one as in a single process: stop accepting, give running associations their
-grace, commit what waits, exit.
+(node.association_slots; the rows of a process that dies are dropped). Refused instances are
+counted in the serve process's /metrics through a pipe from each process. A listener process that
+dies is started again; stopping runs in each one as in a single process: stop accepting, give
+running associations their grace, commit what waits, exit.
 """
 
 from __future__ import annotations
@@ -276,6 +276,8 @@ class ListenerPool:
             for reader in self._readers:
                 reader.close()
             self._readers.clear()
+        self._wake_reader.close()
+        self._wake_writer.close()
         for sock in self.sockets.values():
             sock.close()
         self.slots.close()

@@ -72,6 +72,11 @@ def image_row(r: ManifestRow, *, split: str, origin: str, ggo_mask: str, seen_sp
             "origin": origin, "covid": r.covid, "ggo_mask": ggo_mask, "seen_split": seen_split}
 
 
+def seen_splits(seen: Path | None) -> dict[str, str]:
+    """Patient -> split in the segmentation's training manifest ``seen`` (empty when it names no file)."""
+    return {r.patient_id: r.split for r in read_manifest(seen)} if seen and seen.is_file() else {}
+
+
 def image_rows(data_root: Path, manifest: Path, seen: Path | None) -> list[dict[str, Any]]:
     """Rows to measure: the manifest, its held-out list, and the unused normal patients (own split).
 
@@ -80,7 +85,7 @@ def image_rows(data_root: Path, manifest: Path, seen: Path | None) -> list[dict[
     rows = read_manifest(manifest)
     held_path = manifest.with_name(manifest.stem + "_heldout.csv")
     held = read_manifest(held_path) if held_path.is_file() else []
-    seen_split = {r.patient_id: r.split for r in read_manifest(seen)} if seen and seen.is_file() else {}
+    seen_split = seen_splits(seen)
     used = {r.patient_id for r in rows + held}
     extra = []
     for adapter, folder, keep in (

@@ -79,11 +79,11 @@ from training.ggo_measure import (
     normal_scores,
     read_cache,
     recipe_arguments,
+    seen_splits,
     split_patients,
     usable,
     wilson,
 )
-from training.manifest import read_manifest
 from training.metrics import dice_iou
 
 FOLDS = 5
@@ -139,7 +139,7 @@ def nih_opacity_rows(data_root: Path, rows: list[dict[str, Any]], seen: Path | N
            if Path(r.image_path).name in boxed and r.projection != "lateral" and r.image_path not in taken]
     split_of = {r["patient_id"]: r["split"] for r in rows}
     split_patients([r for r in new if r.patient_id not in split_of])
-    seen_split = {r.patient_id: r.split for r in read_manifest(seen)} if seen and seen.is_file() else {}
+    seen_split = seen_splits(seen)
     return [image_row(r, split=split_of.get(r.patient_id, r.split), origin="nih_opacity", ggo_mask="",
                       seen_split=seen_split.get(r.patient_id, "")) | {"rsna_opacity": True} for r in new]
 
