@@ -70,9 +70,11 @@ def bench_device(
     models: Path, device: str, images: list, batch_sizes: list[int], state: Path, repeats: int
 ) -> None:
     from pipelines.chest import ChestPipeline
+    from pipelines.runtime import freeze_loaded_heap
 
     start = time.perf_counter()
     pipeline = ChestPipeline.from_models_dir(models, device=device, state_dir=state)
+    freeze_loaded_heap()  # as the worker does
     print(f"\n== device {device}: models loaded in {time.perf_counter() - start:.1f} s")
     pipeline.batch_size = max(batch_sizes)
     pipeline.analyze_batch(images[: min(len(images), 4)])  # warm-up: kernels, allocator, cudnn autotune
@@ -107,8 +109,10 @@ def bench_node_cost(models: Path, device: str, state: Path, workdir: Path, round
     from node.store import InstanceStore, encode_part10
     from pipelines.chest import ChestPipeline
     from pipelines.image import load_image
+    from pipelines.runtime import freeze_loaded_heap
 
     pipeline = ChestPipeline.from_models_dir(models, device=device, state_dir=state)
+    freeze_loaded_heap()  # as the worker does
     store = InstanceStore(workdir / "store", fsync=True)
     paths = [DATA / "dicom_samples" / name for name in DICOMS]
     print(f"\n== node cost per image on {device} (batch 1, warm; median of {rounds} round(s)), ms")

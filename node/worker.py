@@ -80,11 +80,13 @@ class ChestAnalyzer:
         if not Path(models_dir).is_dir():  # said at once, before seconds of importing torch
             raise ModelsUnavailableError(f"models folder not found: {Path(models_dir).resolve()}")
         from pipelines.chest import ChestPipeline  # torch/MONAI: imported here, not at module load
+        from pipelines.runtime import freeze_loaded_heap
 
         self._pipeline = ChestPipeline.from_models_dir(
             models_dir, device=None if device == "auto" else device, use_view_position=use_view_position,
             use_body_part=use_body_part, use_lung_field=use_lung_field,
         )
+        freeze_loaded_heap()  # the models live as long as the process: full collections skip them
         self._institution_name = institution_name
         self._max_pixels = max_pixels  # the receive limit bounds the decoder too (a file stored before)
 

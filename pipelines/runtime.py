@@ -8,6 +8,7 @@ needs no gradient; bf16 autocast on CUDA where the GPU supports it, fp16 otherwi
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -37,6 +38,21 @@ def inference(device: str) -> Iterator[None]:
                 yield
         else:
             yield
+
+
+def freeze_loaded_heap() -> int:
+    """Collect, then move every object alive now out of the cyclic collector's reach (``gc.freeze``).
+
+    Call once per process after the models are loaded. What is alive then (about 590,000 objects:
+    torch, MONAI, ultralytics, pydicom's and highdicom's standard tables, the networks) lives as
+    long as the process, yet every full collection walked all of it again: 310 ms on a 2-core
+    Xeon, about once per six images' result writing (pydicom and highdicom allocate many small
+    objects), 35-40 ms per image on average. Garbage is collected first so that no unreachable
+    cycle is frozen with the rest. Returns the number of objects frozen.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def stack(arrays: Sequence[np.ndarray], device: str) -> torch.Tensor:

@@ -208,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_UNUSABLE
     from pipelines.chest import ChestPipeline
     from pipelines.image import load_image
+    from pipelines.runtime import freeze_loaded_heap
 
     models = args.models if args.models is not None else default_models_dir()
     try:
@@ -220,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"cxr-node analyze: error: cannot load the models from {models.resolve()}: {exc}",
               file=sys.stderr)
         return EXIT_UNUSABLE
+    freeze_loaded_heap()  # as the worker does: full collections skip the loaded models
 
     failed = 0
     outputs = _Outputs(args.out)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -433,3 +435,27 @@ def test_a_thumbnail_is_not_analysed(pipeline, chest_png: Path, tmp_path: Path) 
     result = pipeline.analyze(load_image(thumb))
     assert not result.analysed and result.lungs is None and result.covid is None and result.ggo is None
     assert result.not_analysed_reason.startswith("image 96x96 px is not the shape of a chest radiograph")
+
+
+FREEZE_PROBE = """
+import gc, weakref
+from pipelines.runtime import freeze_loaded_heap
+
+class Node:
+    pass
+
+kept, dropped = Node(), Node()
+kept.me, dropped.me = kept, dropped  # two cycles: one alive, one garbage
+gone = weakref.ref(dropped)
+del dropped
+gc.disable()  # only freeze_loaded_heap's own collection may free the garbage
+frozen = freeze_loaded_heap()
+print(gone() is None, frozen == gc.get_freeze_count() > 0, gc.get_count()[0] < 50)
+"""
+
+
+def test_freezing_the_loaded_heap_collects_garbage_first() -> None:
+    """Run apart: freezing the test process's own heap would keep its garbage cycles forever."""
+    out = subprocess.run([sys.executable, "-c", FREEZE_PROBE], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.split() == ["True", "True", "True"], out.stderr
