@@ -58,6 +58,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 from node.association_slots import AssociationSlots
 from node.ingest import file_meta_bytes
 from node.logs import log_event
+from node.refusals import Refuser
 
 log = logging.getLogger("node.scp")
 
@@ -455,6 +456,8 @@ class NodeServer(ThreadedAssociationServer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._adopted = False
+        self.refuser = Refuser(_RJ_LOCAL_LIMIT)
+        self._refused: set[Any] = set()  # handed to the refuser; socketserver must not close them
         super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
@@ -483,6 +486,7 @@ class NodeServer(ThreadedAssociationServer):
     def server_close(self) -> None:
         """Close; an adopted socket only here: pynetdicom's ``shutdown(SHUT_RDWR)`` would stop the
         socket listening in every process that shares it."""
+        self.refuser.close()
         if self._adopted and self.socket is not None:
             self.socket.close()
             return
@@ -503,12 +507,15 @@ class NodeServer(ThreadedAssociationServer):
             return True
         log_event(log, "connection.refused_limit", logging.WARNING, peer=host, limit=refusal.limit,
                   open_connections=refusal.open_connections, allowed=refusal.allowed)
-        try:
-            request.settimeout(1.0)
-            request.sendall(_RJ_LOCAL_LIMIT)
-        except OSError:
-            pass
+        self.refuser.refuse(request)  # read its A-ASSOCIATE-RQ, then answer (node.refusals)
+        self._refused.add(request)
         return False
+
+    def shutdown_request(self, request: Any) -> None:
+        if request in self._refused:  # the refuser closes it once it has answered
+            self._refused.discard(request)
+            return
+        super().shutdown_request(request)
 
     def release_host(self, host: str) -> None:
         self.limits.slots.release(host)
