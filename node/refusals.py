@@ -130,6 +130,7 @@ class Refuser:
                 self._drop(refused, held, registered=False)
                 continue
             held[sock] = refused
+            self._readable(refused, held)  # what arrived before it was registered
         if closed:
             for refused in list(held.values()):
                 if not refused.answered:
@@ -139,18 +140,23 @@ class Refuser:
         return True
 
     def _readable(self, refused: _Refused, held: dict[socket.socket, _Refused]) -> None:
-        try:
-            chunk = refused.sock.recv(65536)
-        except _NOT_YET:
-            return
-        except OSError:
-            self._drop(refused, held)
-            return
-        if not chunk:  # the peer closed: after the answer, or without sending a request
-            self._drop(refused, held)
-            return
-        if refused.answered:
-            return  # read and discarded until the peer closes
+        """Read until the socket has nothing more: a TLS socket may hold decrypted bytes the
+        selector does not see."""
+        while refused.sock in held:
+            try:
+                chunk = refused.sock.recv(65536)
+            except _NOT_YET:
+                return
+            except OSError:
+                self._drop(refused, held)
+                return
+            if not chunk:  # the peer closed: after the answer, or without sending a request
+                self._drop(refused, held)
+                return
+            if not refused.answered:
+                self._received(refused, chunk, held)
+
+    def _received(self, refused: _Refused, chunk: bytes, held: dict[socket.socket, _Refused]) -> None:
         refused.received += chunk
         if len(refused.received) < PDU_HEADER_BYTES:
             return

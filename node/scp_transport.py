@@ -381,7 +381,21 @@ class BoundedSocket(AssociationSocket):
             view.release()
         if got < nr_bytes:
             del buffer[got:]
+            if not established:
+                self._request_never_came()
         return buffer
+
+    def _request_never_came(self) -> None:
+        """End the association's wait for an A-ASSOCIATE-RQ that can no longer come.
+
+        pynetdicom's acceptor waits for the request on the DUL's queue for the whole ACSE timeout,
+        and a transport closed in Sta2 puts nothing there (PS3.8 AA-5), so a TCP probe (a load
+        balancer's health check, a port scan) held its connection slot for 30 s. ``None`` is what
+        that wait returns on its timeout: the association ends and its slot is released at once.
+        """
+        dul = self.assoc.dul
+        if dul.state_machine.current_state == "Sta2":
+            dul.to_user_queue.put(None)
 
     def send(self, bytestream: bytes) -> None:
         if self.socket is not None:

@@ -218,6 +218,37 @@ def test_association_limits_hold_for_the_node_across_listener_processes(tmp_path
 
 
 @pytest.mark.parametrize("processes", [1, 2])
+def test_tcp_probes_release_their_connection_slots_at_once(tmp_path: Path, processes: int) -> None:
+    """A peer that connects and closes without an A-ASSOCIATE-RQ (a load balancer's health check,
+    a port scan) frees its slot when it closes: five probes, then two senders from the same host
+    with two allowed per host, well inside the 30 s ACSE timeout that held each slot before."""
+    config_path = tmp_path / "node.toml"
+    config_path.write_text(node_toml(tmp_path / "var", free_port(), node={
+        "listener_processes": processes, "max_associations_per_host": 2}))
+    service = NodeService(load_config(config_path), workers=0, deliver=False, schedule=False)
+    service.start()
+    port = service.config.node.port
+    held: list[Any] = []
+    try:
+        for _ in range(5):
+            socket.create_connection(("127.0.0.1", port), timeout=10).close()
+
+        def two_held() -> bool:
+            assoc = _associate(port, "127.0.0.1")
+            if assoc.is_established:
+                held.append(assoc)
+            return len(held) == 2
+
+        started = time.monotonic()
+        wait_for(two_held, 20, what="two associations after the probes")
+        assert time.monotonic() - started < 5
+    finally:
+        for assoc in held:
+            assoc.release()
+        service.stop(timeout=30)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
 def test_a_port_in_use_stops_serve_with_a_message(tmp_path: Path, processes: int) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -234,14 +265,16 @@ def test_a_port_in_use_stops_serve_with_a_message(tmp_path: Path, processes: int
 
 @pytest.mark.slow  # a PKI and a node process: over ~3 s
 def test_listener_processes_serve_the_tls_port_too(tmp_path: Path) -> None:
-    """Each listener process builds its own TLS context and accepts on the TLS socket serve bound."""
+    """Each listener process builds its own TLS context and accepts on the TLS socket serve bound;
+    a TLS connection over a limit reads the rejection after its handshake (node.refusals)."""
     which_or_fail("openssl")
     pki = make_pki(tmp_path / "pki")
     plain, tls = free_port(), free_port()
     config_path = tmp_path / "node.toml"
     config_path.write_text(node_toml(tmp_path / "var", plain, node={
         "listener_processes": 2, "tls_port": tls, "tls_certificate": str(pki.node.cert),
-        "tls_private_key": str(pki.node.key), "tls_ca_certificates": str(pki.ca.cert)}))
+        "tls_private_key": str(pki.node.key), "tls_ca_certificates": str(pki.ca.cert),
+        "max_associations_per_host": 2}))
     node = NodeProcess(config_path, plain, tmp_path / "node.log").start("--workers", "0")
     try:
         wait_for(lambda: "listener.pool_started" in node.log(), 60, what="the listener processes")
@@ -257,6 +290,20 @@ def test_listener_processes_serve_the_tls_port_too(tmp_path: Path) -> None:
         rogue = subprocess.run([which_or_fail("echoscu"), "-aec", "CXRNODE", "127.0.0.1", str(tls)],
                                capture_output=True, text=True, timeout=60)
         assert rogue.returncode != 0  # plain DICOM on the TLS port: no association
+        held: list[Any] = []
+
+        def hold_two() -> bool:  # the last sender's slot is released a moment after it exits
+            assoc = _associate(plain, "127.0.0.1")
+            if assoc.is_established:
+                held.append(assoc)
+            return len(held) == 2
+
+        wait_for(hold_two, 30, what="two associations held from 127.0.0.1")
+        over = subprocess.run([which_or_fail("echoscu"), *tls_args, "-aec", "CXRNODE", "127.0.0.1", str(tls)],
+                              capture_output=True, text=True, timeout=60)
+        for assoc in held:
+            assoc.release()
+        assert "Association Rejected" in over.stderr and "Local Limit Exceeded" in over.stderr, over.stderr
     finally:
         assert node.terminate(timeout=60) == 0, node.log()
 
