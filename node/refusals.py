@@ -57,6 +57,7 @@ class Refuser:
         self._thread: threading.Thread | None = None
         self._wake_read, self._wake_write = socket.socketpair()
         self._wake_read.setblocking(False)
+        self._wake_write.setblocking(False)  # a full buffer means a wake-up is pending already
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_read, selectors.EVENT_READ, None)
 
