@@ -5,6 +5,7 @@ receives the SEG, SR and SC, the audit trail of all of it without PHI, and the s
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -131,6 +132,22 @@ def test_rogue_certificate_and_plain_client_are_refused_on_the_tls_port(node: Tl
         assert "certificate verification failed" in record["event_outcome_description"]
     assert not [r for r in node.audit()[before:] if r["event_outcome_indicator"] == 0]
     assert "tls.refused" in node.process.log()
+
+
+def test_a_tcp_probe_of_the_tls_port_is_no_security_alert(node: TlsNode) -> None:
+    """A connection closed before its first byte (a health check, a port scan) attempted no
+    authentication; the plain-DICOM client after it, which did, is the one alert."""
+    before = len(node.audit())
+    for _ in range(3):
+        socket.create_connection(("127.0.0.1", node.tls_port), timeout=10).close()
+    out = dcmtk("echoscu", "-aet", "PLAINTLS", "-aec", "CXRNODE", "-to", "5", "-ta", "5",
+                "127.0.0.1", str(node.tls_port))
+    assert out.returncode != 0
+    alerts = wait_for(lambda: [r for r in node.audit()[before:] if r["event"] == "security-alert"], 10,
+                      what="the plain client's alert")
+    time.sleep(0.5)  # an alert written after it would show a probe counted
+    assert len([r for r in node.audit()[before:] if r["event"] == "security-alert"]) == len(alerts) == 1
+    assert "WRONG_VERSION_NUMBER" in alerts[0]["event_outcome_description"]
 
 
 def test_plain_port_stays_open_beside_tls(node: TlsNode) -> None:
