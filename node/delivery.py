@@ -37,7 +37,8 @@ from collections.abc import Callable, Sequence
 
 import pydicom
 from pydicom.uid import UID
-from pynetdicom import AE, _config
+from pynetdicom import AE, _config, evt
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 
 from node import audit
 from node.config import Destination, NodeConfig
@@ -84,6 +85,21 @@ def _bits_allocated(sop_class_uid: str) -> int:
     return 1 if sop_class_uid == SEG_STORAGE else 8
 
 
+def _rejection_into(rejections: list[str]) -> Callable[[evt.Event], None]:
+    """An EVT_PDU_RECV handler noting an A-ASSOCIATE-RJ's result, source and reason.
+
+    Read from the PDU itself: pynetdicom 3.0's requestor reports a rejection that arrives before
+    its own thread has looked at the connection as an abort (16 of 200 against dcmtk
+    ``storescp --refuse``), and its rejection says nothing of why; the reason tells an operator
+    whether to fix the destination's AE title or wait for its load to fall.
+    """
+    def note(event: evt.Event) -> None:
+        pdu = event.pdu
+        if isinstance(pdu, A_ASSOCIATE_RJ):
+            rejections.append(f"{pdu.result_str}, {pdu.source_str}: {pdu.reason_str}")
+    return note
+
+
 class CStoreSender:
     """C-STORE SCU to one DICOM destination (PS3.4 Annex B, SCU role)."""
 
@@ -128,10 +144,14 @@ class CStoreSender:
         pairs = {(i.instance.sop_class_uid, ts) for i in items for ts in self.syntaxes(i)}
         for sop_class, ts in sorted(pairs):
             ae.add_requested_context(sop_class, ts)
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=self.tls_args)
+        rejections: list[str] = []
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=self.tls_args,
+                             evt_handlers=[(evt.EVT_PDU_RECV, _rejection_into(rejections))])
         if not assoc.is_established:
             reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no connection"
-            if self.tls_args is not None and not (assoc.is_rejected or assoc.is_aborted):
+            if rejections:
+                reason = f"rejected ({rejections[0]})"
+            elif self.tls_args is not None and not (assoc.is_rejected or assoc.is_aborted):
                 reason = "no TLS connection (refused, or the TLS handshake failed: see the log)"
             message = f"association to {dest.ae_title}@{dest.host}:{dest.port} {reason}"
             return {i.id: message for i in items}

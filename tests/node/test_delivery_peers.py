@@ -26,7 +26,16 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from nodekit import REPO, OnlySomeClassesSCP, Orthanc, StoreSCP, free_port, node_toml, which_or_fail
+from nodekit import (
+    REPO,
+    OnlySomeClassesSCP,
+    Orthanc,
+    StoreSCP,
+    free_port,
+    node_toml,
+    wait_port,
+    which_or_fail,
+)
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 
 sys.path.insert(0, str(REPO / "tests" / "results"))
@@ -34,7 +43,7 @@ from factories import make_result  # type: ignore[import-not-found]  # noqa: E40
 from outboxkit import queue_results  # noqa: E402
 
 from node.config import load_config  # noqa: E402
-from node.delivery import DeliveryLoop  # noqa: E402
+from node.delivery import CStoreSender, DeliveryLoop  # noqa: E402
 from node.errors import DeliveryError  # noqa: E402
 from node.repository import DeliveryState, Repository  # noqa: E402
 from node.results import ResultSettings, build_result_objects  # noqa: E402
@@ -239,6 +248,35 @@ def test_destination_down_is_transient_and_backs_off(tmp_path: Path,
     errors = box.repo.status()["errors"]["deliveries"]
     assert len(errors) == 3 and all(e["error"].startswith("association to DOWN@") and e["attempts"] == 1
                                     for e in errors)
+
+
+def test_a_rejecting_destination_is_reported_with_the_rejection_reason(
+        tmp_path: Path, written: dict[str, list[pydicom.Dataset]]) -> None:
+    """dcmtk storescp --refuse rejects every association: each attempt reports the A-ASSOCIATE-RJ's
+    result, source and reason, read from the PDU (pynetdicom itself calls about 1 in 12 of these
+    rejections an abort), and the deliveries stay pending with that error."""
+    port = free_port()
+    refusing = subprocess.Popen([which_or_fail("storescp"), "--refuse", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, 30, refusing)
+        box = make_outbox(tmp_path, written["native"], {"name": "refusing", "ae_title": "DEST", "port": port})
+        config = load_config(box.config_path)
+        sender = CStoreSender(config.destinations[0], config, box.store)
+        due = box.repo.due_deliveries(10)
+        assert len(due) == 3
+        expected = "rejected (Rejected (Permanent), DUL service-user: No reason given)"
+        for _ in range(12):
+            outcome = sender.send(due)
+            assert set(outcome) == {d.id for d in due}
+            assert all(str(message).endswith(expected) for message in outcome.values()), outcome
+        box.drain()
+        assert box.states() == {"pending": 3, "sent": 0, "failed": 0}
+        errors = box.repo.status()["errors"]["deliveries"]
+        assert len(errors) == 3 and all(e["error"].endswith(expected) for e in errors)
+    finally:
+        refusing.terminate()
+        refusing.wait(15)
 
 
 def test_sop_class_not_supported_status_fails_at_once_out_of_resources_retries(
