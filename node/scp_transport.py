@@ -44,6 +44,7 @@ import socket
 import ssl
 import struct
 import tempfile
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -67,6 +68,9 @@ _NON_PDATA_MAX = 1 << 20  # A-ASSOCIATE-RQ and the other control PDUs are a few 
 # (presentation related), reason 2 local-limit-exceeded.
 _RJ_LOCAL_LIMIT = struct.pack(">BBLBBBB", 0x03, 0x00, 4, 0x00, 0x02, 0x03, 0x02)
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+# Connections over a limit on the TLS port whose handshake may run at once (each on its own
+# thread, up to the handshake timeout, before their A-ASSOCIATE-RJ); more are closed unanswered.
+TLS_REFUSALS_IN_HANDSHAKE = 8
 # How long a reactor waits for its next event before its own housekeeping (timers, release,
 # abort, kill): pynetdicom's own loop delay.
 REACTOR_WAIT = 0.001
@@ -449,6 +453,8 @@ class NodeRequestHandler(RequestHandler):
     def handle(self) -> None:
         assoc = None
         try:
+            if self.server.ssl_context is not None and not self._handshake():
+                return
             assoc = self._create_association()
             evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
             assoc.start()
@@ -459,6 +465,17 @@ class NodeRequestHandler(RequestHandler):
             if assoc is not None and isinstance(assoc.dul.socket, BoundedSocket):
                 assoc.dul.socket.wakeup.close()
             self.server.release_host(str(self.client_address[0]))
+
+
+    def _handshake(self) -> bool:
+        """The TLS handshake, on this connection's own thread (NodeServer.get_request); False when
+        it failed (node.tls.ListenerContext has logged and audited it and closed the socket)."""
+        context = cast(ssl.SSLContext, self.server.ssl_context)
+        try:
+            self.request = context.wrap_socket(self.request, server_side=True)
+        except (OSError, ValueError):
+            return False
+        return True
 
 
 class NodeServer(ThreadedAssociationServer):
@@ -472,6 +489,7 @@ class NodeServer(ThreadedAssociationServer):
         self._adopted = False
         self.refuser = Refuser(_RJ_LOCAL_LIMIT)
         self._refused: set[Any] = set()  # handed to the refuser; socketserver must not close them
+        self._tls_refusals = threading.BoundedSemaphore(TLS_REFUSALS_IN_HANDSHAKE)
         super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
@@ -507,7 +525,10 @@ class NodeServer(ThreadedAssociationServer):
         super().server_close()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        client, address = super().get_request()
+        """Accept, without the TLS handshake pynetdicom does here: a peer slow to handshake (or
+        silent) held the accept loop for the handshake timeout, and every other TLS peer of this
+        process waited behind it. The connection's thread does it (NodeRequestHandler)."""
+        client, address = cast(socket.socket, self.socket).accept()
         try:
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
@@ -521,9 +542,26 @@ class NodeServer(ThreadedAssociationServer):
             return True
         log_event(log, "connection.refused_limit", logging.WARNING, peer=host, limit=refusal.limit,
                   open_connections=refusal.open_connections, allowed=refusal.allowed)
-        self.refuser.refuse(request)  # read its A-ASSOCIATE-RQ, then answer (node.refusals)
+        if self.ssl_context is None:
+            self.refuser.refuse(request)  # read its A-ASSOCIATE-RQ, then answer (node.refusals)
+        elif self._tls_refusals.acquire(blocking=False):
+            threading.Thread(target=self._refuse_over_tls, args=(request,), name="tls-refusal",
+                             daemon=True).start()
+        else:
+            request.close()  # more refusals in their handshake than allowed: closed unanswered
         self._refused.add(request)
         return False
+
+    def _refuse_over_tls(self, request: socket.socket) -> None:
+        """The rejection of a TLS connection goes over TLS: handshake first (this thread, bounded
+        by the context's timeout), then the refuser."""
+        try:
+            tls = cast(ssl.SSLContext, self.ssl_context).wrap_socket(request, server_side=True)
+        except (OSError, ValueError):
+            return  # logged and audited by node.tls.ListenerContext, which closed the socket
+        finally:
+            self._tls_refusals.release()
+        self.refuser.refuse(tls)
 
     def shutdown_request(self, request: Any) -> None:
         if request in self._refused:  # the refuser closes it once it has answered

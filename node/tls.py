@@ -57,11 +57,12 @@ class TlsPeer:
 class ListenerContext(ssl.SSLContext):
     """The listener's SSLContext: a bounded handshake, and every refused handshake reported.
 
-    pynetdicom wraps each accepted socket with ``ssl_context.wrap_socket(sock, server_side=True)``
-    in the server's accept loop (``AssociationServer.get_request``), and a failed handshake is
-    dropped there silently. Overriding ``wrap_socket`` gives the handshake a timeout (a client
-    that connects and sends nothing cannot hold the accept loop) and lets the node log and audit
-    the refusal (a plain-TCP client, a certificate from another CA, no certificate).
+    The node wraps each accepted socket with ``wrap_socket(sock, server_side=True)`` on the
+    connection's own thread (node.scp_transport.NodeRequestHandler; pynetdicom would do it in the
+    accept loop and drop a failure silently). Overriding ``wrap_socket`` gives the handshake a
+    timeout (a client that connects and sends nothing holds its thread no longer) and lets the
+    node log and audit the refusal (a plain-TCP client, a certificate from another CA, no
+    certificate).
     """
 
     handshake_timeout: float = 10.0

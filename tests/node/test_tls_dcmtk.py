@@ -150,6 +150,23 @@ def test_a_tcp_probe_of_the_tls_port_is_no_security_alert(node: TlsNode) -> None
     assert "WRONG_VERSION_NUMBER" in alerts[0]["event_outcome_description"]
 
 
+def test_silent_tls_connections_do_not_hold_up_other_tls_peers(node: TlsNode, pki: Pki) -> None:
+    """Three connections that never send a ClientHello (more than the node has listener processes)
+    wait out their handshake timeout (10 s) on their own threads; a TLS peer behind them is served
+    at once, not after them."""
+    silent = [socket.create_connection(("127.0.0.1", node.tls_port), timeout=30) for _ in range(3)]
+    try:
+        time.sleep(0.3)  # every one accepted
+        started = time.monotonic()
+        out = dcmtk("echoscu", *tls_args(pki.client.key, pki.client.cert, pki.ca.cert), "-aec", "CXRNODE",
+                    "-to", "30", "127.0.0.1", str(node.tls_port))
+        assert out.returncode == 0, out.stderr
+        assert time.monotonic() - started < 5
+    finally:
+        for sock in silent:
+            sock.close()
+
+
 def test_plain_port_stays_open_beside_tls(node: TlsNode) -> None:
     out = dcmtk("echoscu", "-aet", "PLAIN", "-aec", "CXRNODE", "127.0.0.1", str(node.plain_port))
     assert out.returncode == 0, out.stderr
