@@ -466,7 +466,6 @@ class NodeRequestHandler(RequestHandler):
                 assoc.dul.socket.wakeup.close()
             self.server.release_host(str(self.client_address[0]))
 
-
     def _handshake(self) -> bool:
         """The TLS handshake, on this connection's own thread (NodeServer.get_request); False when
         it failed (node.tls.ListenerContext has logged and audited it and closed the socket)."""
