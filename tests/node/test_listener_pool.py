@@ -176,6 +176,18 @@ def _associate(port: int, source: str) -> Any:
     return ae.associate("127.0.0.1", port, ae_title="CXRNODE", bind_address=(source, 0))
 
 
+def _hold(port: int, count: int, held: list[Any], within: float, what: str) -> None:
+    """Associate from 127.0.0.1 until ``count`` are established (kept in ``held``): a slot freed a
+    moment ago may still refuse the first tries."""
+    def enough() -> bool:
+        assoc = _associate(port, "127.0.0.1")
+        if assoc.is_established:
+            held.append(assoc)
+        return len(held) == count
+
+    wait_for(enough, within, what=what)
+
+
 def test_association_limits_hold_for_the_node_across_listener_processes(tmp_path: Path) -> None:
     """Two listener processes, at most 4 connections and 3 per host: the kernel may give any
     connection to either process, and the limits still count every one of them exactly."""
@@ -233,14 +245,8 @@ def test_tcp_probes_release_their_connection_slots_at_once(tmp_path: Path, proce
         for _ in range(5):
             socket.create_connection(("127.0.0.1", port), timeout=10).close()
 
-        def two_held() -> bool:
-            assoc = _associate(port, "127.0.0.1")
-            if assoc.is_established:
-                held.append(assoc)
-            return len(held) == 2
-
         started = time.monotonic()
-        wait_for(two_held, 20, what="two associations after the probes")
+        _hold(port, 2, held, 20, "two associations after the probes")
         assert time.monotonic() - started < 5
     finally:
         for assoc in held:
@@ -292,13 +298,7 @@ def test_listener_processes_serve_the_tls_port_too(tmp_path: Path) -> None:
         assert rogue.returncode != 0  # plain DICOM on the TLS port: no association
         held: list[Any] = []
 
-        def hold_two() -> bool:  # the last sender's slot is released a moment after it exits
-            assoc = _associate(plain, "127.0.0.1")
-            if assoc.is_established:
-                held.append(assoc)
-            return len(held) == 2
-
-        wait_for(hold_two, 30, what="two associations held from 127.0.0.1")
+        _hold(plain, 2, held, 30, "two associations held from 127.0.0.1")  # the last sender's slot frees late
         over = subprocess.run([which_or_fail("echoscu"), *tls_args, "-aec", "CXRNODE", "127.0.0.1", str(tls)],
                               capture_output=True, text=True, timeout=60)
         for assoc in held:
