@@ -84,6 +84,7 @@ from training.ggo_measure import (
     usable,
     wilson,
 )
+from training.manifest import ManifestRow
 from training.metrics import dice_iou
 
 FOLDS = 5
@@ -109,10 +110,7 @@ def all_rows(data_root: Path, manifest: Path, seen: Path | None) -> list[dict[st
     taken = {r["path"] for r in rows} | {r.image_path for r in gb}
     gb_keys = {r.image_key for r in gb}
     extra = [r for r in ieee if r.image_path not in taken and r.image_key not in gb_keys]
-    fresh = [r for r in extra if r.patient_id not in split_of]
-    split_patients(fresh)
-    rows += [image_row(r, split=split_of.get(r.patient_id, r.split), origin="ieee8023_extra", ggo_mask="",
-                       seen_split="") for r in extra]
+    rows += added_rows(extra, split_of, "ieee8023_extra", seen_split={})
     brixia = read_brixia(data_root / "ieee8023_covid_cxr" / "annotations" / "brixia_public-annotations.csv")
     source = {r.image_path: r for r in [*gb, *ieee]}
     for row in rows:
@@ -138,10 +136,17 @@ def nih_opacity_rows(data_root: Path, rows: list[dict[str, Any]], seen: Path | N
     new = [r for r in scan_dataset("shared_nih_talo", folder)
            if Path(r.image_path).name in boxed and r.projection != "lateral" and r.image_path not in taken]
     split_of = {r["patient_id"]: r["split"] for r in rows}
-    split_patients([r for r in new if r.patient_id not in split_of])
-    seen_split = seen_splits(seen)
-    return [image_row(r, split=split_of.get(r.patient_id, r.split), origin="nih_opacity", ggo_mask="",
-                      seen_split=seen_split.get(r.patient_id, "")) | {"rsna_opacity": True} for r in new]
+    return [row | {"rsna_opacity": True}
+            for row in added_rows(new, split_of, "nih_opacity", seen_split=seen_splits(seen))]
+
+
+def added_rows(records: list[ManifestRow], split_of: dict[str, str], origin: str, *,
+               seen_split: dict[str, str]) -> list[dict[str, Any]]:
+    """Rows for images the GGO manifests do not hold: a patient in ``split_of`` keeps that split, the
+    others are dealt with :func:`split_patients` (in place)."""
+    split_patients([r for r in records if r.patient_id not in split_of])
+    return [image_row(r, split=split_of.get(r.patient_id, r.split), origin=origin, ggo_mask="",
+                      seen_split=seen_split.get(r.patient_id, "")) for r in records]
 
 
 def read_rsna_opacity_files(path: Path) -> set[str]:
