@@ -13,11 +13,11 @@ Association negotiation (PS3.8 9.3.4 A-ASSOCIATE-RJ):
   rejected-permanent, service-user, reason 3, logged with the host (node.peers).
 A second server on ``tls_port`` speaks DICOM TLS (node.tls); every association, refused TLS
 handshake and C-STORE leaves an audit record (node.audit).
-Presentation contexts: Verification, CR, DX For Presentation, DX For Processing and Secondary
-Capture Image Storage, each with every transfer syntax pydicom can decode with the installed
-pixel-data plugins. Any other abstract syntax is rejected per context ("abstract-syntax-not-
-supported", PS3.8 9.3.3.2), never silently accepted. Multi-frame SC classes are left out: a
-chest radiograph is a single frame, and the pipeline analyses single frames.
+Presentation contexts: Verification, and every Storage SOP Class (node.sop_classes) with every
+transfer syntax pydicom can decode with the installed pixel-data plugins. The radiograph classes are
+analysed; any other stored object (a dose SR, a presentation state, another system's SEG) is kept
+with its study without a result, so a PACS forwarding a whole study never sees a refusal. Any other
+abstract syntax is rejected per context ("abstract-syntax-not-supported", PS3.8 9.3.3.2).
 """
 
 from __future__ import annotations
@@ -32,12 +32,6 @@ from typing import Any
 
 import pydicom.pixels
 import pydicom.uid
-from pydicom.uid import (
-    ComputedRadiographyImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-    SecondaryCaptureImageStorage,
-)
 from pynetdicom import evt
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -61,6 +55,7 @@ from node.ingest.outcomes import ReceiveOutcomes
 from node.logs import log_event
 from node.peers import PeerTable, reject_calling_aet
 from node.scp_transport import IncomingFile, NodeAE, ReceiveLimits
+from node.sop_classes import STORED_SOP_CLASSES
 from node.store import InstanceStore
 from node.tls import node_listener_context, tls_peer
 
@@ -68,12 +63,6 @@ log = logging.getLogger("node.scp")
 
 SLOTS_LOCK_FILE = "association-slots.lock"  # in data_dir: the slots' lock between listener processes
 VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"  # PS3.4 A.4: C-ECHO
-STORAGE_SOP_CLASSES = (
-    ComputedRadiographyImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-    SecondaryCaptureImageStorage,
-)
 
 
 def decodable_transfer_syntaxes() -> list[str]:
@@ -404,7 +393,7 @@ def build_ae(config: NodeConfig, incoming_dir: Path, slots: AssociationSlots) ->
     ae.maximum_pdu_size = node.max_pdu_bytes  # PS3.8 D.1 Maximum Length, enforced by the transport
     syntaxes = decodable_transfer_syntaxes()
     ae.add_supported_context(VERIFICATION_SOP_CLASS)
-    for sop_class in STORAGE_SOP_CLASSES:
+    for sop_class in STORED_SOP_CLASSES:
         ae.add_supported_context(sop_class, syntaxes)
     return ae
 

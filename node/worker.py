@@ -46,6 +46,7 @@ from node.ingest.commit import store_result
 from node.logs import escape_control, log_event, redact, redacting
 from node.phi import identity_values, identity_values_from_file, safe_message
 from node.repository import ClaimedJob, InstanceRecord, Repository
+from node.sop_classes import is_analysed
 from node.store import InstanceStore
 from pipelines.image import DEFAULT_MAX_PIXELS
 
@@ -405,14 +406,20 @@ class Worker:
     def _analyse_job(
         self, job: ClaimedJob, lease: LeaseKeeper, written: list[InstanceRecord]
     ) -> tuple[list[ImageFailure], int] | None:
-        """Analyse every image; None when stopping (the job is released, not failed).
+        """Analyse every image of an analysed class (node.sop_classes); None when stopping (the job
+        is released, not failed).
 
         Appends the result records to ``written`` as their files are stored (a failed image gets
         its "not analysed" report there) and returns the images that failed (deterministically)
         and the number of images; raises on a transient fault, which fails the whole attempt.
         """
         assert self.analyzer is not None
-        instances = self.repo.job_instances(job.id)
+        received = self.repo.job_instances(job.id)
+        instances = [inst for inst in received if is_analysed(inst.sop_class_uid)]
+        if len(instances) < len(received):
+            # dose reports, presentation states, other systems' objects: kept with the study, no result
+            log_event(log, "job.stored_only", job_id=job.id, study=job.study_instance_uid,
+                      objects=len(received) - len(instances), images=len(instances))
         failures: list[ImageFailure] = []
         from node.results import ResultSeries
 

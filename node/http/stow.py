@@ -53,7 +53,8 @@ from node.ingest import (
     store_received,
 )
 from node.logs import log_event
-from node.scp import STORAGE_SOP_CLASSES, decodable_transfer_syntaxes
+from node.scp import decodable_transfer_syntaxes
+from node.sop_classes import is_stored
 from node.store import data_set_offset, valid_uid
 
 if TYPE_CHECKING:  # python-multipart declares its callback types for type checkers only
@@ -239,9 +240,9 @@ class StowReceiver:
         ts = str(meta.get("TransferSyntaxUID", ""))
         outcome = PartOutcome(sop_class_uid=sop_class if valid_uid(sop_class) else "",
                               sop_instance_uid=sop_instance if valid_uid(sop_instance) else "")
-        if sop_class not in STORAGE_SOP_CLASSES:
+        if not is_stored(sop_class):
             outcome.status = STATUS_SOP_CLASS_NOT_SUPPORTED
-            outcome.reason = f"SOP class {sop_class[:64]} not accepted"
+            outcome.reason = f"SOP class {sop_class[:64]} is not a Storage SOP Class"
             return outcome
         if ts not in self._syntaxes:
             outcome.status = STATUS_TRANSFER_SYNTAX_NOT_SUPPORTED

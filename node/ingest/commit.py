@@ -118,8 +118,9 @@ class DuplicateInstanceError(InvalidInstanceError):
 def _already_stored(
     store: InstanceStore, repo: Repository, header: Header, candidate: Path, transfer_syntax: str
 ) -> bool:
-    """True for an identical resend of a stored instance (acknowledge, no new work); raises
-    DuplicateInstanceError for a different one; False when the UID is not stored yet.
+    """True for an identical resend of a stored instance or a copy of one of the node's own result
+    objects (acknowledge, no new work); raises DuplicateInstanceError for a different copy of a
+    received instance; False when the UID is not stored yet.
 
     The stored file and its row always describe the same data set: a row exists only for a
     file that was completely written, so a file without a row is a copy that was never
@@ -133,7 +134,10 @@ def _already_stored(
     if record is None:
         return False
     if record.derived:
-        raise DuplicateInstanceError(f"SOP Instance UID {uid} belongs to a result object of this node")
+        # One of the node's own results, sent back (a PACS forwarding the whole study again, or a
+        # routing rule that echoes everything): the node holds that SOP Instance already, so it is
+        # acknowledged without new work; the copy is neither stored nor analysed (no result loop).
+        return True
     if str(record.transfer_syntax_uid) != str(transfer_syntax):
         raise DuplicateInstanceError(
             f"SOP Instance UID {uid} is already stored in transfer syntax {record.transfer_syntax_uid}, "

@@ -31,6 +31,7 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_16, EXPLICIT_VR_LENGTH_32
 
 from node.errors import InvalidInstanceError, StoreError
 from node.ingest.status import STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH, STATUS_OUT_OF_RESOURCES
+from node.sop_classes import is_analysed
 from node.store import valid_uid
 from pipelines.codestream import CODESTREAM_HEAD_BYTES, declared_frame_size
 
@@ -434,6 +435,23 @@ def _first_fragment(buf: bytes | memoryview, start: int, limit: int) -> bytes:
     return b""
 
 
+def _check_pixel_framing(buf: bytes | memoryview, pos: int, ts: UID, implicit: bool, little: bool) -> None:
+    """The pixel element at ``pos`` of an object that is stored only: its value is all there."""
+    _tag, header_len, length = _pixel_element(buf, pos, implicit, little)
+    start = pos + header_len
+    if length == 0xFFFFFFFF:
+        if not ts.is_compressed:
+            raise InvalidInstanceError(
+                "undefined-length Pixel Data in a native transfer syntax", STATUS_CANNOT_UNDERSTAND
+            )
+        _encapsulated_end(buf, start)
+    elif start + length > len(buf):
+        raise InvalidInstanceError(
+            f"data set truncated: Pixel Data declares {length} bytes, {len(buf) - start} received",
+            STATUS_CANNOT_UNDERSTAND,
+        )
+
+
 def check_header(
     buf: bytes | memoryview,
     ts: UID,
@@ -447,7 +465,10 @@ def check_header(
     Parses the elements before Pixel Data (stop at (7FE0,xxxx)), then reads the
     Pixel Data element header by hand: a defined length must fit in the bytes received and
     cover Rows x Columns x Samples x Frames (native encoding); an encapsulated value must end
-    with its Sequence Delimitation Item (PS3.5 A.4). Pixel values are never read here.
+    with its Sequence Delimitation Item (PS3.5 A.4). Pixel values are never read here. The image
+    checks (geometry, ``max_pixels``, the code stream's size) apply to the analysed radiograph
+    classes only; an object that is stored only needs its UIDs and, when it has pixels, a whole
+    pixel element.
     """
     implicit, little = ts.is_implicit_VR, ts.is_little_endian
     if ts == DeflatedExplicitVRLittleEndian:
@@ -491,6 +512,12 @@ def check_header(
             f"SOPInstanceUID {sop_instance} differs from the request's {affected_sop_instance}",
             STATUS_DATASET_MISMATCH,
         )
+    if not is_analysed(sop_class):
+        # Kept, never decoded (node.sop_classes): only the framing of any pixel element is checked,
+        # so the stored file is whole; a multi-frame CT over max_pixels is still a valid object.
+        if pos < len(buf):
+            _check_pixel_framing(buf, pos, ts, implicit, little)
+        return Header(sop_class, sop_instance, study, series, accession[:16], 0, 0, 0)
     if rows <= 0 or columns <= 0:
         raise InvalidInstanceError("Rows/Columns missing: not an image", STATUS_DATASET_MISMATCH)
     if bits <= 0:

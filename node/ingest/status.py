@@ -1,6 +1,7 @@
 """C-STORE statuses of the receive path (PS3.4 Annex B.2.3, Table B.2-1, and PS3.7 Annex C).
 
-- 0x0000 Success -- stored and recorded, or an identical resend of a stored instance.
+- 0x0000 Success -- stored and recorded, an identical resend of a stored instance, or a copy of one
+  of the node's own result objects (not taken in again).
 - 0xA700 Refused: Out of Resources -- free disk below the watermark, instance (or its inflated
   form) over ``max_instance_bytes``, image over ``max_pixels``, the store cannot write.
 - 0xA900 Error: Data Set does not match SOP Class -- SOP class differs from the presentation

@@ -32,6 +32,7 @@ from pydicom.uid import generate_uid
 
 from node.config import parse_config
 from node.errors import ConfigError
+from node.http import stow
 from node.repository import status as status_queries
 from node.service import NodeService
 
@@ -96,8 +97,12 @@ def test_a_wrong_password_fails_with_the_http_status(tmp_path: Path, orthanc: Or
         assert row["error"] == f"STOW-RS to destination 'pacs' ({orthanc.url}/dicom-web): HTTP 401"
 
 
-def test_bearer_token_destination_and_a_refused_sop_class(tmp_path: Path) -> None:
-    """Node A delivers to node B's STOW-RS with B's bearer token; B takes only CR/DX/SC."""
+def test_bearer_token_destination_and_a_refused_sop_class(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Node A delivers to node B's STOW-RS with B's bearer token; B, restricted here to secondary
+    captures (a node takes every Storage SOP Class), refuses the SEG and the SR with 0x0122."""
+    monkeypatch.setattr(stow, "is_stored", lambda sop_class: sop_class == SC)
     receiver_config = http_config(tmp_path / "b", token="node-b-token")
     receiver = start_service(receiver_config, workers=0, deliver=False, schedule=False, listen=False)
     destination = {"name": "node-b", "type": "dicomweb", "url": f"{base_url(receiver_config)}/dicomweb",

@@ -106,23 +106,28 @@ def test_partial_success_is_202_with_each_failure_and_its_reason(node: NodeServi
     good = make_dx(study, seed=1)
     no_pixels = make_dx(study, seed=2)
     del no_pixels.PixelData
-    seg = make_dx(study, seed=3)
+    seg = make_dx(study, seed=3)  # another system's SEG in the study: stored, never analysed
     seg.SOPClassUID = seg.file_meta.MediaStorageSOPClassUID = SEG
+    unknown = make_dx(study, seed=5)
+    not_storage = "1.2.826.0.1.3680043.8.498.1"  # a UID that names no Storage SOP Class
+    unknown.SOPClassUID = unknown.file_meta.MediaStorageSOPClassUID = not_storage
     big = make_dx(study, rows=1500, cols=1500, seed=4)  # 4.5 MB of pixels > max_instance_bytes
-    response = post(node, [part10(good), part10(no_pixels), part10(seg), part10(big), b"not dicom at all"])
+    response = post(node, [part10(good), part10(no_pixels), part10(seg), part10(unknown), part10(big),
+                           b"not dicom at all"])
     assert response.status_code == 202, response.text
     assert response.headers["content-type"].startswith("application/dicom+json")
-    assert stored(response) == [str(good.SOPInstanceUID)]
+    assert stored(response) == [str(good.SOPInstanceUID), str(seg.SOPInstanceUID)]
     assert failures(response) == {
         str(no_pixels.SOPInstanceUID): 0xA900,  # data set does not match SOP class (no Pixel Data)
-        str(seg.SOPInstanceUID): 0x0122,  # SOP class not supported
+        str(unknown.SOPInstanceUID): 0x0122,  # SOP class not supported
         str(big.SOPInstanceUID): 0xA700,  # out of resources: over max_instance_bytes
         "": 0xC000,  # cannot understand
     }
     warning = response.headers["warning"]
     assert "299 cxr-node" in warning and "no Pixel Data" in warning and "max_instance_bytes" in warning
-    for ds in (no_pixels, seg, big):
+    for ds in (no_pixels, unknown, big):
         assert node.repo.find_instance(str(ds.SOPInstanceUID)) is None
+    assert node.repo.find_instance(str(seg.SOPInstanceUID)) is not None
     assert not list(node.store.incoming.iterdir())
 
 

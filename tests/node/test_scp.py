@@ -177,13 +177,92 @@ def test_calling_ae_outside_allowlist_is_rejected(node: NodeService) -> None:
     )  # calling-AE-title-not-recognized
 
 
-def test_unknown_sop_class_context_is_rejected(node: NodeService) -> None:
-    assoc = scu(node, (CTImageStorage, [ExplicitVRLittleEndian]), (Verification, [ExplicitVRLittleEndian]))
+def test_an_abstract_syntax_that_is_no_storage_class_is_rejected(node: NodeService) -> None:
+    worklist = "1.2.840.10008.5.1.4.31"  # Modality Worklist FIND: not a service of this node
+    assoc = scu(node, (worklist, [ExplicitVRLittleEndian]), (Verification, [ExplicitVRLittleEndian]),
+                (CTImageStorage, [ExplicitVRLittleEndian]))
     assert assoc.is_established
     rejected = [c.abstract_syntax for c in assoc.rejected_contexts]
     accepted = [c.abstract_syntax for c in assoc.accepted_contexts]
     assoc.release()
-    assert rejected == [CTImageStorage] and accepted == [Verification]
+    assert rejected == [worklist] and accepted == [Verification, CTImageStorage]
+
+
+def _in_study(path: Path, study: pydicom.Dataset, out: Path) -> Path:
+    """A real object moved into ``study`` (its patient and study), with UIDs of its own."""
+    ds = pydicom.dcmread(path)
+    for keyword in ("PatientName", "PatientID", "StudyInstanceUID", "AccessionNumber", "StudyDate"):
+        setattr(ds, keyword, study.get(keyword, ""))
+    ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(out, enforce_file_format=True)
+    return out
+
+
+def test_dcmsend_of_a_study_folder_with_non_image_objects_stores_every_object(
+    node: NodeService, tmp_path: Path, dicom_samples: Path
+) -> None:
+    """dcmsend in its default configuration halts at the first instance it cannot send: a study
+    folder holding an SR and another system's SEG beside its radiographs must be taken whole."""
+    dcmsend = which_or_fail("dcmsend")
+    folder = tmp_path / "study"
+    folder.mkdir()
+    images = write_study(folder, 2)
+    study = pydicom.dcmread(images[0], stop_before_pixels=True)
+    others = [
+        _in_study(dicom_samples / "highdicom_sr_document.dcm", study, folder / "a-sr.dcm"),
+        _in_study(dicom_samples / "highdicom_seg_image_cr_binary.dcm", study, folder / "b-seg.dcm"),
+    ]
+    out = subprocess.run(
+        [dcmsend, "-aet", "TESTSCU", "-aec", "CXRNODE", "127.0.0.1", str(node.config.node.port),
+         *map(str, sorted(folder.iterdir()))],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    for path in [*images, *others]:
+        sent = pydicom.dcmread(path, stop_before_pixels=True)
+        record = node.repo.find_instance(sent.SOPInstanceUID)
+        assert record is not None and not record.derived, path.name
+        assert record.sop_class_uid == sent.SOPClassUID
+        assert pydicom.dcmread(node.store.path(record.path), stop_before_pixels=True).SOPInstanceUID == \
+            sent.SOPInstanceUID
+    studies = node.repo.status(max_studies=1000)["studies"]
+    assert [s["instances"] for s in studies if s["study_instance_uid"] == study.StudyInstanceUID] == [4]
+
+
+def test_stored_only_objects_skip_the_image_checks_but_not_the_framing(
+    node: NodeService, tmp_path: Path
+) -> None:
+    """A multi-frame CT over max_pixels and an SR without Pixel Data are stored (they are never
+    decoded); a stored-only object whose Pixel Data is cut short is still refused 0xC000."""
+    ct = make_dx(generate_uid(), rows=512, cols=512)
+    ct.SOPClassUID = ct.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ct.Modality = "CT"
+    ct.NumberOfFrames = 24  # 512 x 512 x 24 = 6.3 million values, over this node's 5.1 million
+    ct.PixelData = bytes(512 * 512 * 2 * 24)
+    sr = make_dx(generate_uid())
+    sr.SOPClassUID = sr.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.67"  # X-Ray dose SR
+    sr.Modality = "SR"
+    for keyword in ("PixelData", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit",
+                    "SamplesPerPixel", "PhotometricInterpretation", "PixelRepresentation"):
+        if keyword in sr:
+            delattr(sr, keyword)
+    cut = make_dx(generate_uid())
+    cut.SOPClassUID = cut.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    cut_path = tmp_path / "cut.dcm"
+    data = _part10(cut, cut_path)
+    cut_path.write_bytes(data[: len(data) - 5000])
+
+    assoc = scu(node, (CTImageStorage, [ExplicitVRLittleEndian]), ("1.2.840.10008.5.1.4.1.1.88.67",
+                                                                  [ExplicitVRLittleEndian]))
+    assert assoc.is_established
+    statuses = [int(assoc.send_c_store(ds).Status) for ds in (ct, sr)]
+    statuses.append(int(assoc.send_c_store(cut_path).Status))
+    assoc.release()
+    assert statuses == [0x0000, 0x0000, 0xC000]
+    assert node.repo.find_instance(ct.SOPInstanceUID) is not None
+    assert node.repo.find_instance(sr.SOPInstanceUID) is not None
+    assert node.repo.find_instance(cut.SOPInstanceUID) is None
 
 
 def _send_raw(node: NodeService, path: Path) -> int:

@@ -3,8 +3,9 @@
 1. storescu -> node -> ChestPipeline + result writers -> dcmtk storescp in its default configuration
    (uncompressed transfer syntaxes only), which is down at first: the deliveries back off and
    complete once it is up; SEG, SR and SC arrive uncompressed and pass dciodvfy;
-2. Orthanc as the PACS: Orthanc sends a study to the node and the node's SEG, SR and secondary
-   capture arrive back inside the same study;
+2. Orthanc as the PACS: Orthanc sends a study (a radiograph, another system's SR and SEG) to the
+   node and the node's SEG, SR and secondary capture arrive back inside the same study; sent
+   again with them, nothing new is taken in;
 3. SIGKILL of the node while storescu sends 100 images: after a restart nothing acknowledged
    is missing and every study is analysed; SIGTERM then stops node and worker cleanly.
 
@@ -13,14 +14,16 @@ The tests share one running system (see conftest: loading torch is the expensive
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import time
+import urllib.error
 from pathlib import Path
 
 import pydicom
 import pytest
-from nodekit import StoreSCP, System, wait_for, which_or_fail, write_study
+from nodekit import NodeProcess, Orthanc, StoreSCP, System, wait_for, which_or_fail, write_study
 
 # The running system (serve + a worker process loading the pipeline) and 100-image runs: 6-25 s each.
 pytestmark = pytest.mark.slow
@@ -115,28 +118,59 @@ def test_storescu_to_node_results_reach_storescp_after_it_comes_up(
     assert "recent errors:" in human  # the Orthanc deliveries are still retrying
 
 
+def _into_study(sample: Path, source: pydicom.Dataset) -> bytes:
+    """A real object of another system moved into the source's patient and study."""
+    ds = pydicom.dcmread(sample)
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "StudyInstanceUID", "AccessionNumber",
+                    "StudyDate", "StudyTime", "StudyID"):
+        setattr(ds, keyword, source.get(keyword, ""))
+    ds.SeriesInstanceUID, ds.SOPInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _study_counts(node: NodeProcess, study_uid: str) -> tuple[int, int]:
+    """(objects received, result objects) of one study, from ``cxr-node status --json``."""
+    study = [s for s in node.status()["studies"] if s["study_instance_uid"] == study_uid]
+    assert len(study) == 1, study
+    return study[0]["instances"], study[0]["results"]
+
+
+def _orthanc_store(orthanc: Orthanc, study_id: str) -> object:
+    """Orthanc's synchronous store job to the node; an HTTP error names what Orthanc reports."""
+    try:
+        body = json.dumps({"Resources": [study_id], "Synchronous": True}).encode()
+        return orthanc.request("POST", "/modalities/cxrnode/store", body, timeout=120)
+    except urllib.error.HTTPError as exc:
+        raise AssertionError(f"Orthanc's store job failed: {exc.code} {exc.read()[:300]!r}") from exc
+
+
 def test_orthanc_sends_a_study_and_gets_the_results_back_in_it(system: System, dicom_samples: Path) -> None:
+    """The study holds, beside its radiograph, an SR and a SEG of other systems (a PACS forwards whole
+    studies): Orthanc's store job succeeds, the radiograph alone is analysed, and the results arrive
+    back inside the same study. Sent again, results included, the job succeeds and nothing new is
+    stored or analysed (the node's own objects are acknowledged, not taken in)."""
     which_or_fail("Orthanc")
     node = system.node
     orthanc = system.orthanc
     orthanc.start()
     try:
         source = dicom_samples / "nhsx_nih_cxr_dx_sc.dcm"
+        source_header = pydicom.dcmread(source, stop_before_pixels=True)
         uploaded = orthanc.request("POST", "/instances", source.read_bytes())
         assert isinstance(uploaded, dict)
         study_id = uploaded["ParentStudy"]
-        job = orthanc.request(
-            "POST",
-            "/modalities/cxrnode/store",
-            json.dumps({"Resources": [study_id], "Synchronous": True}).encode(),
-            timeout=120,
-        )
-        assert job is not None
+        for other in ("highdicom_sr_document.dcm", "highdicom_seg_image_cr_binary.dcm"):
+            added = orthanc.request("POST", "/instances", _into_study(dicom_samples / other, source_header))
+            assert isinstance(added, dict) and added["ParentStudy"] == study_id
+        assert _orthanc_store(orthanc, study_id) is not None
 
         def results_in_orthanc() -> list[dict] | None:
             instances = orthanc.get(f"/studies/{study_id}/instances")
             assert isinstance(instances, list)
-            return instances if len(instances) >= 4 else None
+            return instances if len(instances) >= 6 else None
 
         instances = wait_for(results_in_orthanc, 240, interval=1.0, what="results back in Orthanc")
         classes: list[str] = []
@@ -144,11 +178,15 @@ def test_orthanc_sends_a_study_and_gets_the_results_back_in_it(system: System, d
             tags = orthanc.get(f"/instances/{inst['ID']}/simplified-tags")
             assert isinstance(tags, dict)
             classes.append(tags["SOPClassUID"])
-            assert (
-                tags["StudyInstanceUID"] == pydicom.dcmread(source, stop_before_pixels=True).StudyInstanceUID
-            )
-        # the source is itself a secondary capture: two SC (source + heatmap), one SEG, one SR
-        assert classes.count(SEG) == 1 and classes.count(SC) == 2 and SR_CLASSES & set(classes), classes
+            assert tags["StudyInstanceUID"] == source_header.StudyInstanceUID
+        # source (itself a secondary capture) + the other SR and SEG; then one SEG, one SR and one SC
+        # heatmap from the node: no "not analysed" report for the SR or the SEG
+        assert len(classes) == 6 and classes.count(SEG) == 2 and classes.count(SC) == 2, classes
+        assert len([c for c in classes if c in SR_CLASSES]) == 2, classes
+        assert _study_counts(node, source_header.StudyInstanceUID) == (3, 3)
+
+        assert _orthanc_store(orthanc, study_id) is not None  # now with the node's results in it
+        assert _study_counts(node, source_header.StudyInstanceUID) == (3, 3)
     finally:
         orthanc.stop()
     assert node.proc is not None and node.proc.poll() is None
