@@ -43,12 +43,12 @@ def format_human(status: dict[str, Any]) -> str:
         "jobs:       " + "  ".join(f"{k} {v}" for k, v in jobs.items()),
         "deliveries: " + "  ".join(f"{k} {v}" for k, v in deliveries.items()),
         "",
-        f"{'study':<64}  {'accession':<16} {'images':>6} {'results':>7}  {'state':<15} last received",
+        f"{'study':<64}  {'accession':<16} {'received':>8} {'results':>7}  {'state':<15} last received",
     ]
     for s in status["studies"]:
         failed = s.get("images_failed", 0)
         lines.append(
-            f"{s['study_instance_uid']:<64}  {s['accession_number']:<16} {s['instances']:>6} "
+            f"{s['study_instance_uid']:<64}  {s['accession_number']:<16} {s['instances']:>8} "
             f"{s['results']:>7}  {s['state']:<15} {_when(s['last_received_at'])}"
             + (f"  ({failed} image(s) not analysed)" if failed else "")
         )
