@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from pydicom.uid import UID
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -37,6 +38,7 @@ from node.http.findings import (
 )
 from node.logs import log_event
 from node.repository import status as status_queries
+from node.sop_classes import is_analysed
 from node.store import valid_uid
 from node.worker_registry import list_processes
 
@@ -105,8 +107,11 @@ def study(request: Request) -> Response:
     # Images a job could not analyse, with the stage and reason the worker recorded (node.errors).
     not_analysed = {f["sop_instance_uid"]: f for job in detail["jobs"]
                     for f in parse_image_failures(job["error"])}
+    # Objects kept with the study but never analysed (node.sop_classes): named by their SOP class.
+    stored_only = {src["sop_instance_uid"]: UID(src["sop_class_uid"]).name for src in detail["sources"]
+                   if not is_analysed(src["sop_class_uid"])}
     return _render(request, "study.html", {"study": detail, "findings": findings, "problems": problems,
-                                           "not_analysed": not_analysed})
+                                           "not_analysed": not_analysed, "stored_only": stored_only})
 
 
 def heatmap(request: Request) -> Response:

@@ -181,3 +181,28 @@ def test_study_page_names_an_image_that_could_not_be_analysed(node: NodeService,
         html = http.get(f"/studies/{uid}").text
     assert html.count('class="heatmap"') == 1
     assert "Not analysed (" in html and "pixel data the pipeline cannot read" in html
+
+
+def test_a_dose_report_is_stored_with_its_study_and_not_analysed(node: NodeService) -> None:
+    """A DX unit's dose SR arrives with the image: the worker analyses the image alone (no "not
+    analysed" report for the SR), and the page names the SR's class as stored only."""
+    uid = generate_uid()
+    image = make_dx(uid, rows=320, cols=256, accession="ACC-DOSE", seed=5)
+    dose = make_dx(uid, accession="ACC-DOSE", seed=6)
+    dose.SOPClassUID = dose.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.67"
+    dose.Modality = "SR"
+    del dose.PixelData
+    assert c_store(node.config, [image, dose]) == [0, 0]
+
+    def analysed() -> dict | None:
+        detail = status_queries.study_detail(node.repo.engine, uid)
+        done = detail is not None and detail["jobs"] and all(j["state"] == "done" for j in detail["jobs"])
+        return detail if done else None
+
+    detail = wait_for(analysed, 120, what="the study with a dose report analysed")
+    assert len(detail["sources"]) == 2 and len(detail["results"]) == 3  # SEG, SR, SC of the image only
+    assert not any(j["error"] for j in detail["jobs"])
+    with client(node.config) as http:
+        html = http.get(f"/studies/{uid}").text
+    assert html.count('class="heatmap"') == 1 and "Not analysed (" not in html
+    assert "X-Ray Radiation Dose SR Storage: stored with the study, not analysed" in html
