@@ -435,10 +435,9 @@ def _first_fragment(buf: bytes | memoryview, start: int, limit: int) -> bytes:
     return b""
 
 
-def _check_pixel_framing(buf: bytes | memoryview, pos: int, ts: UID, implicit: bool, little: bool) -> None:
-    """The pixel element at ``pos`` of an object that is stored only: its value is all there."""
-    _tag, header_len, length = _pixel_element(buf, pos, implicit, little)
-    start = pos + header_len
+def _check_value_framing(buf: bytes | memoryview, start: int, length: int, ts: UID) -> None:
+    """The value of a pixel element starting at ``start`` is all there: a defined length fits in the
+    bytes received; an undefined one (encapsulated only) ends with its Sequence Delimitation Item."""
     if length == 0xFFFFFFFF:
         if not ts.is_compressed:
             raise InvalidInstanceError(
@@ -516,7 +515,8 @@ def check_header(
         # Kept, never decoded (node.sop_classes): only the framing of any pixel element is checked,
         # so the stored file is whole; a multi-frame CT over max_pixels is still a valid object.
         if pos < len(buf):
-            _check_pixel_framing(buf, pos, ts, implicit, little)
+            _tag, header_len, length = _pixel_element(buf, pos, implicit, little)
+            _check_value_framing(buf, pos + header_len, length, ts)
         return Header(sop_class, sop_instance, study, series, accession[:16], 0, 0, 0)
     if rows <= 0 or columns <= 0:
         raise InvalidInstanceError("Rows/Columns missing: not an image", STATUS_DATASET_MISMATCH)
@@ -535,12 +535,8 @@ def check_header(
             f"data set has no Pixel Data (7FE0,0010), found {Tag(tag)}", STATUS_DATASET_MISMATCH
         )
     start = pos + header_len
+    _check_value_framing(buf, start, length, ts)
     if length == 0xFFFFFFFF:
-        if not ts.is_compressed:
-            raise InvalidInstanceError(
-                "undefined-length Pixel Data in a native transfer syntax", STATUS_CANNOT_UNDERSTAND
-            )
-        _encapsulated_end(buf, start)
         declared = declared_frame_size(ts, _first_fragment(buf, start, CODESTREAM_HEAD_BYTES))
         if declared is not None and declared[0] > 0 and declared != (rows, columns):
             # A decoder allocates what the code stream says: 1.7 MB of JPEG declaring 12000 x
@@ -551,11 +547,6 @@ def check_header(
                 STATUS_DATASET_MISMATCH,
             )
     else:
-        if start + length > len(buf):
-            raise InvalidInstanceError(
-                f"data set truncated: Pixel Data declares {length} bytes, {len(buf) - start} received",
-                STATUS_CANNOT_UNDERSTAND,
-            )
         expected = (rows * columns * samples * frames * bits + 7) // 8
         if not ts.is_compressed and length < expected:
             raise InvalidInstanceError(
