@@ -54,7 +54,7 @@ from node.ingest import (
 from node.ingest.outcomes import ReceiveOutcomes
 from node.logs import log_event
 from node.peers import PeerTable, reject_calling_aet
-from node.scp_transport import IncomingFile, NodeAE, ReceiveLimits
+from node.scp_transport import IncomingFile, NodeAE, NodeServer, ReceiveLimits
 from node.sop_classes import STORED_SOP_CLASSES
 from node.store import InstanceStore
 from node.tls import node_listener_context, tls_peer
@@ -421,6 +421,9 @@ class Listeners:
         whole grace.
         """
         self.shutdown()
+        for server in self.servers:
+            if isinstance(server, NodeServer):
+                server.stop_starting()  # every association that will ever run is now listed below
         active = [a for a in self.ae.active_associations if a.is_acceptor]
         running = [a for a in active if a.is_established]
         for assoc in active:

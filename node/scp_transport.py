@@ -457,7 +457,11 @@ class NodeRequestHandler(RequestHandler):
                 return
             assoc = self._create_association()
             evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
-            assoc.start()
+            if not self.server.start_association(assoc):
+                # the node is stopping: closed unanswered (pynetdicom's thread closes a request's
+                # socket only on an error; an association closes its own)
+                self.server.shutdown_request(self.request)
+                return
             assoc.join()
         finally:
             if assoc is not None and isinstance(assoc.dimse, ReceivingDIMSE):
@@ -489,7 +493,29 @@ class NodeServer(ThreadedAssociationServer):
         self.refuser = Refuser(_RJ_LOCAL_LIMIT)
         self._refused: set[Any] = set()  # handed to the refuser; socketserver must not close them
         self._tls_refusals = threading.BoundedSemaphore(TLS_REFUSALS_IN_HANDSHAKE)
+        self._closing = False
+        self._starting = threading.Lock()  # start_association against stop_starting
         super().__init__(*args, **kwargs)
+
+    def start_association(self, assoc: Any) -> bool:
+        """Start a connection's association unless the server is closing (then False: the
+        connection is closed unanswered).
+
+        A connection accepted just before the stop gets its association a moment later, on its own
+        thread: started after the stop's sweep of unestablished associations, it waited out the
+        ACSE timeout, and its DUL thread (not a daemon) kept a stopping listener process alive for
+        30 s. Under one lock with :meth:`stop_starting`, an association is either started before
+        the sweep, which then sees it, or not at all."""
+        with self._starting:
+            if self._closing:
+                return False
+            assoc.start()
+            return True
+
+    def stop_starting(self) -> None:
+        """No association starts after this returns (see :meth:`start_association`)."""
+        with self._starting:
+            self._closing = True
 
     def server_bind(self) -> None:
         """Bind, or adopt the listening socket of this transport that the serve process bound.

@@ -144,3 +144,37 @@ def test_a_connection_without_an_association_does_not_hold_the_stop(tmp_path: Pa
     assert all(acceptor.is_aborted for acceptor in in_process)
     wait_for(lambda: not assoc.is_alive(), 10, what="the peer seeing the abort")
     assert assoc.is_aborted
+
+
+def test_a_connection_accepted_as_the_stop_begins_gets_no_association(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection accepted a moment before the stop, whose association its thread creates only
+    after the stop has swept the unestablished ones, is closed unanswered: started, it would wait
+    out the ACSE timeout (30 s), and its DUL thread, not a daemon, would keep a listener process
+    from exiting that long."""
+    from node import scp_transport
+
+    create = scp_transport.NodeRequestHandler._create_association
+    creating = threading.Event()
+
+    def late(self: scp_transport.NodeRequestHandler) -> object:
+        creating.set()
+        time.sleep(1.0)  # the stop's sweep runs meanwhile
+        return create(self)
+
+    monkeypatch.setattr(scp_transport.NodeRequestHandler, "_create_association", late)
+    config_path = tmp_path / "node.toml"
+    config_path.write_text(node_toml(tmp_path / "var", free_port(), node={"listener_processes": 1}))
+    config = load_config(config_path)
+    service = NodeService(config, workers=0, deliver=False, schedule=False)
+    service.start()
+    assert service.server is not None
+    ae = service.server.ae
+    with socket.create_connection(("127.0.0.1", config.node.port)) as probe:
+        assert creating.wait(10)
+        service.stop(timeout=30)
+        probe.settimeout(5)
+        assert probe.recv(100) == b""  # closed unanswered, at once
+    wait_for(lambda: not [a for a in ae.active_associations if a.is_acceptor], 3,
+             what="no association left running")
