@@ -38,6 +38,10 @@ from pipelines.codestream import CODESTREAM_HEAD_BYTES, declared_frame_size
 # pydicom and the writers read sequences recursively; the real chest samples nest at most 5 deep.
 MAX_SEQUENCE_DEPTH = 16
 _DEFER_BYTES = 1 << 20  # the pydicom fallback leaves larger values unread
+# Items of encapsulated Pixel Data walked at most (Basic Offset Table included): the walk costs about
+# 0.3 us per item, so 512 MiB of empty 8-byte items kept a listener busy ~20 s for one instance. Real
+# objects hold one fragment per frame, or a few hundred for a large frame split in pieces.
+MAX_FRAGMENTS = 1_000_000
 _INFLATE_CHUNK = 1 << 20
 
 PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}  # Float, Double Float, Pixel Data
@@ -405,9 +409,11 @@ def inspect_file(
 
 def _encapsulated_end(buf: bytes | memoryview, start: int) -> int:
     """Walk the fragments of encapsulated Pixel Data (PS3.5 A.4), reading 8 bytes per item;
-    returns the offset after the Sequence Delimitation Item or raises (truncated)."""
+    returns the offset after the Sequence Delimitation Item or raises (truncated, or more than
+    :data:`MAX_FRAGMENTS` items)."""
     pos = start
     end = len(buf)
+    items = 0
     while pos + 8 <= end:
         group, elem, length = struct.unpack_from("<HHL", buf, pos)
         tag = (group << 16) | elem
@@ -415,6 +421,11 @@ def _encapsulated_end(buf: bytes | memoryview, start: int) -> int:
             return pos + 8
         if tag != _ITEM or length == _UNDEFINED:
             break
+        items += 1
+        if items > MAX_FRAGMENTS:
+            raise InvalidInstanceError(
+                f"encapsulated Pixel Data in more than {MAX_FRAGMENTS} fragments", STATUS_OUT_OF_RESOURCES
+            )
         pos += 8 + length
     raise InvalidInstanceError(
         "encapsulated Pixel Data truncated (no Sequence Delimitation Item)", STATUS_CANNOT_UNDERSTAND

@@ -178,3 +178,28 @@ def test_jpeg_code_stream_larger_than_rows_columns_is_refused(node: NodeProcess,
     peak = vm_hwm_mib(node.proc.pid)
     print(f"JPEG declaring 12000 x 12000: peak RSS +{peak - baseline:.1f} MiB")
     assert peak - baseline < 48, (baseline, peak)
+
+
+def test_pixel_data_in_a_million_empty_fragments_is_refused(node: NodeProcess, tmp_path: Path) -> None:
+    """Each fragment costs the header check a step: 512 MiB of empty 8-byte items kept a listener
+    busy for about 20 s. Past MAX_FRAGMENTS items the instance is refused 0xA700; a frame in a few
+    thousand fragments (some encoders split large frames) is still taken."""
+    import struct
+
+    from pydicom.uid import JPEGBaseline8Bit
+
+    from node.ingest.header import MAX_FRAGMENTS
+
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, 0)
+    end = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    for fragments, expected in ((MAX_FRAGMENTS + 1, 0xA700), (4000, 0x0000)):
+        ds = make_dx(generate_uid(), rows=64, cols=64)
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+        head = _header_bytes(ds)
+        pixels = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF) + item * (fragments + 1) + end
+
+        def body(f, head: bytes = head, pixels: bytes = pixels) -> None:  # noqa: ANN001
+            f.write(head + pixels)
+
+        path = _part10(tmp_path / f"fragments-{fragments}.dcm", ds, JPEGBaseline8Bit, body)
+        assert _send(node, path, JPEGBaseline8Bit) == expected, fragments
