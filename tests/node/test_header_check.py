@@ -105,6 +105,24 @@ def test_real_samples_agree_with_pydicom(dicom_samples: Path) -> None:
     assert accepted == len(files)  # the chest images, and the SEG and SR samples (stored only)
 
 
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+DOSE_SR = "1.2.840.10008.5.1.4.1.1.88.67"
+
+
+def _dose_report() -> Dataset:
+    """An X-Ray Radiation Dose SR-like data set: no pixels, a nested content sequence."""
+    ds = make_dx(generate_uid(), rows=16, cols=16)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = DOSE_SR
+    ds.Modality = "SR"
+    for keyword in ("PixelData", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit"):
+        delattr(ds, keyword)
+    item = Dataset()
+    item.ValueType = "CONTAINER"
+    item.ContentSequence = Sequence([Dataset()])
+    ds.ContentSequence = Sequence([item])
+    return ds
+
+
 def generated() -> list[tuple[str, bytes]]:
     cases = []
     syntaxes = (
@@ -136,6 +154,17 @@ def generated() -> list[tuple[str, bytes]]:
         two_columns = make_dx(generate_uid(), rows=16, cols=16)
         two_columns.Columns = [16, 16]  # VM 1 attribute sent with two values
         cases.append((f"two-columns-{ts.name}", encode(two_columns, ts)))
+        # stored-only classes (node.sop_classes): UIDs and a whole pixel element, no geometry
+        dose = _dose_report()
+        cases.append((f"dose-sr-{ts.name}", encode(dose, ts)))
+        ct = make_dx(generate_uid(), rows=16, cols=16)
+        ct.SOPClassUID = ct.file_meta.MediaStorageSOPClassUID = CT_IMAGE
+        del ct.Rows
+        ct.PixelData = ct.PixelData[:100]  # no geometry to hold it to
+        cases.append((f"ct-without-geometry-{ts.name}", encode(ct, ts)))
+        no_study = _dose_report()
+        del no_study.StudyInstanceUID
+        cases.append((f"dose-sr-without-study-{ts.name}", encode(no_study, ts)))
     # A VR that PS3.5 does not define, on an attribute the node reads (found by the fuzz test:
     # one flipped bit turned UI into UH and the node accepted what pydicom cannot read).
     unknown_vr = encode(make_dx(generate_uid(), rows=16, cols=16), ExplicitVRLittleEndian)
@@ -151,11 +180,12 @@ def test_generated_cases_agree_with_pydicom(name: str, data: bytes) -> None:
 
 _SEED = encode(make_dx(generate_uid(), rows=16, cols=16), ExplicitVRLittleEndian)
 _SEED_IMPLICIT = encode(make_dx(generate_uid(), rows=16, cols=16), ImplicitVRLittleEndian)
+_SEED_STORED_ONLY = encode(_dose_report(), ExplicitVRLittleEndian)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    seed=st.sampled_from([_SEED, _SEED_IMPLICIT]),
+    seed=st.sampled_from([_SEED, _SEED_IMPLICIT, _SEED_STORED_ONLY]),
     edits=st.lists(
         st.tuples(
             st.floats(0.0, 1.0),
