@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from nodekit import NodeProcess, Orthanc, StoreSCP, System, wait_for, which_or_fail, write_study
+from nodekit import REPO, NodeProcess, Orthanc, StoreSCP, System, wait_for, which_or_fail, write_study
 
 # The running system (serve + a worker process loading the pipeline) and 100-image runs: 6-25 s each.
 pytestmark = pytest.mark.slow
@@ -190,6 +190,41 @@ def test_orthanc_sends_a_study_and_gets_the_results_back_in_it(system: System, d
     finally:
         orthanc.stop()
     assert node.proc is not None and node.proc.poll() is None
+
+
+def test_orthanc_routes_chest_images_with_the_shipped_lua_script(system: System, dicom_samples: Path) -> None:
+    """deploy/orthanc/route-chest-to-cxrnode.lua in Orthanc: a CR stored in Orthanc reaches the node
+    by itself, is analysed once, and its results come back without being routed again (no loop)."""
+    which_or_fail("Orthanc")
+    node, orthanc = system.node, system.orthanc
+    config = json.loads(orthanc.config.read_text())
+    config["LuaScripts"] = [str(REPO / "deploy" / "orthanc" / "route-chest-to-cxrnode.lua")]
+    orthanc.config.write_text(json.dumps(config))
+    ds = pydicom.dcmread(dicom_samples / "orthanctests_Monochrome1-Jpeg_CR.dcm")
+    uids = [pydicom.uid.generate_uid() for _ in range(3)]
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = uids
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    orthanc.start()
+    try:
+        uploaded = orthanc.request("POST", "/instances", buffer.getvalue())
+        assert isinstance(uploaded, dict)
+        study_id = uploaded["ParentStudy"]
+
+        def results_in_orthanc() -> list | None:
+            instances = orthanc.get(f"/studies/{study_id}/instances")
+            assert isinstance(instances, list)
+            return instances if len(instances) >= 4 else None
+
+        wait_for(results_in_orthanc, 240, interval=1.0, what="routed, analysed, results back in Orthanc")
+        time.sleep(3)  # time for a loop to show, had the results been routed back
+        assert len(results_in_orthanc() or []) == 4
+        assert _study_counts(node, str(ds.StudyInstanceUID)) == (1, 3)
+        study = [s for s in node.status()["studies"] if s["study_instance_uid"] == ds.StudyInstanceUID]
+        assert study[0]["jobs"] == {"done": 1}, study
+    finally:
+        orthanc.stop()
 
 
 def test_sigkill_while_storescu_sends_100_images_loses_no_acknowledged_instance(system: System) -> None:
