@@ -233,8 +233,13 @@ def data_set_offset(path: Path) -> int:
 
 def same_data_set(a: Path, b: Path) -> bool:
     """True when two Part 10 files carry byte-identical data sets (their File Meta may differ,
-    e.g. the Source AE Title of a resend from another sender). Reads both in 1 MiB chunks."""
-    a_at, b_at = data_set_offset(a), data_set_offset(b)
+    e.g. the Source AE Title of a resend from another sender)."""
+    return same_bytes_from(a, data_set_offset(a), b, data_set_offset(b))
+
+
+def same_bytes_from(a: Path, a_at: int, b: Path, b_at: int) -> bool:
+    """True when file ``a`` from ``a_at`` and file ``b`` from ``b_at`` to their ends hold the same
+    bytes. Reads both in 1 MiB chunks."""
     if a.stat().st_size - a_at != b.stat().st_size - b_at:
         return False
     with open(a, "rb") as fa, open(b, "rb") as fb:
@@ -246,6 +251,30 @@ def same_data_set(a: Path, b: Path) -> bool:
                 return False
             if not chunk:
                 return True
+
+
+# What makes two copies under one SOP Instance UID the same object (PS3.3 C.12.1.1.1): whose image
+# it is, where it belongs and its pixel grid. A lossless re-encoding keeps them all; another
+# patient's image, a misfiled one or a corrected header does not.
+IDENTITY_KEYWORDS = (
+    "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID", "PatientName", "PatientBirthDate",
+    "AccessionNumber", "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel",
+)
+
+
+def identity_difference(a: Path, b: Path) -> str | None:
+    """The first identity attribute (:data:`IDENTITY_KEYWORDS`) two Part 10 files disagree on, by
+    keyword (never its values: they may name the patient); None when they agree, or "data set"
+    when one cannot be read."""
+    try:
+        first, second = (pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(IDENTITY_KEYWORDS))
+                         for path in (a, b))
+        for keyword in IDENTITY_KEYWORDS:
+            if first.get(keyword) != second.get(keyword):
+                return keyword
+    except Exception:  # noqa: BLE001 - pydicom raises many types on a bad file: not the same object
+        return "data set"
+    return None
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -5,9 +5,9 @@
 data set, no re-encoding): rename to the final name, fsync the file and its directory (in
 parallel), and only then submit the row to the :class:`GroupCommitter`, which inserts the rows
 of every instance waiting at that moment in ONE transaction (one WAL fsync) and wakes their
-handlers. A SOP Instance UID already stored is never replaced: an identical resend is
-acknowledged again without new work, a different one is refused (0x0111) and the first copy
-stays.
+handlers. A SOP Instance UID already stored is never replaced: a resend of the same object
+(byte-identical or re-encoded) is acknowledged again without new work, another object under that
+UID (another patient, study or pixel grid) is refused (0x0111), and the first copy stays.
 
 The worker's result objects take the same road (:func:`store_result`): one function,
 :func:`durable_record`, makes a file durable and builds the row that names it, whoever commits it.
@@ -23,10 +23,18 @@ from pathlib import Path
 import pydicom
 
 from node.errors import DatabaseError, InvalidInstanceError, StoreError
-from node.ingest.header import Header
+from node.ingest.header import Header, pixel_element_offset
 from node.ingest.status import STATUS_DUPLICATE_CONFLICT
+from node.logs import log_event
 from node.repository import InstanceRecord, Repository
-from node.store import InstanceStore, PendingFile, encode_part10, same_data_set
+from node.store import (
+    InstanceStore,
+    PendingFile,
+    encode_part10,
+    identity_difference,
+    same_bytes_from,
+    same_data_set,
+)
 
 log = logging.getLogger("node.ingest")
 
@@ -118,9 +126,10 @@ class DuplicateInstanceError(InvalidInstanceError):
 def _already_stored(
     store: InstanceStore, repo: Repository, header: Header, candidate: Path, transfer_syntax: str
 ) -> bool:
-    """True for an identical resend of a stored instance or a copy of one of the node's own result
-    objects (acknowledge, no new work); raises DuplicateInstanceError for a different copy of a
-    received instance; False when the UID is not stored yet.
+    """True for a resend of a stored instance (byte-identical, or the same object re-encoded: same
+    identity attributes, node.store.IDENTITY_KEYWORDS) or a copy of one of the node's own result
+    objects: acknowledge, no new work, the first copy kept. Raises DuplicateInstanceError for a
+    copy that is another object under the same UID; False when the UID is not stored yet.
 
     The stored file and its row always describe the same data set: a row exists only for a
     file that was completely written, so a file without a row is a copy that was never
@@ -138,15 +147,28 @@ def _already_stored(
         # routing rule that echoes everything): the node holds that SOP Instance already, so it is
         # acknowledged without new work; the copy is neither stored nor analysed (no result loop).
         return True
-    if str(record.transfer_syntax_uid) != str(transfer_syntax):
+    stored = store.path(record.path)
+    if str(record.transfer_syntax_uid) == str(transfer_syntax) and same_data_set(stored, candidate):
+        return True
+    # Other bytes: the same object re-encoded (another transfer syntax, a toolkit that rewrites
+    # lengths or padding: GDCM's gdcmscu resending a file dcmsend delivered first) is acknowledged
+    # and the first copy kept; a copy that names another patient, study or pixel grid, or holds
+    # other pixels in the same encoding, is refused.
+    difference = identity_difference(stored, candidate)
+    if difference is None and str(record.transfer_syntax_uid) == str(transfer_syntax):
+        # same encoding, other bytes: the header may be rewritten, the pixels must be the same
+        # (a modality that reuses a UID for another image of the series changes only them)
+        at_stored = pixel_element_offset(stored, transfer_syntax)
+        at_candidate = pixel_element_offset(candidate, transfer_syntax)
+        if (at_stored is None or at_candidate is None
+                or not same_bytes_from(stored, at_stored, candidate, at_candidate)):
+            difference = "Pixel Data"
+    if difference is not None:
         raise DuplicateInstanceError(
-            f"SOP Instance UID {uid} is already stored in transfer syntax {record.transfer_syntax_uid}, "
-            f"resent in {transfer_syntax}: the stored copy is kept"
+            f"SOP Instance UID {uid} is already stored with a different {difference}: the stored copy is kept"
         )
-    if not same_data_set(store.path(record.path), candidate):
-        raise DuplicateInstanceError(
-            f"SOP Instance UID {uid} is already stored with a different data set: the stored copy is kept"
-        )
+    log_event(log, "store.same_object_reencoded", sop_instance_uid=uid,
+              stored_syntax=str(record.transfer_syntax_uid), received_syntax=str(transfer_syntax))
     return True
 
 

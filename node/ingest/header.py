@@ -10,12 +10,13 @@ pydicom parses whatever it refuses (and big endian), so its verdict is the refer
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import mmap
-import os
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_16, EXPLICIT_VR_LENGTH_32
 from node.errors import InvalidInstanceError, StoreError
 from node.ingest.status import STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH, STATUS_OUT_OF_RESOURCES
 from node.sop_classes import is_analysed
-from node.store import valid_uid
+from node.store import data_set_offset, valid_uid
 from pipelines.codestream import CODESTREAM_HEAD_BYTES, declared_frame_size
 
 # pydicom and the writers read sequences recursively; the real chest samples nest at most 5 deep.
@@ -284,6 +285,39 @@ def _pydicom_header(buf: bytes | memoryview, implicit: bool, little: bool) -> tu
     return fields, pos
 
 
+def pixel_element_offset(path: Path, transfer_syntax: str) -> int | None:
+    """Where the first pixel element of a stored Part 10 file starts (its end when it has none):
+    from there two copies of one image hold the same bytes when their transfer syntax is the same.
+    None for a deflated data set (its pixels are inside the deflate stream) or a file that does not
+    parse."""
+    ts = UID(transfer_syntax)
+    if ts == DeflatedExplicitVRLittleEndian:
+        return None
+    try:
+        offset = data_set_offset(path)
+        with _mapped(path) as view:
+            _fields, pos = _elements_before_pixels(view[offset:], ts.is_implicit_VR, ts.is_little_endian)
+    except (OSError, ValueError, StoreError, InvalidInstanceError):
+        return None
+    return offset + pos
+
+
+@contextlib.contextmanager
+def _mapped(path: Path) -> Iterator[memoryview]:
+    """The file memory-mapped read-only: only the pages read are loaded."""
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    view = memoryview(mm)
+    try:
+        yield view
+    finally:
+        view.release()
+        try:
+            mm.close()
+        except BufferError:  # a slice escaped in an exception's traceback: the GC unmaps it
+            pass
+
+
 def inflate_bytes(raw: bytes | memoryview, max_bytes: int) -> bytes:
     """Inflate a Deflated Explicit VR Little Endian data set (PS3.5 A.5) with a hard output cap:
     a few MiB on the wire may inflate to gigabytes (a deflate bomb)."""
@@ -386,22 +420,13 @@ def inspect_file(
             scratch = path.with_name(path.name + ".inflated")
             inflate_file(path, offset, scratch, max_bytes)
             path, offset = scratch, 0
-        with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size <= offset:
-                raise InvalidInstanceError("data set is empty", STATUS_CANNOT_UNDERSTAND)
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        view = memoryview(mm)
-        try:
+        if path.stat().st_size <= offset:
+            raise InvalidInstanceError("data set is empty", STATUS_CANNOT_UNDERSTAND)
+        with _mapped(path) as view:
             return check_header(
                 view[offset:], ts, expected_sop_class=expected_sop_class,
                 affected_sop_instance=affected_sop_instance, max_pixels=max_pixels,
             )
-        finally:
-            view.release()
-            try:
-                mm.close()
-            except BufferError:  # a slice escaped in an exception's traceback: the GC unmaps it
-                pass
     finally:
         if scratch is not None:
             scratch.unlink(missing_ok=True)
@@ -462,6 +487,19 @@ def _check_value_framing(buf: bytes | memoryview, start: int, length: int, ts: U
         )
 
 
+def _elements_before_pixels(
+    buf: bytes | memoryview, implicit: bool, little: bool
+) -> tuple[dict[str, str], int]:
+    """The fast scanner for little endian data sets, pydicom for the rest and for whatever the
+    scanner refuses (its error message is then the authoritative one)."""
+    if little:
+        try:
+            return _scan_header(buf, implicit)
+        except _ScanError:
+            pass
+    return _pydicom_header(buf, implicit, little)
+
+
 def check_header(
     buf: bytes | memoryview,
     ts: UID,
@@ -483,13 +521,7 @@ def check_header(
     implicit, little = ts.is_implicit_VR, ts.is_little_endian
     if ts == DeflatedExplicitVRLittleEndian:
         implicit, little = False, True
-    try:
-        if little:
-            fields, pos = _scan_header(buf, implicit)
-        else:
-            fields, pos = _pydicom_header(buf, implicit, little)
-    except _ScanError:
-        fields, pos = _pydicom_header(buf, implicit, little)  # its error message is the authoritative one
+    fields, pos = _elements_before_pixels(buf, implicit, little)
     values = [
         fields.get(k, "")
         for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "AccessionNumber")

@@ -1,18 +1,21 @@
 """Duplicate SOP Instance UIDs (issue: a resend with other content replaced the stored file while
-its row kept the first copy's study): the stored file and its row always agree, an identical
-resend is acknowledged without new work, a different one is refused with 0x0111 (PS3.7 C.4
-"Duplicate SOP Instance") and the first copy stays."""
+its row kept the first copy's study): the stored file and its row always agree; a resend of the
+same object, byte-identical or re-encoded by another toolkit or in another transfer syntax, is
+acknowledged without new work; another object under the UID (another patient, study or pixel
+grid, a corrected header) is refused with 0x0111 (PS3.7 C.4 "Duplicate SOP Instance"); the first
+copy stays."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
-from nodekit import DX_PRESENTATION, make_dx
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from nodekit import DX_PRESENTATION, make_dx, which_or_fail
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from test_scp import scu, start_service
 
 from node.ingest import STATUS_DUPLICATE_CONFLICT
@@ -67,8 +70,15 @@ def test_different_content_under_a_stored_uid_is_refused_and_the_first_copy_stay
     assert stored.StudyInstanceUID == first.StudyInstanceUID == record.study_instance_uid
     assert stored.AccessionNumber == "FIRST" and stored.PixelData == first.PixelData
     assert record.size_bytes == node.store.path(record.path).stat().st_size
-    # the same image re-encoded in another transfer syntax is not silently taken either
-    assert _send(node, first, syntax=ImplicitVRLittleEndian) == [STATUS_DUPLICATE_CONFLICT]
+    # a corrected header (another patient name) under the same UID is another object: refused too
+    corrected = make_dx(first.StudyInstanceUID, first.SeriesInstanceUID, accession="FIRST", seed=1)
+    corrected.SOPInstanceUID = corrected.file_meta.MediaStorageSOPInstanceUID = first.SOPInstanceUID
+    corrected.PatientName = "Corrected^Name"
+    assert _send(node, corrected) == [STATUS_DUPLICATE_CONFLICT]
+    # the same patient, study, series and grid but other pixels (a modality reusing a UID): refused
+    reused = make_dx(first.StudyInstanceUID, first.SeriesInstanceUID, accession="FIRST", seed=3)
+    reused.SOPInstanceUID = reused.file_meta.MediaStorageSOPInstanceUID = first.SOPInstanceUID
+    assert _send(node, reused) == [STATUS_DUPLICATE_CONFLICT]
     # the node keeps serving and the identical object is still acknowledged
     assert _send(node, first) == [0x0000]
     studies = {s["study_instance_uid"] for s in node.repo.status(max_studies=1000)["studies"]}
@@ -115,3 +125,33 @@ def test_a_file_left_without_its_row_is_replaced(node: NodeService, tmp_path: Pa
     assert _send(node, ds) == [0x0000]
     stored, record = _stored(node, ds.SOPInstanceUID)
     assert stored.AccessionNumber == "REAL" and record.study_instance_uid == ds.StudyInstanceUID
+
+
+def test_the_same_object_re_encoded_is_acknowledged_and_the_first_copy_kept(
+    node: NodeService, tmp_path: Path
+) -> None:
+    """dcmsend delivers a file as it is; the same file again from storescu converted to Implicit VR
+    Little Endian on the way (a router that transcodes), and once more with other bytes in the same
+    syntax (a toolkit that rewrites the data set): each is Success, nothing new is stored."""
+    ds = make_dx(generate_uid(), accession="ONCE")
+    path = tmp_path / "image.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    port = str(node.config.node.port)
+    sent = subprocess.run([which_or_fail("dcmsend"), "-aet", "TESTSCU", "-aec", "CXRNODE", "127.0.0.1", port,
+                           str(path)], capture_output=True, text=True, timeout=60)
+    assert sent.returncode == 0, sent.stderr
+    first = node.store.path(node.repo.find_instance(ds.SOPInstanceUID).path).read_bytes()
+    transcoded = subprocess.run([which_or_fail("storescu"), "-v", "-xi", "-aet", "TESTSCU", "-aec", "CXRNODE",
+                                 "127.0.0.1", port, str(path)], capture_output=True, text=True, timeout=60)
+    log = transcoded.stdout + transcoded.stderr
+    assert "Explicit -> Little Endian Implicit" in log and "Received Store Response (Success)" in log, log
+    rewritten = pydicom.dcmread(path)
+    rewritten.add_new(0x00091010, "LO", "ROUTER")  # a private element a router added
+    rewritten.add_new(0x00090010, "LO", "SOME ROUTER")
+    assert _send(node, rewritten) == [0x0000]
+    stored, record = _stored(node, ds.SOPInstanceUID)
+    assert node.store.path(record.path).read_bytes() == first  # the first copy, untouched
+    assert record.transfer_syntax_uid == ExplicitVRLittleEndian and 0x00091010 not in stored
+    counts = [s["instances"] for s in node.repo.status(max_studies=1000)["studies"]
+              if s["study_instance_uid"] == ds.StudyInstanceUID]
+    assert counts == [1]
