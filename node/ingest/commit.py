@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pydicom
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from node.errors import DatabaseError, InvalidInstanceError, StoreError
 from node.ingest.header import Header, pixel_element_offset
@@ -154,7 +155,11 @@ def _already_stored(
     # lengths or padding: GDCM's gdcmscu resending a file dcmsend delivered first) is acknowledged
     # and the first copy kept; a copy that names another patient, study or pixel grid, or holds
     # other pixels in the same encoding, is refused.
-    difference = identity_difference(stored, candidate)
+    if DeflatedExplicitVRLittleEndian in (str(record.transfer_syntax_uid), str(transfer_syntax)):
+        # reading a deflated header means inflating the whole data set in memory: not for a resend
+        difference: str | None = "encoding (deflated, not byte-identical)"
+    else:
+        difference = identity_difference(stored, candidate)
     if difference is None and str(record.transfer_syntax_uid) == str(transfer_syntax):
         # same encoding, other bytes: the header may be rewritten, the pixels must be the same
         # (a modality that reuses a UID for another image of the series changes only them)

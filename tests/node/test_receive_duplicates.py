@@ -15,7 +15,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from nodekit import DX_PRESENTATION, make_dx, which_or_fail
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 from test_scp import scu, start_service
 
 from node.ingest import STATUS_DUPLICATE_CONFLICT
@@ -149,6 +149,8 @@ def test_the_same_object_re_encoded_is_acknowledged_and_the_first_copy_kept(
     rewritten.add_new(0x00091010, "LO", "ROUTER")  # a private element a router added
     rewritten.add_new(0x00090010, "LO", "SOME ROUTER")
     assert _send(node, rewritten) == [0x0000]
+    # a deflated copy is not inflated a second time to be compared: only byte-identical ones pass
+    assert _send(node, rewritten, syntax=DeflatedExplicitVRLittleEndian) == [STATUS_DUPLICATE_CONFLICT]
     stored, record = _stored(node, ds.SOPInstanceUID)
     assert node.store.path(record.path).read_bytes() == first  # the first copy, untouched
     assert record.transfer_syntax_uid == ExplicitVRLittleEndian and 0x00091010 not in stored
