@@ -472,12 +472,11 @@ class NodeRequestHandler(RequestHandler):
 
     def _handshake(self) -> bool:
         """The TLS handshake, on this connection's own thread (NodeServer.get_request); False when
-        it failed (node.tls.ListenerContext has logged and audited it and closed the socket)."""
-        context = cast(ssl.SSLContext, self.server.ssl_context)
-        try:
-            self.request = context.wrap_socket(self.request, server_side=True)
-        except (OSError, ValueError):
+        it failed."""
+        tls = self.server.tls_handshake(self.request)
+        if tls is None:
             return False
+        self.request = tls
         return True
 
 
@@ -595,12 +594,19 @@ class NodeServer(ThreadedAssociationServer):
         """The rejection of a TLS connection goes over TLS: handshake first (this thread, bounded
         by the context's timeout), then the refuser."""
         try:
-            tls = cast(ssl.SSLContext, self.ssl_context).wrap_socket(request, server_side=True)
-        except (OSError, ValueError):
-            return  # logged and audited by node.tls.ListenerContext, which closed the socket
+            tls = self.tls_handshake(request)
         finally:
             self._tls_refusals.release()
-        self.refuser.refuse(tls)
+        if tls is not None:
+            self.refuser.refuse(tls)
+
+    def tls_handshake(self, request: socket.socket) -> ssl.SSLSocket | None:
+        """The server side of the TLS handshake on an accepted socket; None when it failed
+        (node.tls.ListenerContext has logged and audited it and closed the socket)."""
+        try:
+            return cast(ssl.SSLContext, self.ssl_context).wrap_socket(request, server_side=True)
+        except (OSError, ValueError):
+            return None
 
     def shutdown_request(self, request: Any) -> None:
         if request in self._refused:  # the refuser closes it once it has answered

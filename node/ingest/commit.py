@@ -149,7 +149,8 @@ def _already_stored(
         # acknowledged without new work; the copy is neither stored nor analysed (no result loop).
         return True
     stored = store.path(record.path)
-    if str(record.transfer_syntax_uid) == str(transfer_syntax) and same_data_set(stored, candidate):
+    same_syntax = str(record.transfer_syntax_uid) == str(transfer_syntax)
+    if same_syntax and same_data_set(stored, candidate):
         return True
     # Other bytes: the same object re-encoded (another transfer syntax, a toolkit that rewrites
     # lengths or padding: GDCM's gdcmscu resending a file dcmsend delivered first) is acknowledged
@@ -160,7 +161,7 @@ def _already_stored(
         difference: str | None = "encoding (deflated, not byte-identical)"
     else:
         difference = identity_difference(stored, candidate)
-    if difference is None and str(record.transfer_syntax_uid) == str(transfer_syntax):
+    if difference is None and same_syntax:
         # same encoding, other bytes: the header may be rewritten, the pixels must be the same
         # (a modality that reuses a UID for another image of the series changes only them)
         at_stored = pixel_element_offset(stored, transfer_syntax)

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
@@ -120,6 +121,18 @@ def make_dx(
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.PixelData = np.clip(pixels, 0, 4095).astype(np.uint16).tobytes()
+    return ds
+
+
+def moved_into_study(sample: Path, study: Dataset) -> Dataset:
+    """A real object of another system (an SR, a SEG) moved into ``study``'s patient and study,
+    with a series and SOP Instance UID of its own."""
+    ds = pydicom.dcmread(sample)
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "StudyInstanceUID", "AccessionNumber",
+                    "StudyDate", "StudyTime", "StudyID"):
+        setattr(ds, keyword, study.get(keyword, ""))
+    ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     return ds
 
 

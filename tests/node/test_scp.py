@@ -11,7 +11,16 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from nodekit import DX_PRESENTATION, free_port, make_dx, node_toml, wait_for, which_or_fail, write_study
+from nodekit import (
+    DX_PRESENTATION,
+    free_port,
+    make_dx,
+    moved_into_study,
+    node_toml,
+    wait_for,
+    which_or_fail,
+    write_study,
+)
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
@@ -189,13 +198,7 @@ def test_an_abstract_syntax_that_is_no_storage_class_is_rejected(node: NodeServi
 
 
 def _in_study(path: Path, study: pydicom.Dataset, out: Path) -> Path:
-    """A real object moved into ``study`` (its patient and study), with UIDs of its own."""
-    ds = pydicom.dcmread(path)
-    for keyword in ("PatientName", "PatientID", "StudyInstanceUID", "AccessionNumber", "StudyDate"):
-        setattr(ds, keyword, study.get(keyword, ""))
-    ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.save_as(out, enforce_file_format=True)
+    moved_into_study(path, study).save_as(out, enforce_file_format=True)
     return out
 
 

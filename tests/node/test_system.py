@@ -23,7 +23,17 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from nodekit import REPO, NodeProcess, Orthanc, StoreSCP, System, wait_for, which_or_fail, write_study
+from nodekit import (
+    REPO,
+    NodeProcess,
+    Orthanc,
+    StoreSCP,
+    System,
+    moved_into_study,
+    wait_for,
+    which_or_fail,
+    write_study,
+)
 
 # The running system (serve + a worker process loading the pipeline) and 100-image runs: 6-25 s each.
 pytestmark = pytest.mark.slow
@@ -119,15 +129,8 @@ def test_storescu_to_node_results_reach_storescp_after_it_comes_up(
 
 
 def _into_study(sample: Path, source: pydicom.Dataset) -> bytes:
-    """A real object of another system moved into the source's patient and study."""
-    ds = pydicom.dcmread(sample)
-    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "StudyInstanceUID", "AccessionNumber",
-                    "StudyDate", "StudyTime", "StudyID"):
-        setattr(ds, keyword, source.get(keyword, ""))
-    ds.SeriesInstanceUID, ds.SOPInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
+    moved_into_study(sample, source).save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
 
 
